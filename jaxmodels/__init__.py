@@ -1,0 +1,108 @@
+"""The doorway: HF checkpoint directories in and out, for every family.
+
+    module, params = jaxmodels.from_pretrained("path/to/hf_dir")          # class from config.json
+    out = module.apply({"params": params}, input_ids=ids, attention_mask=mask, deterministic=True)
+    jaxmodels.save_pretrained(module, params, "out_dir")                  # HF from_pretrained loads it
+    hf_tensors = jaxmodels.params_to_hf(module, grads)                    # {hf_name: np.ndarray}
+
+A family package registers itself in ``_FAMILIES`` and exposes ``CONFIG`` (its config class), ``ARCHITECTURES``
+(HF class name -> module class), ``DEFAULT_ARCHITECTURE``, ``BASE_MODEL_PREFIX``, ``key_fn(config)`` and
+``dummy_inputs(config, architecture)``. Families are imported lazily, so using one never imports the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxmodels import hf_io
+
+# model_type (as in HF config.json) -> family package
+_FAMILIES = {
+    "albert": "jaxmodels.albert",
+}
+
+
+def family(model_type: str):
+    """The family package for an HF ``model_type``."""
+    if model_type not in _FAMILIES:
+        raise ValueError(f"model_type={model_type!r} is not supported; supported: {sorted(_FAMILIES)}")
+    return importlib.import_module(_FAMILIES[model_type])
+
+
+def _family_of(module: nn.Module):
+    model_type = getattr(type(module.config), "model_type", None)
+    return family(model_type)
+
+
+def from_config(hf_config: dict[str, Any], *, dtype: Any = jnp.float32, architecture: str | None = None) -> nn.Module:
+    """An uninitialised module for an HF config dict; the class is ``architecture`` or ``architectures[0]``."""
+    fam = family(hf_config.get("model_type"))
+    config = fam.CONFIG.from_hf_dict(hf_config)
+    arch = architecture or (hf_config.get("architectures") or [fam.DEFAULT_ARCHITECTURE])[0]
+    if arch not in fam.ARCHITECTURES:
+        raise ValueError(f"architecture {arch!r} is not available for model_type={config.model_type!r}; "
+                         f"available: {sorted(fam.ARCHITECTURES)}")
+    return fam.ARCHITECTURES[arch](config=config, dtype=dtype)
+
+
+def init_params(module: nn.Module, rng: jax.Array, *, boxed: bool = False) -> dict:
+    """Fresh params for ``module`` (boxed with logical axis names if ``boxed``, else plain arrays)."""
+    fam = _family_of(module)
+    params = module.init(rng, **fam.dummy_inputs(module.config, type(module).__name__))["params"]
+    return params if boxed else nn.unbox(params)
+
+
+def abstract_params(module: nn.Module) -> dict:
+    """ShapeDtypeStructs of the params, without allocating or computing them."""
+    return jax.eval_shape(lambda: init_params(module, jax.random.PRNGKey(0)))
+
+
+def params_to_hf(module: nn.Module, params: dict) -> dict:
+    """Our params (or grads) -> ``{hf_name: np.ndarray}`` in torch layout (tied copies omitted, as HF saves)."""
+    return hf_io.params_to_state_dict(nn.unbox(params), _family_of(module).key_fn(module.config))
+
+
+def from_pretrained(path: str, dtype: Any = jnp.float32, *, architecture: str | None = None,
+                    rng: jax.Array | None = None) -> tuple[nn.Module, dict]:
+    """Loads an HF ``save_pretrained`` directory -> ``(module, params)`` with fp32 params and ``dtype`` compute.
+
+    Head params absent from the checkpoint (e.g. a classifier on top of a pretraining checkpoint) are freshly
+    initialised from ``rng`` with a warning, as HF does; missing backbone weights are an error.
+    """
+    hf_config = hf_io.read_config(path)
+    module = from_config(hf_config, dtype=dtype, architecture=architecture)
+    fam = _family_of(module)
+    shapes = abstract_params(module)
+    state_dict = hf_io.strip_or_add_prefix(hf_io.load_state_dict(path), fam.BASE_MODEL_PREFIX,
+                                           want_prefix=fam.BASE_MODEL_PREFIX in shapes)
+    params, missing, unexpected = hf_io.state_dict_to_params(state_dict, shapes, fam.key_fn(module.config))
+    if missing:
+        prefix = fam.BASE_MODEL_PREFIX + "."
+        backbone = [m for m in missing if m.startswith(prefix) or fam.BASE_MODEL_PREFIX not in shapes]
+        if backbone:
+            raise ValueError(f"checkpoint {path!r} lacks backbone weights for {type(module).__name__}: {backbone[:8]}"
+                             f"{' ...' if len(backbone) > 8 else ''}")
+        warnings.warn(f"newly initialised (not in the checkpoint): {missing}", stacklevel=2)
+        fresh = hf_io.flatten(init_params(module, rng if rng is not None else jax.random.PRNGKey(0)))
+        flat = hf_io.flatten(params)
+        params = hf_io.unflatten({p: flat.get(p, fresh[p]) for p in fresh})
+    if unexpected:
+        warnings.warn(f"checkpoint tensors not used by {type(module).__name__}: {unexpected}", stacklevel=2)
+    return module, jax.tree.map(jnp.asarray, params)
+
+
+def save_pretrained(module: nn.Module, params: dict, path: str) -> None:
+    """Writes ``config.json`` + ``model.safetensors`` that HF ``from_pretrained`` loads with equal outputs."""
+    config = module.config.to_hf_dict()
+    config["architectures"] = [type(module).__name__]
+    config["torch_dtype"] = "float32"
+    hf_io.save_directory(path, config, params_to_hf(module, params))
+
+
+__all__ = ["from_pretrained", "from_config", "save_pretrained", "params_to_hf", "init_params", "abstract_params", "family"]

@@ -1,0 +1,409 @@
+"""ALBERT in Flax Linen, numerically equal to HF ``transformers`` ``modeling_albert``.
+
+Structure (param names follow the HF checkpoint so conversion is a rename):
+
+    embeddings      word/position/token-type at width E -> LayerNorm -> dropout          [batch, length, E]
+    encoder         embedding_hidden_mapping_in (E -> H), then L post-LN layers            [batch, length, H]
+    pooler          tanh(Dense(h[:, 0]))                                                   [batch, H]
+
+Layer sharing: ALBERT has ``num_hidden_groups`` groups of ``inner_group_num`` layers; layer l runs group
+``int(l / (L / G))``. The G x I layer params are stacked into one tree ``[G, I, ...]`` and the L layers run as a
+``lax.scan`` that indexes its group, so the layer is traced once whatever L, G and I are.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmodels.albert.config import AlbertConfig
+from jaxmodels.outputs import (
+    BaseModelOutputWithPooling,
+    MaskedLMOutput,
+    MultipleChoiceModelOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+from layers import axes
+from layers.activations import get_activation
+from layers.attention import padding_mask, self_attention_block
+from layers.dense import Dense
+from layers.embeddings import TokenEmbeddings
+from layers.heads import MaskedLMHead, Pooler, flatten_choices, split_span_logits
+from layers.losses import cross_entropy, sequence_classification_loss, span_loss
+from layers.norms import LayerNorm
+from layers.stacked import index_stacked, init_stacked
+
+Array = jax.Array
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Input validation: runs in Python on static shapes (and on values when they are concrete), before any tracing,
+# so a bad batch fails with the argument named instead of a deep XLA shape error.
+# ---------------------------------------------------------------------------------------------------------------
+def _is_concrete(x) -> bool:
+    return x is not None and not isinstance(x, jax.core.Tracer)
+
+
+def _check_range(name: str, x, upper: int, rule: str) -> None:
+    if _is_concrete(x):
+        v = np.asarray(x)
+        if v.size and (v.min() < 0 or v.max() >= upper):
+            raise ValueError(f"{name} has values in [{v.min()}, {v.max()}]; {rule}")
+
+
+def validate_inputs(config: AlbertConfig, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                    *, rank: int = 2) -> None:
+    """Raises ValueError naming the argument when inputs cannot be run by a model with ``config``.
+
+    ``rank`` is 2 for ``[batch, length]`` inputs and 3 for multiple choice ``[batch, choices, length]``.
+    """
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids or inputs_embeds")
+    if input_ids is not None:
+        shape = tuple(input_ids.shape)
+        if len(shape) != rank:
+            raise ValueError(f"input_ids must have rank {rank}, got shape {shape}")
+        if not jnp.issubdtype(input_ids.dtype, jnp.integer):
+            raise ValueError(f"input_ids must be integer, got {input_ids.dtype}")
+    else:
+        shape = tuple(inputs_embeds.shape[:-1])
+        if len(shape) != rank or inputs_embeds.shape[-1] != config.embedding_size:
+            raise ValueError(
+                f"inputs_embeds must have shape [{'batch, choices' if rank == 3 else 'batch'}, length, "
+                f"embedding_size={config.embedding_size}], got {tuple(inputs_embeds.shape)}"
+            )
+    for name, x in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+        if x is not None and tuple(x.shape) != shape:
+            raise ValueError(f"{name} has shape {tuple(x.shape)} but input_ids has shape {shape}; they must match")
+    if position_ids is not None and tuple(position_ids.shape) not in (shape, (1,) + shape[1:], shape[-1:]):
+        raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}; expected {shape} or {(1,) + shape[1:]}")
+    length = shape[-1]
+    if length > config.max_position_embeddings:
+        raise ValueError(
+            f"sequence length {length} exceeds max_position_embeddings={config.max_position_embeddings} "
+            f"(position_embedding_type={config.position_embedding_type!r})"
+        )
+    _check_range("input_ids", input_ids, config.vocab_size, f"ids must be in [0, vocab_size={config.vocab_size})")
+    _check_range("token_type_ids", token_type_ids, config.type_vocab_size,
+                 f"token types must be in [0, type_vocab_size={config.type_vocab_size})")
+    _check_range("position_ids", position_ids, config.max_position_embeddings,
+                 f"positions must be in [0, max_position_embeddings={config.max_position_embeddings})")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Encoder
+# ---------------------------------------------------------------------------------------------------------------
+class AlbertAttention(nn.Module):
+    """Post-LN self-attention: ``LayerNorm(x + dropout(dense(attention(x))))``. ``[b, l, H] -> [b, l, H]``."""
+
+    config: AlbertConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array, deterministic: bool = True):
+        c = self.config
+        dropout_rng = None
+        if not deterministic and c.attention_probs_dropout_prob > 0:
+            dropout_rng = self.make_rng("dropout")
+        context, weights = self_attention_block(
+            x, mask, num_heads=c.num_attention_heads, head_dim=c.head_dim,
+            position_embedding_type=c.position_embedding_type, max_position_embeddings=c.max_position_embeddings,
+            dropout_rate=c.attention_probs_dropout_prob, dropout_rng=dropout_rng, deterministic=deterministic,
+            dtype=self.dtype,
+        )
+        out = Dense(c.hidden_size, (axes.HEADS, axes.EMBED), dtype=self.dtype, name="dense")(context)
+        out = nn.Dropout(c.hidden_dropout_prob)(out, deterministic=deterministic)
+        out = LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="LayerNorm")(x + out)
+        return out, weights
+
+
+class AlbertLayer(nn.Module):
+    """One ALBERT layer: attention block, then ``LayerNorm(a + ffn_output(act(ffn(a))))``. ``[b, l, H] -> [b, l, H]``."""
+
+    config: AlbertConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Optional[Array], deterministic: bool = True):
+        c = self.config
+        a, weights = AlbertAttention(c, self.dtype, name="attention")(x, mask, deterministic)
+        h = Dense(c.intermediate_size, (axes.EMBED, axes.MLP), dtype=self.dtype, name="ffn")(a)
+        h = get_activation(c.hidden_act)(h)
+        h = Dense(c.hidden_size, (axes.MLP, axes.EMBED), dtype=self.dtype, name="ffn_output")(h)
+        y = LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="full_layer_layer_norm")(h + a)
+        y = nn.with_logical_constraint(y, (axes.BATCH, axes.LENGTH, axes.EMBED))
+        return y, weights
+
+
+class AlbertTransformer(nn.Module):
+    """``embedding_hidden_mapping_in`` then the L shared layers. ``[b, l, E] -> [b, l, H]``.
+
+    Params ``albert_layer_groups`` are stacked ``[num_hidden_groups, inner_group_num, ...]``.
+    """
+
+    config: AlbertConfig
+    dtype: Any = jnp.float32
+    remat: bool = False  # recompute each layer in the backward pass (activation memory O(1) in depth)
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Optional[Array], *, deterministic: bool = True,
+                 output_hidden_states: bool = False, output_attentions: bool = False):
+        c = self.config
+        h = Dense(c.hidden_size, (axes.EMBED, axes.EMBED), dtype=self.dtype, name="embedding_hidden_mapping_in")(x)
+        layer = AlbertLayer(c, self.dtype, parent=None)
+        groups = self.param(
+            "albert_layer_groups",
+            lambda rng: init_stacked(
+                layer, rng, (c.num_hidden_groups, c.inner_group_num), (axes.LAYERS, None),
+                jnp.zeros((1, 1, c.hidden_size), self.dtype), None,
+            ),
+        )
+        use_dropout = not deterministic and (c.hidden_dropout_prob > 0 or c.attention_probs_dropout_prob > 0)
+        dropout_key = self.make_rng("dropout") if use_dropout else None
+        group_of_layer = jnp.asarray([c.group_of_layer(i) for i in range(c.num_hidden_layers)], jnp.int32)
+
+        def run_layer(h, params, layer_index, inner_index):
+            rngs = {}
+            if dropout_key is not None:
+                # One key per (layer, inner layer): layers that share params still draw independent masks.
+                rngs["dropout"] = jax.random.fold_in(jax.random.fold_in(dropout_key, layer_index), inner_index)
+            return layer.apply({"params": params}, h, mask, deterministic, rngs=rngs)
+
+        def outer(h, xs):
+            layer_index, group = xs
+            group_params = index_stacked(groups, group)  # [inner_group_num, ...]
+
+            def inner(h, ys):
+                params, inner_index = ys
+                h, weights = run_layer(h, params, layer_index, inner_index)
+                return h, (weights if output_attentions else None)
+
+            h, weights = jax.lax.scan(inner, h, (group_params, jnp.arange(c.inner_group_num)))
+            return h, (h if output_hidden_states else None, weights)
+
+        if self.remat:
+            outer = jax.checkpoint(outer, prevent_cse=False)
+        h_out, (hiddens, weights) = jax.lax.scan(outer, h, (jnp.arange(c.num_hidden_layers), group_of_layer))
+        all_hidden = all_weights = None
+        if output_hidden_states:
+            all_hidden = (h,) + tuple(hiddens[i] for i in range(c.num_hidden_layers))
+        if output_attentions:
+            all_weights = tuple(
+                weights[l, i] for l in range(c.num_hidden_layers) for i in range(c.inner_group_num)
+            )
+        return h_out, all_hidden, all_weights
+
+
+class AlbertModel(nn.Module):
+    """Bare ALBERT: ``BaseModelOutputWithPooling`` (last_hidden_state ``[b, l, H]``, pooler_output ``[b, H]``).
+
+    ``hidden_states`` (on request) has L + 1 entries, the first being the state after ``embedding_hidden_mapping_in``;
+    ``attentions`` has L * inner_group_num entries ``[b, heads, l, l]``, as HF.
+    """
+
+    config: AlbertConfig
+    dtype: Any = jnp.float32
+    add_pooling_layer: bool = True
+    remat: bool = False
+
+    def setup(self):
+        c = self.config
+        self.embeddings = TokenEmbeddings(
+            vocab_size=c.vocab_size, embedding_size=c.embedding_size, max_position_embeddings=c.max_position_embeddings,
+            type_vocab_size=c.type_vocab_size, layer_norm_eps=c.layer_norm_eps, dropout_rate=c.hidden_dropout_prob,
+            use_position_embeddings=c.position_embedding_type == "absolute", pad_token_id=c.pad_token_id,
+            dtype=self.dtype,
+        )
+        self.encoder = AlbertTransformer(c, self.dtype, remat=self.remat)
+        if self.add_pooling_layer:
+            self.pooler = Pooler(c.hidden_size, dtype=self.dtype)
+
+    def word_embedding_table(self) -> Array:
+        """``[vocab_size, embedding_size]``: the table the masked-LM decoder is tied to."""
+        return self.embeddings.word_embeddings.embedding
+
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                 inputs_embeds=None, *, deterministic: bool = True, output_attentions: bool = False,
+                 output_hidden_states: bool = False):
+        validate_inputs(self.config, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
+        x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds, deterministic=deterministic)
+        mask = None if attention_mask is None else padding_mask(attention_mask)
+        h, all_hidden, all_weights = self.encoder(
+            x, mask, deterministic=deterministic, output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+        pooled = self.pooler(h) if self.add_pooling_layer else None
+        return BaseModelOutputWithPooling(
+            last_hidden_state=h, pooler_output=pooled, hidden_states=all_hidden, attentions=all_weights
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Heads. Each takes HF's arguments (labels etc.) plus ``deterministic``; a ``loss`` is returned when labels are given.
+# ---------------------------------------------------------------------------------------------------------------
+@flax.struct.dataclass
+class AlbertForPreTrainingOutput:
+    prediction_logits: Array
+    sop_logits: Array
+    loss: Optional[Array] = None
+    hidden_states: Optional[tuple] = None
+    attentions: Optional[tuple] = None
+
+
+class _AlbertHead(nn.Module):
+    """Shared fields; subclasses build ``self.albert`` with or without the pooler, as HF does per head."""
+
+    config: AlbertConfig
+    dtype: Any = jnp.float32
+    remat: bool = False
+
+    def _backbone(self, add_pooling_layer: bool = True) -> AlbertModel:
+        return AlbertModel(self.config, self.dtype, add_pooling_layer=add_pooling_layer, remat=self.remat, name="albert")
+
+    def _mlm_head(self) -> MaskedLMHead:
+        c = self.config
+        return MaskedLMHead(c.embedding_size, c.vocab_size, c.hidden_act, c.layer_norm_eps, self.dtype, name="predictions")
+
+    def _classifier(self, features: int, dropout: float, pooled: Array, deterministic: bool) -> Array:
+        pooled = nn.Dropout(dropout)(pooled, deterministic=deterministic)
+        return Dense(features, (axes.EMBED, axes.VOCAB), dtype=self.dtype, name="classifier")(pooled)
+
+
+class AlbertSOPHead(nn.Module):
+    """Sentence-order head: dropout -> ``classifier`` on the pooled output. ``[b, H] -> [b, num_labels]``."""
+
+    config: AlbertConfig
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, pooled: Array, deterministic: bool = True) -> Array:
+        pooled = nn.Dropout(self.config.classifier_dropout_prob or 0.0)(pooled, deterministic=deterministic)
+        return Dense(self.config.num_labels, (axes.EMBED, axes.VOCAB), dtype=self.dtype, name="classifier")(pooled)
+
+
+class AlbertForPreTraining(_AlbertHead):
+    """Masked LM + sentence-order prediction. Loss = MLM loss + SOP loss when both label sets are given."""
+
+    @nn.compact
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                 inputs_embeds=None, labels=None, sentence_order_label=None, *, deterministic: bool = True,
+                 output_attentions: bool = False, output_hidden_states: bool = False):
+        albert = self._backbone()
+        out = albert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                     deterministic=deterministic, output_attentions=output_attentions,
+                     output_hidden_states=output_hidden_states)
+        logits = self._mlm_head()(out.last_hidden_state, albert.word_embedding_table())
+        sop_logits = AlbertSOPHead(self.config, self.dtype, name="sop_classifier")(out.pooler_output, deterministic)
+        loss = None
+        if labels is not None and sentence_order_label is not None:
+            loss = cross_entropy(logits, labels) + cross_entropy(sop_logits.reshape(-1, 2), sentence_order_label.reshape(-1))
+        return AlbertForPreTrainingOutput(logits, sop_logits, loss, out.hidden_states, out.attentions)
+
+
+class AlbertForMaskedLM(_AlbertHead):
+    """Masked LM head tied to the word embeddings. ``logits [b, l, vocab]``; labels -100 are ignored."""
+
+    @nn.compact
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                 inputs_embeds=None, labels=None, *, deterministic: bool = True, output_attentions: bool = False,
+                 output_hidden_states: bool = False):
+        albert = self._backbone(add_pooling_layer=False)
+        out = albert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                     deterministic=deterministic, output_attentions=output_attentions,
+                     output_hidden_states=output_hidden_states)
+        logits = self._mlm_head()(out.last_hidden_state, albert.word_embedding_table())
+        loss = None if labels is None else cross_entropy(logits, labels)
+        return MaskedLMOutput(logits, loss, out.hidden_states, out.attentions)
+
+
+class AlbertForSequenceClassification(_AlbertHead):
+    """``logits [b, num_labels]`` from the pooled output; regression when ``num_labels == 1`` (MSE), single-label
+    cross-entropy for integer labels, multi-label BCE for float labels (or as ``config.problem_type`` says)."""
+
+    @nn.compact
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                 inputs_embeds=None, labels=None, *, deterministic: bool = True, output_attentions: bool = False,
+                 output_hidden_states: bool = False):
+        c = self.config
+        out = self._backbone()(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                               deterministic=deterministic, output_attentions=output_attentions,
+                               output_hidden_states=output_hidden_states)
+        logits = self._classifier(c.num_labels, c.classifier_dropout_prob or 0.0, out.pooler_output, deterministic)
+        loss = None
+        if labels is not None:
+            loss = sequence_classification_loss(logits, labels, num_labels=c.num_labels, problem_type=c.problem_type)
+        return SequenceClassifierOutput(logits, loss, out.hidden_states, out.attentions)
+
+
+class AlbertForTokenClassification(_AlbertHead):
+    """Per-token ``logits [b, l, num_labels]``; labels -100 are ignored."""
+
+    @nn.compact
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                 inputs_embeds=None, labels=None, *, deterministic: bool = True, output_attentions: bool = False,
+                 output_hidden_states: bool = False):
+        c = self.config
+        out = self._backbone(add_pooling_layer=False)(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, deterministic=deterministic,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        dropout = c.classifier_dropout_prob if c.classifier_dropout_prob is not None else c.hidden_dropout_prob
+        logits = self._classifier(c.num_labels, dropout, out.last_hidden_state, deterministic)
+        loss = None if labels is None else cross_entropy(logits.reshape(-1, c.num_labels), labels.reshape(-1))
+        return TokenClassifierOutput(logits, loss, out.hidden_states, out.attentions)
+
+
+class AlbertForQuestionAnswering(_AlbertHead):
+    """Span QA: ``start_logits``/``end_logits [b, l]`` from ``qa_outputs``; positions outside the sequence are ignored."""
+
+    @nn.compact
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                 inputs_embeds=None, start_positions=None, end_positions=None, *, deterministic: bool = True,
+                 output_attentions: bool = False, output_hidden_states: bool = False):
+        c = self.config
+        out = self._backbone(add_pooling_layer=False)(
+            input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, deterministic=deterministic,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        logits = Dense(c.num_labels, (axes.EMBED, axes.VOCAB), dtype=self.dtype, name="qa_outputs")(out.last_hidden_state)
+        start, end = split_span_logits(logits)
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            loss = span_loss(start, end, start_positions, end_positions)
+        return QuestionAnsweringModelOutput(start, end, loss, out.hidden_states, out.attentions)
+
+
+class AlbertForMultipleChoice(_AlbertHead):
+    """Inputs ``[b, num_choices, l]``; each choice is encoded separately; ``logits [b, num_choices]``."""
+
+    @nn.compact
+    def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                 inputs_embeds=None, labels=None, *, deterministic: bool = True, output_attentions: bool = False,
+                 output_hidden_states: bool = False):
+        c = self.config
+        validate_inputs(c, input_ids, attention_mask, token_type_ids,
+                        None if position_ids is None or position_ids.ndim < 3 else position_ids, inputs_embeds, rank=3)
+        num_choices = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        out = self._backbone()(
+            flatten_choices(input_ids), flatten_choices(attention_mask), flatten_choices(token_type_ids),
+            flatten_choices(position_ids) if position_ids is not None and position_ids.ndim == 3 else position_ids,
+            flatten_choices(inputs_embeds), deterministic=deterministic, output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states)
+        logits = self._classifier(1, c.classifier_dropout_prob or 0.0, out.pooler_output, deterministic)
+        logits = logits.reshape(-1, num_choices)
+        loss = None if labels is None else cross_entropy(logits, labels)
+        return MultipleChoiceModelOutput(logits, loss, out.hidden_states, out.attentions)
+
+
+ARCHITECTURES = {
+    cls.__name__: cls
+    for cls in (
+        AlbertModel, AlbertForPreTraining, AlbertForMaskedLM, AlbertForSequenceClassification,
+        AlbertForTokenClassification, AlbertForQuestionAnswering, AlbertForMultipleChoice,
+    )
+}

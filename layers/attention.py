@@ -1,0 +1,174 @@
+"""Masked multi-head dot-product attention with absolute or relative (``relative_key``/``relative_key_query``) positions.
+
+Layouts: queries ``[batch, q_length, heads, head_dim]``, keys/values ``[batch, kv_length, heads, head_dim]``;
+scores and weights ``[batch, heads, q_length, kv_length]``. Softmax always runs in fp32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from layers import axes
+from layers.dense import Dense
+from layers.embeddings import Embed
+
+Array = jax.Array
+
+POSITION_SCHEMES = ("absolute", "relative_key", "relative_key_query")
+
+
+def relative_position_scores(query: Array, key: Array, distance_table: Array, scheme: str, max_position: int) -> Array:
+    """Position scores added (unscaled) to the attention logits, as BERT-style relative attention does.
+
+    Args:
+      query: ``[batch, q_length, heads, head_dim]``; key: ``[batch, kv_length, heads, head_dim]``.
+      distance_table: ``[2 * max_position - 1, head_dim]``; row ``i - j + max_position - 1`` embeds distance i - j.
+      scheme: ``relative_key`` (query . d) or ``relative_key_query`` (query . d + key . d).
+    Returns: ``[batch, heads, q_length, kv_length]``.
+    """
+    q_len, k_len = query.shape[1], key.shape[1]
+    distance = jnp.arange(q_len)[:, None] - jnp.arange(k_len)[None, :]
+    positions = jnp.take(distance_table, distance + max_position - 1, axis=0).astype(query.dtype)  # [q, k, d]
+    scores = jnp.einsum("bqhd,qkd->bhqk", query, positions)
+    if scheme == "relative_key_query":
+        scores = scores + jnp.einsum("bkhd,qkd->bhqk", key, positions)
+    return scores
+
+
+def dot_product_attention(
+    query: Array,
+    key: Array,
+    value: Array,
+    *,
+    mask: Array | None = None,
+    bias: Array | None = None,
+    scale: float | None = None,
+    dropout_rate: float = 0.0,
+    dropout_rng: Array | None = None,
+    deterministic: bool = True,
+    dtype: Any = None,
+) -> tuple[Array, Array]:
+    """softmax(scale * q k^T + bias, masked) v.
+
+    Args:
+      query: ``[batch, q_length, heads, head_dim]``; key, value: ``[batch, kv_length, heads, head_dim]``.
+      mask: boolean, broadcastable to ``[batch, heads, q_length, kv_length]``; True = may attend.
+      bias: float, broadcastable to the scores; added after scaling (relative positions, ALiBi, ...).
+      scale: multiplies q k^T; default ``head_dim ** -0.5``.
+    Returns:
+      (context ``[batch, q_length, heads, head_dim]`` in ``dtype``, weights ``[batch, heads, q_length, kv_length]`` fp32).
+    """
+    dtype = dtype or query.dtype
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    logits = jnp.einsum("bqhd,bkhd->bhqk", query.astype(dtype), key.astype(dtype)).astype(jnp.float32) * scale
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
+    if mask is not None:
+        # `where` rather than adding a large negative: adding finfo.min twice overflows to -inf and gives NaN rows.
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1)
+    probs = weights
+    if not deterministic and dropout_rate > 0.0:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+    context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), value.astype(dtype))
+    return context, weights
+
+
+def dot_product_attention_reference(query, key, value, *, mask=None, bias=None, scale=None):
+    """Slow twin: per batch and head, an explicit masked softmax in float64 numpy (tests only)."""
+    import numpy as np
+
+    q, k, v = (np.asarray(t, np.float64) for t in (query, key, value))
+    b, lq, h, d = q.shape
+    lk = k.shape[1]
+    scale = d**-0.5 if scale is None else scale
+    m = np.ones((b, h, lq, lk), bool) if mask is None else np.broadcast_to(np.asarray(mask), (b, h, lq, lk))
+    bb = np.zeros((b, h, lq, lk)) if bias is None else np.broadcast_to(np.asarray(bias, np.float64), (b, h, lq, lk))
+    out = np.zeros((b, lq, h, d))
+    weights = np.zeros((b, h, lq, lk))
+    for bi in range(b):
+        for hi in range(h):
+            s = q[bi, :, hi] @ k[bi, :, hi].T * scale + bb[bi, hi]
+            s = np.where(m[bi, hi], s, -np.inf)
+            s = s - s.max(-1, keepdims=True)
+            p = np.exp(s)
+            p = p / p.sum(-1, keepdims=True)
+            weights[bi, hi] = p
+            out[bi, :, hi] = p @ v[bi, :, hi]
+    return out, weights
+
+
+def padding_mask(attention_mask: Array) -> Array:
+    """``[batch, kv_length]`` 0/1 mask -> boolean ``[batch, 1, 1, kv_length]`` for ``dot_product_attention``."""
+    return (attention_mask != 0)[:, None, None, :]
+
+
+def self_attention_block(
+    x: Array,
+    mask: Array | None,
+    *,
+    num_heads: int,
+    head_dim: int,
+    position_embedding_type: str = "absolute",
+    max_position_embeddings: int = 512,
+    dropout_rate: float = 0.0,
+    dropout_rng: Array | None = None,
+    deterministic: bool = True,
+    use_bias: bool = True,
+    dtype: Any = jnp.float32,
+) -> tuple[Array, Array]:
+    """Projections + attention, creating ``query``/``key``/``value`` (+ ``distance_embedding``) in the CALLING module.
+
+    Call it from inside a ``@nn.compact`` method: the submodules it builds attach to that module, so each family
+    keeps its checkpoint's names (ALBERT ``attention.query``, BERT ``attention.self.query``) without repeating
+    this code. ``[batch, length, hidden] -> ([batch, length, heads * head_dim], weights [batch, heads, length, length])``.
+    """
+    if position_embedding_type not in POSITION_SCHEMES:
+        raise ValueError(f"position_embedding_type={position_embedding_type!r}; expected one of {POSITION_SCHEMES}")
+    width = num_heads * head_dim
+
+    def project(name):
+        y = Dense(width, (axes.EMBED, axes.HEADS), use_bias=use_bias, dtype=dtype, name=name)(x)
+        return y.reshape(y.shape[:-1] + (num_heads, head_dim))
+
+    q, k, v = project("query"), project("key"), project("value")
+    bias = None
+    if position_embedding_type != "absolute":
+        table = Embed(
+            2 * max_position_embeddings - 1, head_dim, dtype=dtype, axes=(axes.LENGTH, axes.KV), name="distance_embedding"
+        ).embedding
+        bias = relative_position_scores(q, k, table, position_embedding_type, max_position_embeddings)
+    context, weights = dot_product_attention(
+        q, k, v, mask=mask, bias=bias, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
+        deterministic=deterministic, dtype=dtype,
+    )
+    return context.reshape(context.shape[:-2] + (width,)), weights
+
+
+class SelfAttention(nn.Module):
+    """Thin module over ``self_attention_block`` (no output projection: families name and place that themselves)."""
+
+    num_heads: int
+    head_dim: int
+    position_embedding_type: str = "absolute"
+    max_position_embeddings: int = 512
+    dropout_rate: float = 0.0
+    use_bias: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array | None = None, *, deterministic: bool = True) -> tuple[Array, Array]:
+        dropout_rng = None
+        if not deterministic and self.dropout_rate > 0.0:
+            dropout_rng = self.make_rng("dropout")
+        return self_attention_block(
+            x, mask, num_heads=self.num_heads, head_dim=self.head_dim,
+            position_embedding_type=self.position_embedding_type,
+            max_position_embeddings=self.max_position_embeddings, dropout_rate=self.dropout_rate,
+            dropout_rng=dropout_rng, deterministic=deterministic, use_bias=self.use_bias, dtype=self.dtype,
+        )

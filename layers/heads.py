@@ -1,0 +1,67 @@
+"""Task heads shared by encoder families: pooler, masked-LM head, span QA and choice reshaping.
+
+Classification heads are a dropout and a ``Dense`` that each family names as its checkpoint does; only the
+pieces with structure of their own live here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from layers import axes
+from layers.activations import get_activation
+from layers.dense import Dense
+from layers.norms import LayerNorm
+
+Array = jax.Array
+
+
+class Pooler(nn.Module):
+    """tanh(Dense(hidden of the first token)): ``[batch, length, hidden] -> [batch, hidden]``."""
+
+    hidden_size: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        return jnp.tanh(Dense(self.hidden_size, (axes.EMBED, axes.EMBED), dtype=self.dtype, name="dense")(x[:, 0]))
+
+
+class MaskedLMHead(nn.Module):
+    """Dense(hidden -> embedding_size) -> activation -> LayerNorm -> vocabulary projection + ``bias``.
+
+    The projection is tied to the word embeddings when ``decoder_embedding [vocab, embedding_size]`` is given
+    (ALBERT, BERT), else it is an own ``decoder`` Dense (RemBERT). ``[..., hidden] -> [..., vocab_size]``.
+    """
+
+    embedding_size: int
+    vocab_size: int
+    hidden_act: str
+    layer_norm_eps: float
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, decoder_embedding: Array | None = None) -> Array:
+        h = Dense(self.embedding_size, (axes.EMBED, axes.EMBED), dtype=self.dtype, name="dense")(x)
+        h = get_activation(self.hidden_act)(h)
+        h = LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="LayerNorm")(h)
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes.VOCAB,)), (self.vocab_size,))
+        if decoder_embedding is None:
+            logits = Dense(self.vocab_size, (axes.EMBED, axes.VOCAB), use_bias=False, dtype=self.dtype, name="decoder")(h)
+        else:
+            logits = jnp.matmul(h, decoder_embedding.astype(self.dtype).T)
+        return logits + bias.astype(self.dtype)
+
+
+def split_span_logits(logits: Array) -> tuple[Array, Array]:
+    """``[batch, length, 2] -> (start [batch, length], end [batch, length])``."""
+    return logits[..., 0], logits[..., 1]
+
+
+def flatten_choices(x: Array | None) -> Array | None:
+    """``[batch, num_choices, ...] -> [batch * num_choices, ...]`` (None passes through)."""
+    return None if x is None else x.reshape((-1,) + x.shape[2:])
