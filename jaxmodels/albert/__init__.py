@@ -4,6 +4,7 @@ import jax.numpy as jnp
 
 from jaxmodels.albert.config import AlbertConfig
 from jaxmodels.albert.convert import BASE_MODEL_PREFIX, key_fn
+from jaxmodels.albert.tokenization import AlbertTokenizer
 from jaxmodels.albert.modeling import (
     ARCHITECTURES,
     AlbertForMaskedLM,
@@ -27,7 +28,7 @@ def dummy_inputs(config: AlbertConfig, architecture: str) -> dict:
 
 
 __all__ = [
-    "AlbertConfig", "AlbertModel", "AlbertForPreTraining", "AlbertForPreTrainingOutput", "AlbertForMaskedLM",
+    "AlbertConfig", "AlbertTokenizer", "AlbertModel", "AlbertForPreTraining", "AlbertForPreTrainingOutput", "AlbertForMaskedLM",
     "AlbertForSequenceClassification", "AlbertForTokenClassification", "AlbertForQuestionAnswering",
     "AlbertForMultipleChoice", "ARCHITECTURES", "BASE_MODEL_PREFIX", "key_fn", "dummy_inputs",
 ]
