@@ -1,0 +1,203 @@
+"""The grain pipeline: documents -> shard -> shuffle -> repeat -> tokenize -> pack -> batch.
+
+Packing is concatenate-then-split (grain's `ConcatThenSplitIterDataset`): documents, each followed by `</s>`,
+are laid end to end and cut every `seq_len` tokens, so no token is dropped and there is padding only at the
+very end of a finite run. A row therefore holds the tail of one document, whole documents, and the head of
+another; `segment_ids` number those pieces 1, 2, ... within the row (0 marks padding) and `positions`
+count from 0 at the start of each piece. Models that must not attend across documents mask with
+`segment_ids[:, :, None] == segment_ids[:, None, :]`; a causal LM that ignores them sees a plain token stream.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from typing import Any, Mapping
+
+import grain
+import numpy as np
+import sentencepiece as spm
+
+from train.data import sources
+from train.data import tokenizer as tokenizers
+
+# Prefetch a little ahead in two threads: enough to hide tokenization, small enough for a 2-core machine.
+_READ_OPTIONS = grain.ReadOptions(num_threads=2, prefetch_buffer_size=32)
+
+
+class _Tokenize:
+    """Document text -> {"inputs": [num_tokens] int32}, ending with `</s>` when the model has one."""
+
+    def __init__(self, processor: spm.SentencePieceProcessor):
+        self._processor = processor
+        self._eos = [processor.eos_id()] if processor.eos_id() >= 0 else []
+
+    def __call__(self, text: str) -> dict[str, np.ndarray]:
+        return {"inputs": np.asarray(self._processor.encode(text) + self._eos, dtype=np.int32)}
+
+
+def _to_json(value: Any) -> Any:
+    """Tuples become lists, as `json.dumps` would make them, so a state equals its JSON round trip."""
+    if isinstance(value, Mapping):
+        return {k: _to_json(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_to_json(v) for v in value]
+    return value
+
+
+def _from_json(value: Any) -> Any:
+    """Lists back to tuples: grain states hold no lists, and the packer compares slices to `(-1, -1)`."""
+    if isinstance(value, Mapping):
+        return {k: _from_json(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return tuple(_from_json(v) for v in value)
+    return value
+
+
+class DataIterator(grain.DatasetIterator):
+    """Iterator of packed batches with a JSON-serialisable state that resumes exactly.
+
+    Each `next()` returns {"inputs", "segment_ids", "positions"}, each [batch_size, seq_len] int32.
+    `get_state()` returns a dict of JSON types: {"pipeline": the arguments that fix the data order,
+    "grain": grain's own state}. `set_state` refuses a state saved by a pipeline with other arguments.
+    Being a `grain.DatasetIterator`, it also works with `grain.checkpoint.CheckpointSave/Restore`.
+    """
+
+    def __init__(self, parent: grain.DatasetIterator, pipeline: Mapping[str, Any]):
+        super().__init__(parent)
+        self._pipeline = dict(pipeline)
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = next(self._parent)
+        return {
+            "inputs": batch["inputs"],
+            "segment_ids": batch["inputs_segment_ids"],
+            "positions": batch["inputs_positions"],
+        }
+
+    def get_state(self) -> dict[str, Any]:
+        return {"pipeline": dict(self._pipeline), "grain": _to_json(self._parent.get_state())}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        if not isinstance(state, Mapping) or set(state) != {"pipeline", "grain"}:
+            raise ValueError("state: expected a dict with keys 'pipeline' and 'grain' from get_state()")
+        differing = sorted(k for k in set(self._pipeline) | set(state["pipeline"])
+                           if self._pipeline.get(k) != state["pipeline"].get(k))
+        if differing:
+            detail = ", ".join(
+                f"{k}: saved {state['pipeline'].get(k)!r}, here {self._pipeline.get(k)!r}" for k in differing
+            )
+            raise ValueError(f"state: saved by a pipeline with other arguments ({detail})")
+        self._parent.set_state(_from_json(state["grain"]))
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}={value!r}: expected an int >= {minimum}")
+
+
+def make_dataset(
+    source: str | sources.TextSource = "kjv",
+    *,
+    seq_len: int,
+    batch_size: int,
+    seed: int = 0,
+    split: str | None = None,
+    tokenizer: str | spm.SentencePieceProcessor | None = None,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    num_epochs: int | None = None,
+    data_dir: str | None = None,
+    cache_dir: str | None = None,
+) -> DataIterator:
+    """Packed, shuffled, sharded batches of token ids from a text corpus.
+
+    Documents are split among processes first (process `shard_index` takes documents `shard_index`,
+    `shard_index + shard_count`, ...; disjoint and together complete), then shuffled with `seed`, freshly
+    each epoch, then tokenized and packed (see the module docstring). The order depends only on the
+    arguments, never on timing or thread count.
+
+    Args:
+      source: a `TextSource` from `open_source`, or a source string for it ("kjv", a path, a TFDS name).
+      seq_len: tokens per row.
+      batch_size: rows per batch *on this process* (the global batch is `batch_size * shard_count`).
+      seed: shuffle seed; the same seed gives the same batches.
+      split: for a string `source`, the split to read (default "train"); for a `TextSource`, None or its
+        own split.
+      tokenizer: a SentencePiece processor or `.model` path; None builds (or loads from `cache_dir`) the
+        default `build_tokenizer` model on the "train" split of the same dataset.
+      shard_index, shard_count: this process's shard; default `jax.process_index()` / `process_count()`.
+      num_epochs: passes over the shard; None repeats forever. A finite run ends with its last row and
+        last batch zero-padded (`segment_ids` 0) so every batch has the same shape.
+      data_dir: TFDS data directory for a string `source`.
+      cache_dir: tokenizer cache for `tokenizer=None`.
+
+    Returns:
+      A `DataIterator` yielding {"inputs", "segment_ids", "positions"}, each [batch_size, seq_len] int32.
+    """
+    _check_int("seq_len", seq_len, 2)
+    _check_int("batch_size", batch_size, 1)
+    _check_int("seed", seed, 0)
+    if num_epochs is not None:
+        _check_int("num_epochs", num_epochs, 1)
+    if shard_index is None or shard_count is None:
+        import jax  # Only for the defaults: the pipeline itself never touches devices.
+
+        shard_index = jax.process_index() if shard_index is None else shard_index
+        shard_count = jax.process_count() if shard_count is None else shard_count
+    _check_int("shard_count", shard_count, 1)
+    _check_int("shard_index", shard_index, 0)
+    if shard_index >= shard_count:
+        raise ValueError(f"shard_index={shard_index}: must be < shard_count={shard_count}")
+
+    if isinstance(source, sources.TextSource):
+        if split is not None and split != source.split:
+            raise ValueError(f"split={split!r}: conflicts with the TextSource's split {source.split!r}")
+    else:
+        source = sources.open_source(source, split=split or "train", data_dir=data_dir)
+
+    if tokenizer is None:
+        train_split = source if source.split == "train" else sources.open_source(
+            source.name, split="train", data_dir=source.data_dir, text_key=source.text_key
+        )
+        tokenizer = tokenizers.build_tokenizer(train_split, cache_dir=cache_dir)
+    if isinstance(tokenizer, str):
+        tokenizer = tokenizers.load_tokenizer(tokenizer)
+    if not isinstance(tokenizer, spm.SentencePieceProcessor):
+        raise ValueError(f"tokenizer={tokenizer!r}: expected a SentencePieceProcessor, a .model path or None")
+
+    documents = grain.MapDataset.source(source)[shard_index::shard_count]
+    if len(documents) == 0:
+        raise ValueError(
+            f"shard_count={shard_count}: shard {shard_index} of {source.name} {source.split!r} "
+            f"({len(source)} documents) is empty"
+        )
+    # Shuffle before repeat: grain then draws a new permutation for every epoch.
+    tokens = (
+        documents.shuffle(seed=seed)
+        .repeat(num_epochs)
+        .map(_Tokenize(tokenizer))
+        .to_iter_dataset(_READ_OPTIONS)
+    )
+    rows = grain.experimental.ConcatThenSplitIterDataset(tokens, length_struct={"inputs": seq_len})
+    batches = rows.batch(
+        batch_size, batch_fn=functools.partial(grain.experimental.batch_and_pad, batch_size=batch_size)
+    )
+    pipeline = {
+        "source": source.name,
+        "split": source.split,
+        "text_key": source.text_key,
+        "num_documents": len(source),
+        "tokenizer": _fingerprint(tokenizer),
+        "seq_len": int(seq_len),
+        "batch_size": int(batch_size),
+        "seed": int(seed),
+        "shard_index": int(shard_index),
+        "shard_count": int(shard_count),
+        "num_epochs": num_epochs,
+    }
+    return DataIterator(iter(batches), pipeline)
+
+
+def _fingerprint(processor: spm.SentencePieceProcessor) -> str:
+    return hashlib.sha256(processor.serialized_model_proto()).hexdigest()[:16]
