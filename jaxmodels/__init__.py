@@ -6,8 +6,8 @@
     hf_tensors = jaxmodels.params_to_hf(module, grads)                    # {hf_name: np.ndarray}
 
 A family package registers itself in ``_FAMILIES`` and exposes ``CONFIG`` (its config class), ``ARCHITECTURES``
-(HF class name -> module class), ``DEFAULT_ARCHITECTURE``, ``BASE_MODEL_PREFIX``, ``key_fn(config)`` and
-``dummy_inputs(config, architecture)``. Families are imported lazily, so using one never imports the others.
+(HF class name -> module class), ``DEFAULT_ARCHITECTURE``, ``BASE_MODEL_PREFIX``, ``key_fn(config)``,
+``dummy_inputs(config, architecture)`` and optionally ``TIED_KEYS`` (checkpoint names that are tied copies). Families are imported lazily, so using one never imports the others.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from jaxmodels import hf_io
 # model_type (as in HF config.json) -> family package
 _FAMILIES = {
     "albert": "jaxmodels.albert",
+    "reformer": "jaxmodels.reformer",
+    "mega": "jaxmodels.mega",
 }
 
 
@@ -72,8 +74,8 @@ def from_pretrained(path: str, dtype: Any = jnp.float32, *, architecture: str | 
                     rng: jax.Array | None = None) -> tuple[nn.Module, dict]:
     """Loads an HF ``save_pretrained`` directory -> ``(module, params)`` with fp32 params and ``dtype`` compute.
 
-    Head params absent from the checkpoint (e.g. a classifier on top of a pretraining checkpoint) are freshly
-    initialised from ``rng`` with a warning, as HF does; missing backbone weights are an error.
+    Params absent from the checkpoint (a classifier, or a pooler, on top of a pretraining checkpoint) are freshly
+    initialised from ``rng`` with a warning naming them, as HF does; a checkpoint matching nothing is an error.
     """
     hf_config = hf_io.read_config(path)
     module = from_config(hf_config, dtype=dtype, architecture=architecture)
@@ -82,16 +84,15 @@ def from_pretrained(path: str, dtype: Any = jnp.float32, *, architecture: str | 
     state_dict = hf_io.strip_or_add_prefix(hf_io.load_state_dict(path), fam.BASE_MODEL_PREFIX,
                                            want_prefix=fam.BASE_MODEL_PREFIX in shapes)
     params, missing, unexpected = hf_io.state_dict_to_params(state_dict, shapes, fam.key_fn(module.config))
+    if not params:
+        raise ValueError(f"checkpoint {path!r} holds none of the weights of {type(module).__name__} "
+                         f"(first missing: {missing[:4]}); is it the right model_type?")
     if missing:
-        prefix = fam.BASE_MODEL_PREFIX + "."
-        backbone = [m for m in missing if m.startswith(prefix) or fam.BASE_MODEL_PREFIX not in shapes]
-        if backbone:
-            raise ValueError(f"checkpoint {path!r} lacks backbone weights for {type(module).__name__}: {backbone[:8]}"
-                             f"{' ...' if len(backbone) > 8 else ''}")
         warnings.warn(f"newly initialised (not in the checkpoint): {missing}", stacklevel=2)
         fresh = hf_io.flatten(init_params(module, rng if rng is not None else jax.random.PRNGKey(0)))
         flat = hf_io.flatten(params)
         params = hf_io.unflatten({p: flat.get(p, fresh[p]) for p in fresh})
+    unexpected = [k for k in unexpected if k not in getattr(fam, "TIED_KEYS", ())]
     if unexpected:
         warnings.warn(f"checkpoint tensors not used by {type(module).__name__}: {unexpected}", stacklevel=2)
     return module, jax.tree.map(jnp.asarray, params)

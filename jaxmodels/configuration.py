@@ -34,7 +34,10 @@ class HFConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in names}
         if "id2label" in names and d.get("id2label"):
-            kwargs["id2label"] = {int(k): v for k, v in d["id2label"].items()}
+            id2label = {int(k): v for k, v in d["id2label"].items()}
+            # HF writes LABEL_i names for every config; only real label names are worth keeping.
+            is_default = id2label == {i: f"LABEL_{i}" for i in range(len(id2label))}
+            kwargs["id2label"] = None if is_default else id2label
         return cls(**kwargs)
 
     def to_hf_dict(self) -> dict[str, Any]:

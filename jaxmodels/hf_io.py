@@ -2,7 +2,8 @@
 
 A family describes its checkpoint with one function, ``key_fn(path, shape) -> [(hf_name, index), ...]``: for each
 leaf of our param tree (``path`` a tuple of keys), the HF tensor name(s) it holds and, for stacked leaves, the
-index into the leaf where each tensor lives. Leaf transforms are fixed by the leaf name: ``kernel`` is the
+index into the leaf where each tensor lives. Several names at the same index are aliases (tied tensors): export
+writes all of them, import takes the first one present. Leaf transforms are fixed by the leaf name: ``kernel`` is the
 transposed torch ``Linear.weight``; ``embedding`` and ``scale`` are ``weight``; ``bias`` is ``bias``. Both
 directions (import and export) are driven by the same ``key_fn``, so they cannot drift apart.
 """
@@ -78,18 +79,21 @@ def state_dict_to_params(state_dict: dict[str, np.ndarray], shapes: dict, key_fn
     """
     used, missing, flat = set(), [], {}
     for path, spec in flatten(shapes).items():
-        entries = key_fn(path, tuple(spec.shape))
-        if any(name not in state_dict for name, _ in entries):
-            missing.extend(name for name, _ in entries if name not in state_dict)
+        by_index: dict[tuple, list[str]] = {}
+        for name, index in key_fn(path, tuple(spec.shape)):
+            by_index.setdefault(index, []).append(name)
+        chosen = {index: next((n for n in names if n in state_dict), None) for index, names in by_index.items()}
+        if any(name is None for name in chosen.values()):
+            missing.extend(names[0] for index, names in by_index.items() if chosen[index] is None)
             continue
+        used.update(n for names in by_index.values() for n in names if n in state_dict)
         value = np.zeros(spec.shape, dtype)
-        for name, index in entries:
+        for index, name in chosen.items():
             tensor = _from_torch_layout(path[-1], np.asarray(state_dict[name]))
             if value[index].shape != tensor.shape:
                 raise ValueError(f"checkpoint tensor {name} has shape {tensor.T.shape if path[-1] == 'kernel' else tensor.shape}"
                                  f" but the config implies {value[index].shape} for {'/'.join(path)}")
             value[index] = tensor
-            used.add(name)
         flat[path] = value
     unexpected = sorted(set(state_dict) - used)
     return unflatten(flat), missing, unexpected

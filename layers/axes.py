@@ -16,4 +16,7 @@ LAYERS = "layers"  # stacked layer (or layer-group) index of scanned params
 CANDIDATES = "candidates"  # retrieval candidates / documents
 BLOCKS = "blocks"  # chunks of a sequence (local / LSH attention)
 
+# A name may appear only once per array (flax rejects duplicates), so a square width -> width projection
+# (pooler, factorized E -> H mapping, MLM transform) is named (EMBED, MLP): input on fsdp, output on tensor.
+
 ALL = (BATCH, LENGTH, EMBED, HEADS, KV, MLP, VOCAB, LAYERS, CANDIDATES, BLOCKS)

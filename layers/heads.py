@@ -28,7 +28,7 @@ class Pooler(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        return jnp.tanh(Dense(self.hidden_size, (axes.EMBED, axes.EMBED), dtype=self.dtype, name="dense")(x[:, 0]))
+        return jnp.tanh(Dense(self.hidden_size, (axes.EMBED, axes.MLP), dtype=self.dtype, name="dense")(x[:, 0]))
 
 
 class MaskedLMHead(nn.Module):
@@ -46,7 +46,7 @@ class MaskedLMHead(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, decoder_embedding: Array | None = None) -> Array:
-        h = Dense(self.embedding_size, (axes.EMBED, axes.EMBED), dtype=self.dtype, name="dense")(x)
+        h = Dense(self.embedding_size, (axes.EMBED, axes.MLP), dtype=self.dtype, name="dense")(x)
         h = get_activation(self.hidden_act)(h)
         h = LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="LayerNorm")(h)
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes.VOCAB,)), (self.vocab_size,))

@@ -3,7 +3,7 @@
 import jax.numpy as jnp
 
 from jaxmodels.albert.config import AlbertConfig
-from jaxmodels.albert.convert import BASE_MODEL_PREFIX, key_fn
+from jaxmodels.albert.convert import BASE_MODEL_PREFIX, TIED_KEYS, key_fn
 from jaxmodels.albert.tokenization import AlbertTokenizer
 from jaxmodels.albert.modeling import (
     ARCHITECTURES,
@@ -30,5 +30,5 @@ def dummy_inputs(config: AlbertConfig, architecture: str) -> dict:
 __all__ = [
     "AlbertConfig", "AlbertTokenizer", "AlbertModel", "AlbertForPreTraining", "AlbertForPreTrainingOutput", "AlbertForMaskedLM",
     "AlbertForSequenceClassification", "AlbertForTokenClassification", "AlbertForQuestionAnswering",
-    "AlbertForMultipleChoice", "ARCHITECTURES", "BASE_MODEL_PREFIX", "key_fn", "dummy_inputs",
+    "AlbertForMultipleChoice", "ARCHITECTURES", "BASE_MODEL_PREFIX", "TIED_KEYS", "key_fn", "dummy_inputs",
 ]

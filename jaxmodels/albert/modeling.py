@@ -156,7 +156,7 @@ class AlbertTransformer(nn.Module):
     def __call__(self, x: Array, mask: Optional[Array], *, deterministic: bool = True,
                  output_hidden_states: bool = False, output_attentions: bool = False):
         c = self.config
-        h = Dense(c.hidden_size, (axes.EMBED, axes.EMBED), dtype=self.dtype, name="embedding_hidden_mapping_in")(x)
+        h = Dense(c.hidden_size, (axes.EMBED, axes.MLP), dtype=self.dtype, name="embedding_hidden_mapping_in")(x)
         layer = AlbertLayer(c, self.dtype, parent=None)
         groups = self.param(
             "albert_layer_groups",
