@@ -251,3 +251,32 @@ def test_head_on_top_of_a_pretraining_checkpoint(tmp_path):
     np.testing.assert_array_equal(params["albert"]["embeddings"]["word_embeddings"]["embedding"],
                                   mlm_params["albert"]["embeddings"]["word_embeddings"]["embedding"])
     assert params["classifier"]["kernel"].shape == (16, 2)
+
+
+def test_bf16_compute_from_pretrained(tmp_path):
+    """dtype=bfloat16 computes in bf16 (fp32 params kept) and stays close to the fp32 model."""
+    module = AlbertForMaskedLM(tiny())
+    params = jaxmodels.init_params(module, jax.random.PRNGKey(0))
+    jaxmodels.save_pretrained(module, params, str(tmp_path))
+    bf16_module, bf16_params = jaxmodels.from_pretrained(str(tmp_path), dtype=jnp.bfloat16)
+    assert bf16_module.dtype == jnp.bfloat16
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(bf16_params))
+    ids, mask = ids_and_mask()
+    ref = module.apply({"params": params}, ids, mask).logits
+    out = bf16_module.apply({"params": bf16_params}, ids, mask).logits
+    assert out.dtype == jnp.bfloat16
+    err = np.abs(np.asarray(out, np.float32) - np.asarray(ref)).max() / np.abs(np.asarray(ref)).max()
+    assert err < 3e-2, err
+
+
+def test_remat_gives_identical_gradients():
+    config = tiny(num_hidden_layers=4, num_hidden_groups=2)
+    ids, mask = ids_and_mask()
+    labels = jnp.where(mask == 1, ids, -100)
+
+    def grads(remat):
+        module = AlbertForMaskedLM(config, remat=remat)
+        params = jaxmodels.init_params(module, jax.random.PRNGKey(0))
+        return jax.grad(lambda p: module.apply({"params": p}, ids, mask, labels=labels).loss)(params)
+
+    chex.assert_trees_all_close(grads(True), grads(False), rtol=1e-5, atol=1e-7)
