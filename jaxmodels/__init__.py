@@ -66,7 +66,8 @@ def abstract_params(module: nn.Module) -> dict:
 
 
 def params_to_hf(module: nn.Module, params: dict) -> dict:
-    """Our params (or grads) -> ``{hf_name: np.ndarray}`` in torch layout (tied copies omitted, as HF saves)."""
+    """Our params (or grads) -> ``{hf_name: np.ndarray}`` in torch layout: the tensors HF saves, plus any alias
+    HF's loader needs to keep a tied tensor (see the family's ``key_fn``)."""
     return hf_io.params_to_state_dict(nn.unbox(params), _family_of(module).key_fn(module.config))
 
 

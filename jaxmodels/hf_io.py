@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -91,8 +91,8 @@ def state_dict_to_params(state_dict: dict[str, np.ndarray], shapes: dict, key_fn
         for index, name in chosen.items():
             tensor = _from_torch_layout(path[-1], np.asarray(state_dict[name]))
             if value[index].shape != tensor.shape:
-                raise ValueError(f"checkpoint tensor {name} has shape {tensor.T.shape if path[-1] == 'kernel' else tensor.shape}"
-                                 f" but the config implies {value[index].shape} for {'/'.join(path)}")
+                raise ValueError(f"checkpoint tensor {name} has shape {tuple(np.shape(state_dict[name]))}, which does "
+                                 f"not fit {'/'.join(path)} {value[index].shape} as the config implies")
             value[index] = tensor
         flat[path] = value
     unexpected = sorted(set(state_dict) - used)
@@ -160,7 +160,3 @@ def strip_or_add_prefix(state_dict: dict[str, np.ndarray], prefix: str, want_pre
     if not want_prefix and has:
         return {k[len(dot):]: v for k, v in state_dict.items() if k.startswith(dot)}
     return state_dict
-
-
-def names_in(entries: Iterable[tuple[str, Any]]) -> list[str]:
-    return [n for n, _ in entries]

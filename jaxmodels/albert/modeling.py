@@ -150,7 +150,7 @@ class AlbertTransformer(nn.Module):
 
     config: AlbertConfig
     dtype: Any = jnp.float32
-    remat: bool = False  # recompute each layer in the backward pass (activation memory O(1) in depth)
+    remat: bool = False  # recompute each layer in the backward pass: keep only each layer's input [b, l, H]
 
     @nn.compact
     def __call__(self, x: Array, mask: Optional[Array], *, deterministic: bool = True,

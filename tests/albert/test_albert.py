@@ -224,7 +224,7 @@ def test_pytorch_bin_is_read_with_weights_only(tmp_path):
     """A pytorch_model.bin checkpoint loads (through torch.load(weights_only=True)) to the same params."""
     from tests.oracle import require_torch
 
-    torch = require_torch()
+    require_torch()
     import transformers
 
     hf = transformers.AlbertModel(transformers.AlbertConfig(**TINY)).eval()

@@ -180,7 +180,7 @@ def test_position_ids_and_inputs_embeds(tmp_path):
 
 def test_save_pretrained_round_trip(tmp_path):
     """Ours -> save_pretrained -> HF from_pretrained gives equal outputs; and back through our doorway, equal params."""
-    torch = require_torch()
+    require_torch()
     import transformers
 
     module = jaxmodels.from_config({**BASE, **{k: v for k, v in CONFIGS["L5G2-relative_key"].items()},
