@@ -65,3 +65,24 @@ def split_span_logits(logits: Array) -> tuple[Array, Array]:
 def flatten_choices(x: Array | None) -> Array | None:
     """``[batch, num_choices, ...] -> [batch * num_choices, ...]`` (None passes through)."""
     return None if x is None else x.reshape((-1,) + x.shape[2:])
+
+
+def pooler_reference(x, kernel, bias):
+    """Slow twin of ``Pooler`` in float64 numpy (tests only)."""
+    import numpy as np
+
+    return np.tanh(np.asarray(x, np.float64)[:, 0] @ np.asarray(kernel, np.float64) + np.asarray(bias, np.float64))
+
+
+def masked_lm_head_reference(x, params, activation, epsilon, decoder_embedding=None):
+    """Slow twin of ``MaskedLMHead`` in float64 numpy, from its unboxed params (tests only)."""
+    import numpy as np
+
+    from layers.norms import layer_norm_reference
+
+    f64 = lambda a: np.asarray(a, np.float64)
+    h = f64(x) @ f64(params["dense"]["kernel"]) + f64(params["dense"]["bias"])
+    h = f64(activation(h))
+    h = layer_norm_reference(h, params["LayerNorm"]["scale"], params["LayerNorm"]["bias"], epsilon=epsilon)
+    table = params["decoder"]["kernel"].T if decoder_embedding is None else decoder_embedding
+    return h @ f64(table).T + f64(params["bias"])

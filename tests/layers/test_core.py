@@ -157,3 +157,25 @@ def test_stacked_params_are_independent_and_named():
     one = stacked.index_stacked(params, (1, 2))
     assert one["kernel"].shape == (5, 4)
     assert not np.allclose(params["kernel"][0, 0], params["kernel"][1, 2])  # independent keys per copy
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_masked_lm_head_and_pooler_match_twins(tied):
+    import flax.linen as nn
+
+    from layers.heads import MaskedLMHead, Pooler, masked_lm_head_reference, pooler_reference
+
+    rng = np.random.RandomState(0)
+    x = jnp.asarray(rng.randn(2, 5, 6), jnp.float32)
+    table = jnp.asarray(rng.randn(11, 4), jnp.float32) if tied else None
+    head = MaskedLMHead(embedding_size=4, vocab_size=11, hidden_act="gelu", layer_norm_eps=1e-12)
+    params = nn.unbox(head.init(jax.random.PRNGKey(0), x, table)["params"])
+    params = jax.tree.map(lambda p: p + 0.3 * jnp.asarray(rng.randn(*p.shape), jnp.float32), params)
+    want = masked_lm_head_reference(x, params, get_activation("gelu"), 1e-12, table)
+    np.testing.assert_allclose(np.asarray(head.apply({"params": params}, x, table)), want, rtol=1e-5, atol=1e-5)
+    assert ("decoder" in params) is (not tied)
+
+    pooler = Pooler(6)
+    pp = nn.unbox(pooler.init(jax.random.PRNGKey(1), x)["params"])
+    np.testing.assert_allclose(np.asarray(pooler.apply({"params": pp}, x)),
+                               pooler_reference(x, pp["dense"]["kernel"], pp["dense"]["bias"]), rtol=1e-5, atol=1e-6)
