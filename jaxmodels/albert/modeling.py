@@ -19,9 +19,9 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxmodels.albert.config import AlbertConfig
+from jaxmodels.input_checks import check_range
 from jaxmodels.outputs import (
     BaseModelOutputWithPooling,
     MaskedLMOutput,
@@ -47,17 +47,6 @@ Array = jax.Array
 # Input validation: runs in Python on static shapes (and on values when they are concrete), before any tracing,
 # so a bad batch fails with the argument named instead of a deep XLA shape error.
 # ---------------------------------------------------------------------------------------------------------------
-def _is_concrete(x) -> bool:
-    return x is not None and not isinstance(x, jax.core.Tracer)
-
-
-def _check_range(name: str, x, upper: int, rule: str) -> None:
-    if _is_concrete(x):
-        v = np.asarray(x)
-        if v.size and (v.min() < 0 or v.max() >= upper):
-            raise ValueError(f"{name} has values in [{v.min()}, {v.max()}]; {rule}")
-
-
 def validate_inputs(config: AlbertConfig, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                     *, rank: int = 2) -> None:
     """Raises ValueError naming the argument when inputs cannot be run by a model with ``config``.
@@ -90,10 +79,10 @@ def validate_inputs(config: AlbertConfig, input_ids, attention_mask, token_type_
             f"sequence length {length} exceeds max_position_embeddings={config.max_position_embeddings} "
             f"(position_embedding_type={config.position_embedding_type!r})"
         )
-    _check_range("input_ids", input_ids, config.vocab_size, f"ids must be in [0, vocab_size={config.vocab_size})")
-    _check_range("token_type_ids", token_type_ids, config.type_vocab_size,
+    check_range("input_ids", input_ids, config.vocab_size, f"ids must be in [0, vocab_size={config.vocab_size})")
+    check_range("token_type_ids", token_type_ids, config.type_vocab_size,
                  f"token types must be in [0, type_vocab_size={config.type_vocab_size})")
-    _check_range("position_ids", position_ids, config.max_position_embeddings,
+    check_range("position_ids", position_ids, config.max_position_embeddings,
                  f"positions must be in [0, max_position_embeddings={config.max_position_embeddings})")
 
 
