@@ -140,6 +140,9 @@ class AlbertTransformer(nn.Module):
     config: AlbertConfig
     dtype: Any = jnp.float32
     remat: bool = False  # recompute each layer in the backward pass: keep only each layer's input [b, l, H]
+    # Layers unrolled per scan iteration: 1 traces the layer once (compile time flat in depth); num_hidden_layers
+    # unrolls fully, letting XLA schedule across layers (faster steps, compile time grows with depth).
+    scan_unroll: int = 1
 
     @nn.compact
     def __call__(self, x: Array, mask: Optional[Array], *, deterministic: bool = True,
@@ -179,7 +182,9 @@ class AlbertTransformer(nn.Module):
 
         if self.remat:
             outer = jax.checkpoint(outer, prevent_cse=False)
-        h_out, (hiddens, weights) = jax.lax.scan(outer, h, (jnp.arange(c.num_hidden_layers), group_of_layer))
+        h_out, (hiddens, weights) = jax.lax.scan(
+            outer, h, (jnp.arange(c.num_hidden_layers), group_of_layer), unroll=self.scan_unroll
+        )
         all_hidden = all_weights = None
         if output_hidden_states:
             all_hidden = (h,) + tuple(hiddens[i] for i in range(c.num_hidden_layers))
@@ -201,6 +206,7 @@ class AlbertModel(nn.Module):
     dtype: Any = jnp.float32
     add_pooling_layer: bool = True
     remat: bool = False
+    scan_unroll: int = 1
 
     def setup(self):
         c = self.config
@@ -210,7 +216,7 @@ class AlbertModel(nn.Module):
             use_position_embeddings=c.position_embedding_type == "absolute", pad_token_id=c.pad_token_id,
             dtype=self.dtype,
         )
-        self.encoder = AlbertTransformer(c, self.dtype, remat=self.remat)
+        self.encoder = AlbertTransformer(c, self.dtype, remat=self.remat, scan_unroll=self.scan_unroll)
         if self.add_pooling_layer:
             self.pooler = Pooler(c.hidden_size, dtype=self.dtype)
 
@@ -252,9 +258,11 @@ class _AlbertHead(nn.Module):
     config: AlbertConfig
     dtype: Any = jnp.float32
     remat: bool = False
+    scan_unroll: int = 1
 
     def _backbone(self, add_pooling_layer: bool = True) -> AlbertModel:
-        return AlbertModel(self.config, self.dtype, add_pooling_layer=add_pooling_layer, remat=self.remat, name="albert")
+        return AlbertModel(self.config, self.dtype, add_pooling_layer=add_pooling_layer, remat=self.remat,
+                           scan_unroll=self.scan_unroll, name="albert")
 
     def _mlm_head(self) -> MaskedLMHead:
         c = self.config

@@ -280,3 +280,14 @@ def test_remat_gives_identical_gradients():
         return jax.grad(lambda p: module.apply({"params": p}, ids, mask, labels=labels).loss)(params)
 
     chex.assert_trees_all_close(grads(True), grads(False), rtol=1e-5, atol=1e-7)
+
+
+def test_unrolled_layers_equal_scanned():
+    """scan_unroll trades compile time for cross-layer scheduling; the computation is the same."""
+    config = tiny(num_hidden_layers=5, num_hidden_groups=2, inner_group_num=2)
+    ids, mask = ids_and_mask()
+    scanned = AlbertModel(config)
+    params = jaxmodels.init_params(scanned, jax.random.PRNGKey(0))
+    a = scanned.apply({"params": params}, ids, mask, output_hidden_states=True)
+    b = AlbertModel(config, scan_unroll=5).apply({"params": params}, ids, mask, output_hidden_states=True)
+    chex.assert_trees_all_close(a, b, rtol=1e-6, atol=1e-6)
