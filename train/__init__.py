@@ -1,0 +1,16 @@
+"""Everything that turns a model into a trained checkpoint. Nothing outside `train` imports it.
+
+    python -m train --config configs/<name>.py --workdir DIR [--config.<key>=<value> ...]
+
+Modules (import what you need; this package imports nothing itself, so `train.data` stays light):
+  `experiment`    the config keys every experiment has, start-up validation naming the key, model presets
+  `data`          embedded corpus, TFDS array_record sources, SentencePiece, resumable grain batches
+  `objectives`    mlm, mlm_sop (ALBERT), causal_lm; a registry for the objectives later families add
+  `optim`         adamw / lamb / adafactor / sgd by name, warm-up + cosine / linear decay, global-norm clipping
+  `state`         TrainState (step, params, opt_state) and sharded init, fresh or from an HF checkpoint
+  `partitioning`  mesh from "data=..,fsdp=..,tensor=..", logical-axis rules, shardings
+  `step`          the pure jitted train / eval steps (donated state, rng = fold_in(seed, step), accumulation)
+  `checkpoint`    Orbax CheckpointManager: DIR/checkpoints/<step>/{state,data,metadata}, async, keep N
+  `metrics`       metrics.jsonl, TensorBoard events, progress bar, loss.png
+  `loop`          `run(config, workdir)`: the training run, resumable, SIGTERM-safe, NaN-guarded
+"""

@@ -1,0 +1,116 @@
+"""`python -m train --config configs/<name>.py --workdir DIR [--config.<key>=<value> ...]`
+
+With no arguments it runs `configs/quickstart.py` into `./runs/quickstart`. Rerunning a command resumes from
+the latest complete checkpoint in its workdir. Exit status: 0 when done or stopped by SIGTERM (after saving),
+1 on a non-finite loss, 2 on a bad config.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_CONFIGS = os.path.join(_ROOT, "configs")
+# Config files import `configs.*` (presets, defaults): make the checkout's `configs` importable from any cwd.
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(_CONFIGS, "quickstart.py"), "Experiment config file (a get_config() module).",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: ./runs/<config file name>).")
+_PROGRESS = flags.DEFINE_bool("progress", None, "Show the progress bar (default: when stderr is a terminal).")
+
+
+def _config_path(argv: list[str]) -> str:
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return os.path.join(_CONFIGS, "quickstart.py")
+
+
+def check_override_keys(argv: list[str]) -> str | None:
+    """An error message for the first `--config.<key>=` naming no key of the config file, else None.
+
+    ml_collections would fail on it too, but with a traceback from inside flag parsing; this names the key.
+    """
+    overrides = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    if not overrides:
+        return None
+    path = _config_path(argv)
+    if not os.path.isfile(path):
+        return f"--config={path!r}: no such config file"
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_experiment_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    for dotted in overrides:
+        node, walked = config, []
+        for part in dotted.split("."):
+            walked.append(part)
+            if not hasattr(node, "keys") or part not in node.keys():
+                where = "config." + ".".join(walked[:-1]) if walked[:-1] else "the config"
+                if walked[:-1] and not hasattr(node, "keys"):
+                    return (f"config.{'.'.join(walked)}: unknown key ({where} is {node!r}, not a dict"
+                            f"{'; a preset name' if isinstance(node, str) else ''})")
+                known = ", ".join(sorted(node.keys()))
+                return f"config.{'.'.join(walked)}: unknown key ({where} has: {known})"
+            node = node[part]
+    return None
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # Orbax reports every file it writes at INFO; the progress bar and metrics.jsonl are the run's log.
+    logging.set_verbosity(logging.WARNING)
+    # Imported here so `--help` and flag errors are fast.
+    from train import loop
+
+    config = _CONFIG.value
+    name = os.path.splitext(os.path.basename(_config_path(sys.argv)))[0]
+    workdir = _WORKDIR.value or os.path.join("runs", name)
+    try:
+        summary = loop.run(config, workdir, progress=_PROGRESS.value)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except loop.NonFiniteLossError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(format_summary(summary))
+    return 0
+
+
+def format_summary(summary: dict) -> str:
+    """The lines printed at the end of a run."""
+    lines = []
+    if "stopped_by_signal" in summary:
+        return f"stopped by signal {summary['stopped_by_signal']} at step {summary['final_step']}; checkpoint saved"
+    train, evals = summary.get("last_train") or {}, summary.get("last_eval") or {}
+    lines.append(f"done: step {summary['final_step']} in {summary['seconds']:.0f}s"
+                 + (f", train loss {train['loss']:.3f}" if "loss" in train else "")
+                 + (f", eval loss {evals['eval_loss']:.3f}" if "eval_loss" in evals else "")
+                 + (f", {train['tokens_per_second']:,.0f} tokens/s" if "tokens_per_second" in train else ""))
+    if "unigram_entropy" in summary:
+        lines.append(f"unigram entropy of the corpus: {summary['unigram_entropy']:.3f} nats/token "
+                     "(the loss of a model that ignores context)")
+    if summary.get("sample"):
+        lines.append(f"sample: {summary['sample']}")
+    lines.append(f"outputs: {summary['workdir']}/  (metrics.jsonl, tensorboard/, checkpoints/, loss.png)")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    _error = check_override_keys(sys.argv[1:])
+    if _error:
+        print(f"error: {_error}", file=sys.stderr)
+        sys.exit(2)
+    app.run(main)

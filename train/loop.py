@@ -1,0 +1,254 @@
+"""The training run: config -> data, model, optimizer -> steps, logs, evals, checkpoints -> summary.
+
+    summary = run(config, workdir)     # what `python -m train` calls
+
+A run resumes from the latest complete checkpoint in `workdir` (state, data-iterator position, RNG by step),
+so rerunning the same command after any interruption continues on exactly the loss trajectory of a run
+that was never interrupted. SIGTERM (preemption) finishes the current step, saves, and returns normally.
+A non-finite loss raises `NonFiniteLossError` before anything from that step is saved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs.axis_rules import DEFAULT_RULES
+from train import checkpoint as checkpoint_lib
+from train import data, experiment, metrics as metrics_lib, objectives, optim, partitioning
+from train import state as state_lib
+from train import step as step_lib
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+class _StopFlag:
+    """Set by SIGTERM: the loop saves after the step in flight and leaves."""
+
+    def __init__(self):
+        self.signal = None
+
+    def __call__(self, signum, frame):
+        self.signal = signum
+
+
+def _seed_keys(config) -> tuple[jax.Array, jax.Array, jax.Array]:
+    root = jax.random.key(config.seed, impl=config.rng_impl)
+    # Separate streams for init, training (folded with the step inside the step) and evaluation.
+    return jax.random.fold_in(root, 0), jax.random.fold_in(root, 1), jax.random.fold_in(root, 2)
+
+
+def _to_device(batch: dict, sharding) -> dict:
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+def _mean_rows(rows: list[dict]) -> dict:
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+def unigram_entropy(source, processor) -> float:
+    """Entropy (nats/token) of the corpus' token frequencies: the loss of the best context-free predictor."""
+    counts = np.zeros(processor.get_piece_size(), np.int64)
+    eos = [processor.eos_id()] if processor.eos_id() >= 0 else []
+    for i in range(len(source)):
+        np.add.at(counts, np.asarray(processor.encode(source[i]) + eos, np.int64), 1)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]:
+    """Trains `config` in `workdir` (resuming when it holds checkpoints) and returns a summary dict."""
+    model_dict = experiment.validate(config)
+    objective = objectives.get_objective(experiment.to_dict(config.objective))
+    if config.batch_size % jax.process_count():
+        raise ValueError(f"config.batch_size={config.batch_size}: must divide by {jax.process_count()} processes")
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    os.makedirs(workdir, exist_ok=True)
+    mesh = partitioning.make_mesh(config.mesh)
+    rules = DEFAULT_RULES
+    module = state_lib.build_model(model_dict, dtype=config.dtype, remat=config.remat)
+    tx, schedule = optim.from_config(config)
+    init_key, train_key, eval_key = _seed_keys(config)
+
+    data_dir = config.data.data_dir or None
+    tokenizer = config.data.tokenizer or data.build_tokenizer(
+        config.data.source, vocab_size=config.data.vocab_size, cache_dir=config.data.cache_dir or None,
+        data_dir=data_dir)
+    per_process = config.batch_size // jax.process_count()
+    train_data = data.make_dataset(config.data.source, seq_len=config.seq_len, batch_size=per_process,
+                                   seed=config.seed, tokenizer=tokenizer, data_dir=data_dir)
+    eval_data = None
+    if config.eval_every:
+        eval_data = data.make_dataset(config.data.source, split=config.data.eval_split, seq_len=config.seq_len,
+                                      batch_size=per_process, seed=0, tokenizer=tokenizer, data_dir=data_dir)
+        eval_start = eval_data.get_state()
+
+    checkpoints = checkpoint_lib.Checkpoints(workdir, keep=config.keep_checkpoints,
+                                             async_save=config.async_checkpointing)
+    latest = checkpoints.latest_step()
+    shardings = state_lib.state_shardings(module, tx, mesh, rules)
+    if latest is None:
+        state, _ = state_lib.init_train_state(module, tx, init_key, mesh, rules, init_from=config.init_from or None)
+    else:
+        state, data_state, _ = checkpoints.restore(latest, state_lib.abstract_state(shardings, module, tx))
+        train_data.set_state(data_state)
+    start = int(state.step)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump({"config": experiment.to_dict(config), "model": model_dict}, f, indent=2)
+
+    batch_sharding = partitioning.batch_sharding(mesh, rules)
+    train_step = step_lib.make_train_step(module, objective, tx, schedule, shardings, batch_sharding,
+                                          grad_accum_steps=config.grad_accum_steps)
+    eval_step = step_lib.make_eval_step(module, objective, shardings.params, batch_sharding)
+
+    writer = metrics_lib.MetricsWriter(workdir, resume_step=start)
+    bar = metrics_lib.Progress(config.total_steps, start, disable=None if progress is None else not progress)
+    if latest is not None:
+        bar.write(f"resuming from {checkpoints.directory}/{latest}")
+    stop = _StopFlag()
+    previous_handler = signal.signal(signal.SIGTERM, stop) if _main_thread() else None
+    tokens_per_step = config.batch_size * config.seq_len
+    last_good = latest
+    summary: dict[str, Any] = {"workdir": workdir, "start_step": start}
+    pending: list[tuple[int, dict]] = []
+    window_start, window_step = time.perf_counter(), start
+    last_row: dict = {}
+    last_eval: dict = {}
+
+    def metadata(step: int) -> dict:
+        return {"step": step, "config": experiment.to_dict(config), "model": model_dict, "tokenizer": tokenizer,
+                "time": time.time(), "jax_version": jax.__version__, "tokens_seen": step * tokens_per_step}
+
+    def save(step: int) -> None:
+        nonlocal last_good
+        checkpoints.save(step, state, train_data.get_state(), metadata(step))
+        last_good = step
+
+    def flush(step: int) -> None:
+        """Fetches pending metrics, stops on a non-finite loss, writes the row of `step` if it is a log step."""
+        nonlocal window_start, window_step, last_row
+        fetched = jax.device_get([m for _, m in pending])
+        for (s, _), m in zip(pending, fetched):
+            if not math.isfinite(float(m["loss"])):
+                where = (f"the last good checkpoint is {checkpoints.directory}/{last_good}; rerunning resumes there"
+                         if last_good is not None else "no checkpoint was saved yet")
+                raise NonFiniteLossError(
+                    f"loss is {float(m['loss'])} at step {s}: training stopped ({where}). Lower "
+                    f"config.learning_rate (now {config.learning_rate}), raise config.warmup_steps, or check "
+                    f"config.grad_clip_norm / config.dtype.")
+        if pending and (step % config.log_every == 0 or step == config.total_steps):
+            now = time.perf_counter()
+            tps = tokens_per_step * (step - window_step) / max(now - window_start, 1e-9)
+            window_start, window_step = now, step
+            row = {"step": step, **{k: float(v) for k, v in fetched[-1].items()}, "tokens_per_second": tps}
+            writer.write(row)
+            last_row = row
+            bar.update(0, loss=row["loss"], tokens_per_second=tps)
+        pending.clear()
+
+    def evaluate(step: int) -> dict:
+        eval_data.set_state(eval_start)
+        rows = [jax.device_get(eval_step(state.params, _to_device(next(eval_data), batch_sharding), eval_key))
+                for _ in range(config.eval_steps)]
+        row = {"step": step, "split": config.data.eval_split,
+               **{f"eval_{k}": v for k, v in _mean_rows([{k: float(v) for k, v in r.items()} for r in rows]).items()}}
+        writer.write(row)
+        bar.write(f"step {step}: eval loss {row['eval_loss']:.4f}")
+        return row
+
+    started = time.perf_counter()
+    scope = contextlib.ExitStack()
+    try:
+        # jit traces at the first call: the mesh and rules must be in scope then, for the logical constraints.
+        scope.enter_context(partitioning.activate(mesh, rules))
+        step = start
+        while step < config.total_steps:
+            batch = _to_device(next(train_data), batch_sharding)
+            state, step_metrics = train_step(state, batch, train_key)
+            step += 1
+            pending.append((step, step_metrics))
+            bar.update(1)
+            checkpoint_due = step % config.checkpoint_every == 0 or step == config.total_steps
+            eval_due = config.eval_every and (step % config.eval_every == 0 or step == config.total_steps)
+            if (step % config.log_every == 0 or checkpoint_due or eval_due or stop.signal
+                    or step == config.total_steps):
+                flush(step)
+            if eval_due:
+                last_eval = evaluate(step)
+            if checkpoint_due or stop.signal:
+                save(step)
+            if stop.signal:
+                checkpoints.wait()
+                bar.write(f"signal {stop.signal}: saved {checkpoints.directory}/{step}; rerun the command to resume")
+                summary.update(stopped_by_signal=int(stop.signal), final_step=step)
+                return summary
+        checkpoints.wait()
+    finally:
+        scope.close()
+        bar.close()
+        # Saves already started are of good states (the loss was checked first): let them finish.
+        checkpoints.close()
+        writer.close()
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+
+    if not last_row:  # nothing trained now (the run was already complete): report the recorded end
+        rows = metrics_lib.read_rows(workdir)
+        last_row = next((r for r in reversed(rows) if "split" not in r), {})
+        last_eval = next((r for r in reversed(rows) if "split" in r), {})
+    summary.update(final_step=int(state.step), seconds=time.perf_counter() - started, last_train=last_row,
+                   last_eval=last_eval, checkpoint=os.path.join(checkpoints.directory, str(int(state.step))))
+    reference = None
+    if config.objective.name == "causal_lm":
+        processor = data.load_tokenizer(tokenizer)
+        summary["unigram_entropy"] = unigram_entropy(data.open_source(config.data.source, data_dir=data_dir),
+                                                     processor)
+        reference = (summary["unigram_entropy"], "unigram entropy of the corpus")
+        if config.sample_prompt and config.sample_tokens:
+            summary["sample"] = generate_sample(module, state.params, processor, config)
+    summary["loss_png"] = metrics_lib.plot_loss_curve(
+        workdir, title=f"{type(module).__name__} ({config.objective.name})", reference=reference)
+    return summary
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def generate_sample(module, params, processor, config) -> str:
+    """Continues `config.sample_prompt` with `jaxmodels.generation.generate` (top-k sampling, fixed seed).
+
+    A failure here never fails the run (the checkpoint is already saved); the message says why instead.
+    """
+    try:
+        from jaxmodels import generation
+    except ImportError:
+        return "(no sample: jaxmodels.generation is not available in this checkout)"
+    prompt = processor.encode(config.sample_prompt)
+    ids = jnp.asarray([prompt], jnp.int32)
+    key = jax.random.key(config.seed)
+    kwargs = {}
+    model_config = module.config
+    if "lsh" in getattr(model_config, "attn_layers", ()) and getattr(model_config, "hash_seed", 0) is None:
+        # Decoding has no "lsh" rng stream: draw one set of hashing rotations for the whole sample.
+        shape = model_config.rotations_shape(len(prompt) + config.sample_tokens)
+        kwargs["lsh_rotations"] = jax.random.normal(jax.random.fold_in(key, 1), shape, jnp.float32)
+    try:
+        out = generation.generate(module, params, ids, max_new_tokens=config.sample_tokens, do_sample=True,
+                                  temperature=0.8, top_k=40, rng=jax.random.fold_in(key, 0), **kwargs)
+    except Exception as error:  # noqa: BLE001 - a demo sample must not turn a finished run into a failure
+        return f"(no sample: generation failed: {type(error).__name__}: {error})"
+    return processor.decode([int(t) for t in np.asarray(out)[0]])

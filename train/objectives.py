@@ -1,0 +1,224 @@
+"""Training objectives: a batch of token rows -> model inputs -> loss, inside the jitted step.
+
+An objective is a frozen dataclass registered by name; its fields are the options a config gives next to the
+name (`config.objective = dict(name="mlm", mask_prob=0.15)`). Calling it returns `(loss, metrics)`:
+
+    objective = get_objective({"name": "mlm_sop", "max_predictions": 20})
+    loss, metrics = objective(module, params, batch, rng, deterministic=False)
+
+`batch` is what `train.data.make_dataset` yields: {"inputs", "segment_ids", "positions"}, each
+`[batch, length]` int32, with `segment_ids == 0` on padding. All randomness (which tokens to mask, which pairs
+to swap) comes from `rng`, which the step derives from the seed and the step number, so a resumed run draws
+exactly the masks of an uninterrupted one. A later family adds its own with `@register("name")`
+(denoising, span QA, classification, retrieval) without touching the step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from train.data import tokenizer as special
+
+Array = jax.Array
+IGNORE_INDEX = -100
+CLS_ID, SEP_ID, MASK_ID = 4, 5, 6  # the control symbols every tokenizer in train.data defines
+# Never chosen for masking: padding, document boundaries and the framing tokens the objective adds itself.
+SPECIAL_IDS = (special.PAD_ID, special.BOS_ID, special.EOS_ID, CLS_ID, SEP_ID, MASK_ID)
+FIRST_ORDINARY_ID = 7  # random replacements are drawn from [7, vocab_size): never a special symbol
+
+OBJECTIVES: dict[str, type] = {}
+
+
+def register(name: str) -> Callable[[type], type]:
+    """Class decorator adding an objective to the registry under `name`."""
+    def add(cls: type) -> type:
+        if name in OBJECTIVES:
+            raise ValueError(f"objective {name!r} is registered twice")
+        OBJECTIVES[name] = cls
+        cls.name = name
+        return cls
+    return add
+
+
+def get_objective(spec: Mapping[str, Any]):
+    """An objective from `{"name": ..., **options}`; unknown names or options fail naming `config.objective.<key>`."""
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    if name not in OBJECTIVES:
+        raise ValueError(f"config.objective.name={name!r}: expected one of {sorted(OBJECTIVES)}")
+    cls = OBJECTIVES[name]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    for key in spec:
+        if key not in fields:
+            raise ValueError(f"config.objective.{key}: not an option of objective {name!r} (options: {sorted(fields)})")
+    return cls(**spec)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Pieces
+# --------------------------------------------------------------------------------------------------------------
+def masked_mean_cross_entropy(logits: Array, labels: Array) -> tuple[Array, Array]:
+    """`(mean loss, accuracy)` over labels != -100, in float32. No labels at all gives 0, not 0/0 = NaN, so
+    an unlucky all-padding batch cannot trip the run's NaN guard."""
+    logits = logits.astype(jnp.float32)
+    valid = labels != IGNORE_INDEX
+    safe = jnp.where(valid, labels, 0)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+    count = jnp.maximum(jnp.sum(valid), 1)
+    correct = (jnp.argmax(logits, -1) == safe) & valid
+    return jnp.sum(jnp.where(valid, nll, 0.0)) / count, jnp.sum(correct) / count
+
+
+def mask_tokens(rng: Array, ids: Array, candidates: Array, *, vocab_size: int, mask_prob: float = 0.15,
+                max_predictions: int | None = None, mask_id: int = MASK_ID,
+                random_low: int = FIRST_ORDINARY_ID) -> tuple[Array, Array]:
+    """BERT masking: picks a budget of positions per row, then 80% `[MASK]`, 10% a random token, 10% unchanged.
+
+    Args:
+      ids: `[batch, length]` token ids.
+      candidates: `[batch, length]` bool, positions that may be picked (never padding or special tokens).
+      mask_prob: the budget is `round(mask_prob * candidates per row)`, at least 1 when a row has candidates,
+        at most `max_predictions`; exactly that many positions are picked, uniformly without replacement.
+    Returns:
+      `(inputs, labels)`: the corrupted ids, and the original ids at picked positions with -100 elsewhere.
+    """
+    k_pick, k_kind, k_token = jax.random.split(rng, 3)
+    count = jnp.sum(candidates, axis=-1)
+    budget = jnp.where(count > 0, jnp.maximum(jnp.round(count * mask_prob), 1), 0).astype(jnp.int32)
+    if max_predictions is not None:
+        budget = jnp.minimum(budget, max_predictions)
+    # Ranking random scores picks exactly `budget` candidates per row with static shapes.
+    scores = jnp.where(candidates, jax.random.uniform(k_pick, ids.shape), 2.0)
+    rank = jnp.argsort(jnp.argsort(scores, axis=-1), axis=-1)
+    picked = candidates & (rank < budget[:, None])
+    kind = jax.random.uniform(k_kind, ids.shape)
+    random_ids = jax.random.randint(k_token, ids.shape, random_low, vocab_size, dtype=ids.dtype)
+    inputs = jnp.where(picked & (kind < 0.8), mask_id, ids)
+    inputs = jnp.where(picked & (kind >= 0.8) & (kind < 0.9), random_ids, inputs)
+    labels = jnp.where(picked, ids, IGNORE_INDEX)
+    return inputs, labels
+
+
+def maskable(ids: Array, valid: Array) -> Array:
+    """Positions that masking may pick: valid and not a special symbol."""
+    return valid & ~jnp.isin(ids, jnp.asarray(SPECIAL_IDS, ids.dtype))
+
+
+def frame_single(batch: Mapping[str, Array]) -> dict[str, Array]:
+    """`[CLS] row[:length-2] [SEP]`, keeping the length: ALBERT's single-segment input."""
+    ids, seg = batch["inputs"], batch["segment_ids"]
+    b = ids.shape[0]
+    col = lambda v: jnp.full((b, 1), v, ids.dtype)
+    input_ids = jnp.concatenate([col(CLS_ID), ids[:, :-2], col(SEP_ID)], axis=1)
+    valid = jnp.concatenate([col(1), (seg[:, :-2] > 0).astype(ids.dtype), col(1)], axis=1)
+    return {"input_ids": input_ids, "attention_mask": valid, "token_type_ids": jnp.zeros_like(input_ids)}
+
+
+def frame_sentence_order(batch: Mapping[str, Array], rng: Array) -> dict[str, Array]:
+    """ALBERT sentence-order pairs from packed rows: `[CLS] A [SEP] B [SEP]` with the two consecutive halves of
+    the row, swapped in half of the rows (`sentence_order_label` 1 = swapped, as HF).
+
+    Halves of equal length keep shapes static; packing means a half may cross a document boundary, which
+    only makes the task a little noisier than ALBERT's sentence-aligned segments.
+    """
+    ids, seg = batch["inputs"], batch["segment_ids"]
+    b, length = ids.shape
+    n = (length - 3) // 2
+    first, second = ids[:, :n], ids[:, n:2 * n]
+    first_ok, second_ok = seg[:, :n] > 0, seg[:, n:2 * n] > 0
+    swap = jax.random.bernoulli(rng, 0.5, (b,))
+    s = swap[:, None]
+    a, b_ = jnp.where(s, second, first), jnp.where(s, first, second)
+    a_ok, b_ok = jnp.where(s, second_ok, first_ok), jnp.where(s, first_ok, second_ok)
+    col = lambda v: jnp.full((b, 1), v, ids.dtype)
+    pad = length - (2 * n + 3)
+    input_ids = jnp.concatenate([col(CLS_ID), a, col(SEP_ID), b_, col(SEP_ID), jnp.zeros((b, pad), ids.dtype)], 1)
+    one = jnp.ones((b, 1), bool)
+    valid = jnp.concatenate([one, a_ok, one, b_ok, one, jnp.zeros((b, pad), bool)], 1)
+    token_type = jnp.concatenate([jnp.zeros((b, n + 2), ids.dtype), jnp.ones((b, n + 1), ids.dtype),
+                                  jnp.zeros((b, pad), ids.dtype)], 1)
+    return {"input_ids": jnp.where(valid, input_ids, special.PAD_ID), "attention_mask": valid.astype(ids.dtype),
+            "token_type_ids": token_type, "sentence_order_label": swap.astype(jnp.int32)}
+
+
+def _apply(module, params, inputs: Mapping[str, Array], rng: Array, deterministic: bool):
+    # "lsh": Reformer's random hashing rotations, drawn afresh each step (HF draws them on every forward).
+    rngs = {"dropout": jax.random.fold_in(rng, 0), "lsh": jax.random.fold_in(rng, 1)}
+    return module.apply({"params": params}, **inputs, deterministic=deterministic, rngs=rngs)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Objectives
+# --------------------------------------------------------------------------------------------------------------
+@register("mlm")
+@dataclasses.dataclass(frozen=True)
+class MaskedLM:
+    """Masked LM on `[CLS] row [SEP]`; for `*ForMaskedLM` (or any module returning `logits [b, l, vocab]`)."""
+
+    mask_prob: float = 0.15
+    max_predictions: int = 20
+
+    def __post_init__(self):
+        if not 0 < self.mask_prob < 1:
+            raise ValueError(f"config.objective.mask_prob={self.mask_prob!r}: must be in (0, 1)")
+        if not isinstance(self.max_predictions, int) or self.max_predictions < 1:
+            raise ValueError(f"config.objective.max_predictions={self.max_predictions!r}: expected an int >= 1")
+
+    def corrupt(self, inputs: dict, rng: Array, vocab_size: int) -> tuple[dict, Array]:
+        ids = inputs["input_ids"]
+        ids, labels = mask_tokens(rng, ids, maskable(ids, inputs["attention_mask"] > 0), vocab_size=vocab_size,
+                                  mask_prob=self.mask_prob, max_predictions=self.max_predictions)
+        return {**inputs, "input_ids": ids}, labels
+
+    def __call__(self, module, params, batch, rng, *, deterministic: bool):
+        k_mask, k_model = jax.random.split(rng)
+        inputs, labels = self.corrupt(frame_single(batch), k_mask, module.config.vocab_size)
+        out = _apply(module, params, inputs, k_model, deterministic)
+        loss, accuracy = masked_mean_cross_entropy(out.logits, labels)
+        return loss, {"loss": loss, "mlm_accuracy": accuracy}
+
+
+@register("mlm_sop")
+@dataclasses.dataclass(frozen=True)
+class MaskedLMSentenceOrder(MaskedLM):
+    """ALBERT pretraining: masked LM + sentence-order prediction; for `AlbertForPreTraining` (`sop_logits`)."""
+
+    def __call__(self, module, params, batch, rng, *, deterministic: bool):
+        k_pair, k_mask, k_model = jax.random.split(rng, 3)
+        inputs = frame_sentence_order(batch, k_pair)
+        order = inputs.pop("sentence_order_label")
+        inputs, labels = self.corrupt(inputs, k_mask, module.config.vocab_size)
+        out = _apply(module, params, inputs, k_model, deterministic)
+        if getattr(out, "sop_logits", None) is None:
+            raise ValueError(f"config.objective.name='mlm_sop' needs a model with sentence-order logits "
+                             f"(AlbertForPreTraining); {type(module).__name__} has none")
+        # HF names the MLM logits `prediction_logits` on the pretraining output.
+        mlm_logits = getattr(out, "prediction_logits", None)
+        mlm_logits = out.logits if mlm_logits is None else mlm_logits
+        mlm_loss, mlm_accuracy = masked_mean_cross_entropy(mlm_logits, labels)
+        sop_loss, sop_accuracy = masked_mean_cross_entropy(out.sop_logits.reshape(-1, 2), order)
+        loss = mlm_loss + sop_loss
+        return loss, {"loss": loss, "mlm_loss": mlm_loss, "mlm_accuracy": mlm_accuracy, "sop_loss": sop_loss,
+                      "sop_accuracy": sop_accuracy}
+
+
+@register("causal_lm")
+@dataclasses.dataclass(frozen=True)
+class CausalLM:
+    """Next-token prediction on the packed stream; for decoders (`*WithLMHead`, `*ForCausalLM`).
+
+    Position t predicts token t+1; targets on padding are ignored. Documents in a row are not isolated: the
+    model sees the end of one and learns that `</s>` starts another, as GPT-style packing does.
+    """
+
+    def __call__(self, module, params, batch, rng, *, deterministic: bool):
+        ids, seg = batch["inputs"], batch["segment_ids"]
+        out = _apply(module, params, {"input_ids": ids}, rng, deterministic)
+        labels = jnp.where(seg[:, 1:] > 0, ids[:, 1:], IGNORE_INDEX)
+        loss, accuracy = masked_mean_cross_entropy(out.logits[:, :-1], labels)
+        return loss, {"loss": loss, "accuracy": accuracy}

@@ -1,0 +1,106 @@
+"""Device mesh, logical-axis rules and shardings for params, optimizer state and batches.
+
+    mesh = make_mesh("data=-1,fsdp=2")            # axes (data, fsdp, tensor); -1 takes the devices left over
+    with activate(mesh, rules):                     # what nn.with_logical_constraint inside modules needs
+        state = jax.jit(init, out_shardings=state_shardings(abstract, mesh, rules))(rng)
+
+Shardings come from the logical names modules attach to their params (`nn.with_logical_partitioning`), mapped
+through rules from `configs/axis_rules.py`. Optimizer moments shaped like the params get the params'
+shardings; anything else (counts, factored Adafactor statistics) is replicated. One device is just a 1x1x1 mesh.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from configs.axis_rules import DEFAULT_RULES
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+def parse_mesh(spec: str, num_devices: int) -> dict[str, int]:
+    """`"data=2,fsdp=-1"` -> `{"data": 2, "fsdp": n, "tensor": 1}` with the product equal to `num_devices`."""
+    sizes = {axis: 1 for axis in MESH_AXES}
+    seen = set()
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, value = part.partition("=")
+        name = name.strip()
+        if name not in MESH_AXES:
+            raise ValueError(f"config.mesh={spec!r}: unknown axis {name!r}; axes are {MESH_AXES}")
+        if name in seen:
+            raise ValueError(f"config.mesh={spec!r}: axis {name!r} given twice")
+        seen.add(name)
+        try:
+            size = int(value)
+        except ValueError:
+            raise ValueError(f"config.mesh={spec!r}: size of {name!r} is not an integer") from None
+        if size == 0 or size < -1:
+            raise ValueError(f"config.mesh={spec!r}: size of {name!r} must be positive or -1")
+        sizes[name] = size
+    fill = [a for a, s in sizes.items() if s == -1]
+    if len(fill) > 1:
+        raise ValueError(f"config.mesh={spec!r}: only one axis may be -1")
+    known = math.prod(s for s in sizes.values() if s != -1)
+    if fill:
+        if num_devices % known:
+            raise ValueError(f"config.mesh={spec!r}: {num_devices} devices are not divisible by {known}")
+        sizes[fill[0]] = num_devices // known
+    if math.prod(sizes.values()) != num_devices:
+        raise ValueError(f"config.mesh={spec!r}: needs {math.prod(sizes.values())} devices, there are {num_devices}")
+    return sizes
+
+
+def make_mesh(spec: str, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A `Mesh` with axes ("data", "fsdp", "tensor") from a `config.mesh` string."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = parse_mesh(spec, len(devices))
+    return Mesh(np.asarray(devices).reshape(tuple(sizes[a] for a in MESH_AXES)), MESH_AXES)
+
+
+@contextlib.contextmanager
+def activate(mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES):
+    """Mesh and logical rules in scope, for tracing modules that constrain activations by logical name."""
+    with mesh, nn.logical_axis_rules(rules):
+        yield
+
+
+def param_shardings(boxed_abstract_params, mesh: Mesh, rules=DEFAULT_RULES):
+    """NamedShardings for a tree of (abstract) params boxed with logical names; unboxed leaves are replicated."""
+    specs = nn.get_partition_spec(boxed_abstract_params)
+    return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def _replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def like_params_shardings(tree, params_abstract, params_shardings, mesh: Mesh):
+    """Shardings for `tree` (an optimizer state): every sub-tree structured and shaped like the params gets the
+    params' shardings, everything else is replicated."""
+    param_def = jax.tree.structure(params_abstract)
+    param_shapes = [p.shape for p in jax.tree.leaves(params_abstract)]
+
+    def is_params_like(node):
+        return node is not None and not isinstance(node, jax.ShapeDtypeStruct) and \
+            jax.tree.structure(node) == param_def
+
+    def assign(node):
+        if is_params_like(node):
+            if [x.shape for x in jax.tree.leaves(node)] == param_shapes:
+                return params_shardings
+            return jax.tree.map(lambda _: _replicated(mesh), node)
+        return _replicated(mesh)
+
+    return jax.tree.map(assign, tree, is_leaf=is_params_like)
+
+
+def batch_sharding(mesh: Mesh, rules=DEFAULT_RULES) -> NamedSharding:
+    """`[batch, length]` inputs: the batch over the axes the `batch` rule names."""
+    return nn.logical_to_mesh_sharding(PartitionSpec("batch", "length"), mesh, rules)

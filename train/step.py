@@ -1,0 +1,79 @@
+"""The pure train and eval steps, jitted with shardings and the train state donated.
+
+    train_step = make_train_step(module, objective, tx, schedule, shardings, batch_sharding, grad_accum_steps=2)
+    state, metrics = train_step(state, batch, seed_key)
+
+Randomness is `fold_in(seed_key, state.step)`: a step's dropout and masks depend only on the seed and the
+step number, so a run resumed at step k draws exactly what an uninterrupted run draws at step k.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from train.state import TrainState
+
+
+def _split_micro(batch: dict, n: int) -> dict:
+    return jax.tree.map(lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:]), batch)
+
+
+def train_step(state: TrainState, batch: dict, seed_key: jax.Array, *, module, objective, tx, schedule,
+               grad_accum_steps: int = 1) -> tuple[TrainState, dict]:
+    """One optimizer step on `batch` (`{name: [batch, length]}`): mean loss and gradient over
+    `grad_accum_steps` equal micro-batches (summed in a scan, so memory is one micro-batch's), then `tx`.
+
+    Returns the new state and scalar metrics: the objective's, `grad_norm` and the `learning_rate` used.
+    """
+    step_key = jax.random.fold_in(seed_key, state.step)
+
+    def loss_fn(params, micro, key):
+        return objective(module, params, micro, key, deterministic=False)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if grad_accum_steps == 1:
+        (_, metrics), grads = grad_fn(state.params, batch, step_key)
+    else:
+        def accumulate(carry, xs):
+            micro, index = xs
+            (_, metrics), grads = grad_fn(state.params, micro, jax.random.fold_in(step_key, index))
+            return jax.tree.map(jnp.add, carry, (grads, metrics)), None
+
+        micro_batches = _split_micro(batch, grad_accum_steps)
+        (_, metrics_shape), grads_shape = jax.eval_shape(
+            grad_fn, state.params, jax.tree.map(lambda x: x[0], micro_batches), step_key)
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (grads_shape, metrics_shape))
+        (grads, metrics), _ = jax.lax.scan(accumulate, zeros, (micro_batches, jnp.arange(grad_accum_steps)))
+        grads, metrics = jax.tree.map(lambda x: x / grad_accum_steps, (grads, metrics))
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {**metrics, "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state.step)}
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(params, batch: dict, seed_key: jax.Array, *, module, objective) -> dict:
+    """The objective's metrics without dropout; masks drawn from `seed_key` so every eval sees the same ones."""
+    _, metrics = objective(module, params, batch, seed_key, deterministic=True)
+    return metrics
+
+
+def make_train_step(module, objective, tx, schedule, state_shardings, batch_sharding, *,
+                    grad_accum_steps: int = 1) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
+    """`train_step` bound to a model and optimizer, jitted with shardings and the state donated."""
+    def fn(state, batch, seed_key):
+        return train_step(state, batch, seed_key, module=module, objective=objective, tx=tx, schedule=schedule,
+                          grad_accum_steps=grad_accum_steps)
+
+    return jax.jit(fn, in_shardings=(state_shardings, batch_sharding, None), out_shardings=(state_shardings, None),
+                   donate_argnums=(0,))
+
+
+def make_eval_step(module, objective, params_shardings, batch_sharding) -> Callable[[Any, dict, jax.Array], dict]:
+    def fn(params, batch, seed_key):
+        return eval_step(params, batch, seed_key, module=module, objective=objective)
+
+    return jax.jit(fn, in_shardings=(params_shardings, batch_sharding, None))
