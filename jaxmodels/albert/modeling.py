@@ -170,6 +170,11 @@ class AlbertTransformer(nn.Module):
 
         def outer(h, xs):
             layer_index, group = xs
+            if c.num_hidden_groups == 1 and c.inner_group_num == 1:
+                # The common case (every released ALBERT): one shared layer. Static indexing and no inner loop
+                # let XLA keep the params loop-invariant instead of slicing them every iteration.
+                h, weights = run_layer(h, index_stacked(groups, (0, 0)), layer_index, 0)
+                return h, (h if output_hidden_states else None, weights[None] if output_attentions else None)
             group_params = index_stacked(groups, group)  # [inner_group_num, ...]
 
             def inner(h, ys):

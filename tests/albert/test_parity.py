@@ -1,6 +1,7 @@
 """ALBERT parity with the HF PyTorch oracle: every head, outputs, losses and parameter gradients, in fp32.
 
-Configs cover the layer-sharing rule (L=6/G=3/inner=2, L=5/G=2 with HF's float group formula), E != H, all
+Configs cover the layer-sharing rule (L=6/G=3/inner=2, L=5/G=2 with HF's float group formula, one shared
+layer L=4/G=1/inner=1), E != H, all
 three position schemes, padded batches, random non-default weights and large-mean embeddings (a fast-variance
 LayerNorm fails there).
 """
@@ -33,6 +34,9 @@ CONFIGS = {
     # L/G not an integer: HF's int(i / (L / G)) puts layers 0-2 in group 0 and 3-4 in group 1.
     "L5G2-relative_key": dict(num_hidden_layers=5, num_hidden_groups=2, inner_group_num=1,
                               position_embedding_type="relative_key", hidden_act="gelu"),
+    # One shared layer (every released ALBERT): the encoder takes its static-indexing fast path.
+    "L4G1I1-absolute": dict(num_hidden_layers=4, num_hidden_groups=1, inner_group_num=1,
+                            position_embedding_type="absolute", hidden_act="gelu_new"),
     "L3G1I2-relative_key_query": dict(num_hidden_layers=3, num_hidden_groups=1, inner_group_num=2,
                                       embedding_size=16, position_embedding_type="relative_key_query",
                                       hidden_act="relu"),
