@@ -24,6 +24,8 @@ def base_config(model=""):
         data_dir="",           # TFDS data dir ("" = TFDS default)
         cache_dir="",          # tokenizer cache ("" = ~/.cache/jaxmodels/sentencepiece)
         eval_split="validation",
+        shards=0,              # document shards making each global batch (0 = one per process); keep it
+                               # fixed to get the same batches, and resume, under any number of processes
     ))
     config.batch_size = 8      # global batch (rows per optimizer step)
     config.seq_len = 128
@@ -46,7 +48,8 @@ def base_config(model=""):
     config.eps = 1e-6
     config.grad_clip_norm = 1.0  # 0 disables clipping
     config.grad_accum_steps = 1  # micro-batches per optimizer step (batch_size must divide)
-    config.mesh = "data=-1"      # axes data/fsdp/tensor; -1 fills the rest of the devices
+    config.mesh = "data=-1"      # axes data/fsdp/sequence/tensor; -1 fills the rest of the devices
+    config.axis_rules = "default"  # logical -> mesh axis rules: a name from configs/axis_rules.py RULE_SETS
     config.dtype = "float32"     # compute dtype; params stay float32
     config.remat = False
     config.init_from = ""        # an HF checkpoint directory to start from

@@ -1,5 +1,9 @@
 """`python -m train --config configs/<name>.py --workdir DIR [--config.<key>=<value> ...]`
 
+Several processes (one per host): add `--coordinator_address HOST:PORT --num_processes N --process_id I`
+to each one's command (on a Cloud TPU VM, under Slurm or Open MPI, leave them out: the cluster is detected).
+Every process runs the same command with the same workdir (a shared filesystem for checkpoints).
+
 With no arguments it runs `configs/quickstart.py` into `./runs/quickstart`. Rerunning a command resumes from
 the latest complete checkpoint in its workdir. Exit status: 0 when done or stopped by SIGTERM (after saving),
 1 on a non-finite loss, 2 on a bad config.
@@ -23,6 +27,11 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: ./runs/<config file name>).")
 _PROGRESS = flags.DEFINE_bool("progress", None, "Show the progress bar (default: when stderr is a terminal).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Multi-process run: HOST:PORT of process 0's coordinator (give with "
+    "--num_processes and --process_id; omit all three on a Cloud TPU VM / Slurm / Open MPI to auto-detect).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process run: how many processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process run: this process's index, 0 .. N-1.")
 
 
 def _config_path(argv: list[str]) -> str:
@@ -72,7 +81,13 @@ def main(argv):
     # Orbax reports every file it writes at INFO; the progress bar and metrics.jsonl are the run's log.
     logging.set_verbosity(logging.WARNING)
     # Imported here so `--help` and flag errors are fast.
-    from train import loop
+    from train import distributed, loop
+
+    try:
+        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
     config = _CONFIG.value
     name = os.path.splitext(os.path.basename(_config_path(sys.argv)))[0]
@@ -85,7 +100,10 @@ def main(argv):
     except loop.NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(format_summary(summary))
+    import jax
+
+    if jax.process_index() == 0:
+        print(format_summary(summary))
     return 0
 
 

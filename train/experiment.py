@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import ml_collections
 
 from configs import defaults, presets
+from configs.axis_rules import resolve_rules
 from train import objectives, optim
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -74,6 +75,11 @@ def validate(config: ml_collections.ConfigDict) -> dict:
         _fail("mesh", config.mesh, "expected 'axis=size,...' such as 'data=2,fsdp=2,tensor=2'")
     if not isinstance(config.data.vocab_size, int) or config.data.vocab_size < 16:
         _fail("data.vocab_size", config.data.vocab_size, "expected an int >= 16")
+    resolve_rules(config.axis_rules)  # raises naming config.axis_rules
+    if not isinstance(config.data.shards, int) or config.data.shards < 0 or \
+            (config.data.shards and config.batch_size % config.data.shards):
+        _fail("data.shards", config.data.shards, f"expected 0 (one per process) or an int dividing "
+              f"batch_size={config.batch_size}")
     if not isinstance(config.data.source, str) or not config.data.source:
         _fail("data.source", config.data.source, "expected a non-empty string")
     objective = config.objective

@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs.axis_rules import DEFAULT_RULES
+from configs.axis_rules import resolve_rules
 from train import checkpoint as checkpoint_lib
-from train import data, experiment, metrics as metrics_lib, objectives, optim, partitioning
+from train import data, distributed, experiment, metrics as metrics_lib, objectives, optim, partitioning
 from train import state as state_lib
 from train import step as step_lib
 
@@ -71,27 +71,35 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
     """Trains `config` in `workdir` (resuming when it holds checkpoints) and returns a summary dict."""
     model_dict = experiment.validate(config)
     objective = objectives.get_objective(experiment.to_dict(config.objective))
-    if config.batch_size % jax.process_count():
-        raise ValueError(f"config.batch_size={config.batch_size}: must divide by {jax.process_count()} processes")
+    num_shards = config.data.shards or jax.process_count()
+    if num_shards % jax.process_count() or config.batch_size % num_shards:
+        raise ValueError(f"config.data.shards={config.data.shards}: the data shards ({num_shards}) must be a multiple "
+                         f"of the {jax.process_count()} processes and divide config.batch_size={config.batch_size}")
+    primary = distributed.is_primary()
     workdir = os.path.abspath(os.path.expanduser(workdir))
     os.makedirs(workdir, exist_ok=True)
     mesh = partitioning.make_mesh(config.mesh)
-    rules = DEFAULT_RULES
+    rules = resolve_rules(config.axis_rules)
     module = state_lib.build_model(model_dict, dtype=config.dtype, remat=config.remat)
     tx, schedule = optim.from_config(config)
     init_key, train_key, eval_key = _seed_keys(config)
 
     data_dir = config.data.data_dir or None
-    tokenizer = config.data.tokenizer or data.build_tokenizer(
-        config.data.source, vocab_size=config.data.vocab_size, cache_dir=config.data.cache_dir or None,
-        data_dir=data_dir)
-    per_process = config.batch_size // jax.process_count()
-    train_data = data.make_dataset(config.data.source, seq_len=config.seq_len, batch_size=per_process,
-                                   seed=config.seed, tokenizer=tokenizer, data_dir=data_dir)
+    # Process 0 prepares the corpus files and trains the tokenizer; the others then find them in the cache.
+    with distributed.primary_first("tokenizer"):
+        tokenizer = config.data.tokenizer or data.build_tokenizer(
+            config.data.source, vocab_size=config.data.vocab_size, cache_dir=config.data.cache_dir or None,
+            data_dir=data_dir)
+    # This process's rows of each global batch; the global batch depends on num_shards alone (not on how
+    # many processes share the work), so a run reads the same data on one host or several.
+    train_data = data.make_sharded_dataset(config.data.source, seq_len=config.seq_len,
+                                           global_batch_size=config.batch_size, num_shards=num_shards,
+                                           seed=config.seed, tokenizer=tokenizer, data_dir=data_dir)
     eval_data = None
     if config.eval_every:
-        eval_data = data.make_dataset(config.data.source, split=config.data.eval_split, seq_len=config.seq_len,
-                                      batch_size=per_process, seed=0, tokenizer=tokenizer, data_dir=data_dir)
+        eval_data = data.make_sharded_dataset(config.data.source, split=config.data.eval_split,
+                                              seq_len=config.seq_len, global_batch_size=config.batch_size,
+                                              num_shards=num_shards, seed=0, tokenizer=tokenizer, data_dir=data_dir)
         eval_start = eval_data.get_state()
 
     checkpoints = checkpoint_lib.Checkpoints(workdir, keep=config.keep_checkpoints,
@@ -104,16 +112,19 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
         state, data_state, _ = checkpoints.restore(latest, state_lib.abstract_state(shardings, module, tx))
         train_data.set_state(data_state)
     start = int(state.step)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        json.dump({"config": experiment.to_dict(config), "model": model_dict}, f, indent=2)
+    if primary:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump({"config": experiment.to_dict(config), "model": model_dict}, f, indent=2)
 
     batch_sharding = partitioning.batch_sharding(mesh, rules)
     train_step = step_lib.make_train_step(module, objective, tx, schedule, shardings, batch_sharding,
                                           grad_accum_steps=config.grad_accum_steps)
     eval_step = step_lib.make_eval_step(module, objective, shardings.params, batch_sharding)
 
-    writer = metrics_lib.MetricsWriter(workdir, resume_step=start)
-    bar = metrics_lib.Progress(config.total_steps, start, disable=None if progress is None else not progress)
+    # Every process computes the metrics (they are global values); process 0 alone writes and shows them.
+    writer = metrics_lib.MetricsWriter(workdir, resume_step=start) if primary else metrics_lib.NullWriter()
+    bar = metrics_lib.Progress(config.total_steps, start, disable=None if progress is None else not progress,
+                               silent=not primary)
     if latest is not None:
         bar.write(f"resuming from {checkpoints.directory}/{latest}")
     stop = _StopFlag()
@@ -132,7 +143,10 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
 
     def save(step: int) -> None:
         nonlocal last_good
-        checkpoints.save(step, state, train_data.get_state(), metadata(step))
+        # Each process knows only its own shards' positions: gather them all into the checkpoint, so it
+        # restores under any process count that divides config.data.shards.
+        data_state = distributed.merge_data_states(distributed.allgather_json(train_data.get_state()))
+        checkpoints.save(step, state, data_state, metadata(step))
         last_good = step
 
     def flush(step: int) -> None:
@@ -216,9 +230,14 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
                                                      processor)
         reference = (summary["unigram_entropy"], "unigram entropy of the corpus")
         if config.sample_prompt and config.sample_tokens:
-            summary["sample"] = generate_sample(module, state.params, processor, config)
-    summary["loss_png"] = metrics_lib.plot_loss_curve(
-        workdir, title=f"{type(module).__name__} ({config.objective.name})", reference=reference)
+            if jax.process_count() == 1:
+                summary["sample"] = generate_sample(module, state.params, processor, config)
+            else:
+                summary["sample"] = ("(no sample in a multi-process run: generate from the saved checkpoint "
+                                     "in one process)")
+    if primary:
+        summary["loss_png"] = metrics_lib.plot_loss_curve(
+            workdir, title=f"{type(module).__name__} ({config.objective.name})", reference=reference)
     return summary
 
 

@@ -71,6 +71,16 @@ class MetricsWriter:
             self._tb.close()
 
 
+class NullWriter:
+    """What processes other than 0 write metrics to: nothing (process 0 writes the run's one record)."""
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _plain(value: Any) -> Any:
     if hasattr(value, "item"):
         value = value.item()
@@ -80,7 +90,11 @@ def _plain(value: Any) -> Any:
 class Progress:
     """A tqdm bar over optimizer steps showing loss and tokens/s (to stderr, so stdout stays for results)."""
 
-    def __init__(self, total: int, initial: int, *, disable: bool | None = None):
+    def __init__(self, total: int, initial: int, *, disable: bool | None = None, silent: bool = False):
+        """`disable`: no bar (None: when stderr is not a terminal); `silent`: no bar and no messages either
+        (processes other than 0 of a multi-process run)."""
+        self._silent = silent
+        disable = True if silent else disable
         self._bar = tqdm.tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, file=sys.stderr,
                               disable=disable, mininterval=1.0)
 
@@ -90,7 +104,8 @@ class Progress:
         self._bar.update(steps)
 
     def write(self, message: str) -> None:
-        self._bar.write(message, file=sys.stderr)
+        if not self._silent:
+            self._bar.write(message, file=sys.stderr)
 
     def close(self) -> None:
         self._bar.close()

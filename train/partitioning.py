@@ -1,6 +1,6 @@
 """Device mesh, logical-axis rules and shardings for params, optimizer state and batches.
 
-    mesh = make_mesh("data=-1,fsdp=2")            # axes (data, fsdp, tensor); -1 takes the devices left over
+    mesh = make_mesh("data=-1,fsdp=2")            # axes (data, fsdp, sequence, tensor); -1: the devices left
     with activate(mesh, rules):                     # what nn.with_logical_constraint inside modules needs
         state = jax.jit(init, out_shardings=state_shardings(abstract, mesh, rules))(rng)
 
@@ -22,11 +22,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from configs.axis_rules import DEFAULT_RULES
 
-MESH_AXES = ("data", "fsdp", "tensor")
+# `sequence` splits the length of activations (families with sequence-parallel layers use it through
+# shard_map; for the others XLA gathers what a layer needs). Size 1 unless a config asks for it.
+MESH_AXES = ("data", "fsdp", "sequence", "tensor")
 
 
 def parse_mesh(spec: str, num_devices: int) -> dict[str, int]:
-    """`"data=2,fsdp=-1"` -> `{"data": 2, "fsdp": n, "tensor": 1}` with the product equal to `num_devices`."""
+    """`"data=2,fsdp=-1"` -> `{"data": 2, "fsdp": n, "sequence": 1, "tensor": 1}`, product `num_devices`."""
     sizes = {axis: 1 for axis in MESH_AXES}
     seen = set()
     for part in filter(None, (p.strip() for p in spec.split(","))):
@@ -58,7 +60,7 @@ def parse_mesh(spec: str, num_devices: int) -> dict[str, int]:
 
 
 def make_mesh(spec: str, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A `Mesh` with axes ("data", "fsdp", "tensor") from a `config.mesh` string."""
+    """A `Mesh` with axes ("data", "fsdp", "sequence", "tensor") from a `config.mesh` string."""
     devices = list(jax.devices() if devices is None else devices)
     sizes = parse_mesh(spec, len(devices))
     return Mesh(np.asarray(devices).reshape(tuple(sizes[a] for a in MESH_AXES)), MESH_AXES)
@@ -72,9 +74,27 @@ def activate(mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES):
 
 
 def param_shardings(boxed_abstract_params, mesh: Mesh, rules=DEFAULT_RULES):
-    """NamedShardings for a tree of (abstract) params boxed with logical names; unboxed leaves are replicated."""
+    """NamedShardings for a tree of (abstract) params boxed with logical names; unboxed leaves are replicated.
+
+    A dimension whose size the mesh axes do not divide (a 128-row table on a 3-way axis) is replicated
+    instead: layouts then exist for any mesh, which is what restoring a checkpoint onto another mesh needs.
+    """
     specs = nn.get_partition_spec(boxed_abstract_params)
-    return nn.logical_to_mesh_sharding(specs, mesh, rules)
+    shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
+    shapes = nn.unbox(boxed_abstract_params)
+    return jax.tree.map(lambda sharding, x: _divisible(sharding, x.shape), shardings, shapes,
+                        is_leaf=lambda s: isinstance(s, NamedSharding))
+
+
+def _divisible(sharding: NamedSharding, shape: tuple[int, ...]) -> NamedSharding:
+    spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
+    for dim, axes in enumerate(spec):
+        if axes is None:
+            continue
+        names = axes if isinstance(axes, tuple) else (axes,)
+        if shape[dim] % math.prod(sharding.mesh.shape[a] for a in names):
+            spec[dim] = None
+    return NamedSharding(sharding.mesh, PartitionSpec(*spec))
 
 
 def _replicated(mesh: Mesh) -> NamedSharding:

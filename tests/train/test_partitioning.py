@@ -11,9 +11,10 @@ from train import state as state_lib
 
 
 @pytest.mark.parametrize("spec,sizes", [
-    ("data=-1", {"data": 8, "fsdp": 1, "tensor": 1}),
-    ("data=2,fsdp=2,tensor=2", {"data": 2, "fsdp": 2, "tensor": 2}),
-    ("fsdp=-1, tensor=2", {"data": 1, "fsdp": 4, "tensor": 2}),
+    ("data=-1", {"data": 8, "fsdp": 1, "sequence": 1, "tensor": 1}),
+    ("data=2,fsdp=2,tensor=2", {"data": 2, "fsdp": 2, "sequence": 1, "tensor": 2}),
+    ("fsdp=-1, tensor=2", {"data": 1, "fsdp": 4, "sequence": 1, "tensor": 2}),
+    ("data=2,sequence=-1", {"data": 2, "fsdp": 1, "sequence": 4, "tensor": 1}),
 ])
 def test_parse_mesh(spec, sizes):
     assert partitioning.parse_mesh(spec, 8) == sizes

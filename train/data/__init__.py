@@ -33,7 +33,7 @@ exactly, and a state from differently configured pipeline is refused.
 The lower layers are public too: `TextCorpus` (the TFDS builder), `TextSource`, `read_embedded_corpus`.
 """
 
-from train.data.pipeline import DataIterator, make_dataset
+from train.data.pipeline import DataIterator, ShardedBatches, make_dataset, make_sharded_dataset
 from train.data.sources import TextSource, open_source
 from train.data.text_corpus import (
     EMBEDDED_CORPUS,
@@ -60,6 +60,7 @@ __all__ = [
     "EMBEDDED_CORPUS",
     "EOS_ID",
     "PAD_ID",
+    "ShardedBatches",
     "TextCorpus",
     "TextCorpusConfig",
     "TextSource",
@@ -69,6 +70,7 @@ __all__ = [
     "iter_documents",
     "load_tokenizer",
     "make_dataset",
+    "make_sharded_dataset",
     "open_source",
     "read_embedded_corpus",
 ]

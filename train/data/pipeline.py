@@ -201,3 +201,93 @@ def make_dataset(
 
 def _fingerprint(processor: spm.SentencePieceProcessor) -> str:
     return hashlib.sha256(processor.serialized_model_proto()).hexdigest()[:16]
+
+
+class ShardedBatches:
+    """This process's rows of each global batch, read as fixed data shards whatever the process count.
+
+    The corpus is cut into `num_shards` document shards (see `make_dataset`); each shard yields
+    `global_batch_size // num_shards` rows per batch, and global batch k is shard 0's batch k, then shard 1's,
+    and so on. A process owns a contiguous run of shards and returns their rows concatenated, in order, so
+    the global batch (what the devices see once each process contributes its rows) depends only on
+    `num_shards`: one process with two devices and two processes with one device each train on the same rows.
+
+    `get_state()` holds the states of this process's shards, `{"num_shards": n, "shards": {"i": state}}`;
+    `set_state` accepts any state with the same `num_shards` that contains this process's shards (a state
+    gathered from every process, as the trainer checkpoints it, restores under any process count that
+    divides `num_shards`).
+    """
+
+    def __init__(self, shards: Mapping[int, DataIterator], num_shards: int):
+        self._shards = dict(sorted(shards.items()))
+        self.num_shards = int(num_shards)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        parts = [next(it) for it in self._shards.values()]
+        if len(parts) == 1:
+            return parts[0]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def get_state(self) -> dict[str, Any]:
+        return {"num_shards": self.num_shards,
+                "shards": {str(i): it.get_state() for i, it in self._shards.items()}}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        if not isinstance(state, Mapping) or "shards" not in state:
+            # A checkpoint from before sharded batches: one pipeline's state, valid for a single shard.
+            if self.num_shards != 1:
+                raise ValueError(f"state: a single-shard data state cannot restore {self.num_shards} shards")
+            state = {"num_shards": 1, "shards": {"0": state}}
+        if state.get("num_shards") != self.num_shards:
+            raise ValueError(f"state: saved with data.shards={state.get('num_shards')}, "
+                             f"this run has {self.num_shards} (keep config.data.shards fixed to resume)")
+        missing = [i for i in self._shards if str(i) not in state["shards"]]
+        if missing:
+            raise ValueError(f"state: holds no state for data shard(s) {missing} of this process")
+        for i, it in self._shards.items():
+            it.set_state(state["shards"][str(i)])
+
+
+def make_sharded_dataset(
+    source: str | sources.TextSource = "kjv",
+    *,
+    seq_len: int,
+    global_batch_size: int,
+    num_shards: int | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    **kwargs,
+) -> ShardedBatches:
+    """This process's part of each global batch of `global_batch_size` rows (see `ShardedBatches`).
+
+    `num_shards` (default: the process count) must be a multiple of the process count and divide the global
+    batch; process p reads shards `p * k ... (p + 1) * k - 1` with `k = num_shards // process_count`.
+    `kwargs` go to `make_dataset` (seed, split, tokenizer, num_epochs, data_dir, cache_dir).
+    Returns batches of `[global_batch_size // process_count, seq_len]` arrays.
+    """
+    if process_index is None or process_count is None:
+        import jax  # Only for the defaults, as in make_dataset.
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    num_shards = process_count if num_shards in (None, 0) else num_shards
+    _check_int("num_shards", num_shards, 1)
+    _check_int("global_batch_size", global_batch_size, 1)
+    if num_shards % process_count:
+        raise ValueError(f"num_shards={num_shards}: must be a multiple of the {process_count} processes")
+    if global_batch_size % num_shards:
+        raise ValueError(f"num_shards={num_shards}: must divide the global batch size {global_batch_size}")
+    if isinstance(source, str):
+        source = sources.open_source(source, split=kwargs.pop("split", None) or "train",
+                                     data_dir=kwargs.get("data_dir"))
+    if isinstance(kwargs.get("tokenizer"), str):
+        kwargs["tokenizer"] = tokenizers.load_tokenizer(kwargs["tokenizer"])
+    per_process = num_shards // process_count
+    first = process_index * per_process
+    shards = {i: make_dataset(source, seq_len=seq_len, batch_size=global_batch_size // num_shards,
+                              shard_index=i, shard_count=num_shards, **kwargs)
+              for i in range(first, first + per_process)}
+    return ShardedBatches(shards, num_shards)
