@@ -396,3 +396,52 @@ def test_make_dataset_arguments_are_checked(tiny):
         with pytest.raises(ValueError, match=message):
             _make(tiny, **kwargs)
     assert isinstance(_make(tiny), pipeline.DataIterator)
+
+
+# --- sharded batches (multi-process) -----------------------------------------------------------------
+
+def _sharded(tiny, process_index, process_count, num_shards=4, global_batch_size=8):
+    return data.make_sharded_dataset(tiny["train"], seq_len=16, global_batch_size=global_batch_size,
+                                     num_shards=num_shards, process_index=process_index,
+                                     process_count=process_count, seed=0, tokenizer=tiny["tokenizer"])
+
+
+def test_global_batch_does_not_depend_on_the_process_count(tiny):
+    one = _take(_sharded(tiny, 0, 1), 3)
+    for processes in (2, 4):
+        parts = [_take(_sharded(tiny, p, processes), 3) for p in range(processes)]
+        # Process p's rows are rows p * (8 / processes) ... of the global batch that one process reads.
+        joined = [{k: np.concatenate([part[i][k] for part in parts]) for k in one[i]} for i in range(3)]
+        _assert_batches_equal(joined, one)
+    # Shards are disjoint slices of the corpus: the four shards' first rows all differ.
+    first = one[0]["inputs"].reshape(4, 2, 16)[:, 0]
+    assert len({row.tobytes() for row in first}) == 4
+
+
+def test_sharded_state_restores_under_another_process_count(tiny):
+    from train import distributed
+
+    readers = [_sharded(tiny, p, 2) for p in range(2)]
+    for reader in readers:
+        _take(reader, 2)
+    merged = distributed.merge_data_states([r.get_state() for r in readers])
+    assert sorted(merged["shards"]) == ["0", "1", "2", "3"]
+    expected = _take(_sharded(tiny, 0, 1), 3)[2]
+    resumed = _sharded(tiny, 0, 1)
+    resumed.set_state(json.loads(json.dumps(merged)))  # as a checkpoint stores it
+    _assert_batches_equal([next(resumed)], [expected])
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(num_shards=3), "num_shards=3: must be a multiple of the 2 processes"),
+    (dict(num_shards=4, global_batch_size=6), "num_shards=4: must divide the global batch size 6"),
+])
+def test_sharded_dataset_checks_its_arguments(tiny, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        _sharded(tiny, 0, 2, **kwargs)
+
+
+def test_sharded_state_refuses_another_shard_count(tiny):
+    state = _sharded(tiny, 0, 1, num_shards=2).get_state()
+    with pytest.raises(ValueError, match="saved with data.shards=2, this run has 4"):
+        _sharded(tiny, 0, 1).set_state(state)

@@ -30,6 +30,10 @@ afresh each epoch, tokenized with `</s>` after each document, packed by concaten
 `positions` restart at 0 with each piece. Same arguments, same batches; `get_state`/`set_state` resume
 exactly, and a state from differently configured pipeline is refused.
 
+What the trainer uses (`make_sharded_dataset` -> `ShardedBatches`): a fixed number of shards makes each
+global batch (shard 0's rows, then shard 1's, ...), each process reading the shards it owns, so the global
+batch does not depend on how many processes share the work.
+
 The lower layers are public too: `TextCorpus` (the TFDS builder), `TextSource`, `read_embedded_corpus`.
 """
 
