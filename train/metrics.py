@@ -117,18 +117,21 @@ def plot_loss_curve(workdir: str, title: str = "", reference: tuple[float, str] 
     `reference` is an optional `(loss, label)` drawn as a horizontal line, e.g. the unigram entropy.
     """
     try:
-        import matplotlib
+        # A Figure on its own Agg canvas: no pyplot, so the process's backend (a notebook's inline plots) is
+        # left as it was.
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:
         return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     rows = read_rows(workdir)
     train = [(r["step"], r["loss"]) for r in rows if "split" not in r and "loss" in r]
     evals = [(r["step"], r["eval_loss"]) for r in rows if r.get("split") and "eval_loss" in r]
     if not train and not evals:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    fig = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     if train:
         ax.plot(*zip(*train), label="train loss")
     if evals:
@@ -143,5 +146,4 @@ def plot_loss_curve(workdir: str, title: str = "", reference: tuple[float, str] 
     path = os.path.join(workdir, LOSS_PNG)
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path
