@@ -19,7 +19,14 @@ from train.state import TrainState
 
 
 def _split_micro(batch: dict, n: int) -> dict:
-    return jax.tree.map(lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:]), batch)
+    """`[batch, ...]` -> `[n, batch / n, ...]`, micro-batch i holding rows i, i + n, i + 2n, ...
+
+    Strided, not contiguous: with the batch sharded over devices, each device's rows then split evenly over
+    the micro-batches, so every scan step computes on 1/n of each device's rows. Contiguous blocks would put
+    whole devices' rows in one micro-batch, the scan axis would be sharded, and XLA would regather each
+    micro-batch onto fewer devices: per-chip memory no lower than without accumulation (train/aot.py shows it).
+    """
+    return jax.tree.map(lambda x: x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
 def train_step(state: TrainState, batch: dict, seed_key: jax.Array, *, module, objective, tx, schedule,
