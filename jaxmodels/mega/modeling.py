@@ -24,6 +24,21 @@ whose visible keys are all padding); cached decoding equals the full pass for ev
 chunking (HF's laplace/relu2 decoding normalises by the wrong count and its chunked decoding crashes); a decoder
 honours ``truncation`` in its full pass (HF ignores it whenever ``use_cache`` is on, i.e. by default).
 
+Sequence parallelism: a full (uncached) pass traced while a mesh with a ``sequence`` axis of size S > 1 is in
+scope (``with jax.set_mesh(mesh):``, or the legacy ``with mesh:`` that ``train.partitioning.activate`` uses) runs
+every layer's EMA through ``layers.sequence_parallel.sharded_damped_ema``: the length is split into S contiguous
+shards under ``shard_map`` and only the EMA states cross shards (one all-gather; ppermutes for ``truncation``).
+Everything else stays with the automatic partitioner, which propagates the inputs' sharding (flax 0.12 applies
+the logical constraints under ``jax.set_mesh`` only, not under the legacy context). The shard_map splits the batch
+over the mesh axes the current ``batch`` logical rule names (those of size > 1). ``sharded_damped_ema`` takes a
+single ``batch_axis``, so two or more adjacent ones, e.g. ``("data", "fsdp")``, are merged into one axis of a mesh
+over the same devices in the same order (the same layout: no resharding). No rule, a batch they do not divide, or
+non-adjacent axes: the batch is replicated inside the shard_map (correct, with redundant work). The mesh is read
+from the context once per call in ``MegaModel`` (``sequence_parallel_layout``) and passed down explicitly as
+``ema_mesh`` / ``ema_batch_axis`` of ``MegaBlock`` / ``MegaGatedAttention``. A length that S does not divide
+raises ``ValueError`` (pad the input) rather than silently gathering the sequence. Always unsharded: init (its
+dummy input has length 1), cached decoding (``cache=``), and calls already inside a ``shard_map``.
+
 Decoding protocol (shared with ``jaxmodels.generation``): ``module.apply(v, B, T, method="init_cache")`` gives a
 ``MegaCache``; calling the module with ``cache=`` treats ``input_ids [B, t]`` as the next t tokens and returns the
 updated cache in the output's ``cache`` field.
@@ -31,12 +46,16 @@ updated cache in the output's ``cache`` field.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax._src import mesh as jax_mesh
+from jax.sharding import Mesh
 
 from jaxmodels.input_checks import check_range
 from jaxmodels.mega.config import NORM_EPS, MegaConfig
@@ -58,6 +77,7 @@ from layers.losses import cross_entropy, sequence_classification_loss, span_loss
 from layers.norms import LayerNorm
 from layers.relative_bias import rotary_relative_bias, simple_relative_bias
 from layers.scale_norm import RMSNorm, ScaleNorm
+from layers.sequence_parallel import sharded_damped_ema
 from layers.stacked import init_stacked
 
 Array = jax.Array
@@ -144,6 +164,79 @@ def validate_inputs(config: MegaConfig, input_ids, attention_mask, token_type_id
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Sequence parallelism: which mesh (if any) the full-pass EMA is sharded over.
+# ---------------------------------------------------------------------------------------------------------------
+SEQUENCE_AXIS = "sequence"  # the mesh axis that splits ``length`` (train.partitioning.MESH_AXES)
+
+
+def context_mesh() -> Mesh | None:
+    """The concrete ``Mesh`` in scope, also while tracing under ``jax.jit``; None if there is none.
+
+    JAX 0.10 has no public getter for this inside a trace (``jax.sharding.get_mesh`` refuses under jit and
+    ``get_abstract_mesh`` carries no devices, which ``shard_map`` needs from a ``Mesh``, and is empty under the
+    legacy ``with mesh:``). So this reads the two private slots JAX's own ``experimental.mosaic.gpu`` reads, in the
+    same order: ``jax.set_mesh`` first, then the legacy ``with mesh:`` resource env. Inside a ``shard_map`` (some
+    axes already manual) there is nothing to shard again: None.
+    """
+    abstract = jax.sharding.get_abstract_mesh()
+    if not abstract.empty and abstract.manual_axes:
+        return None
+    mesh = jax_mesh.get_concrete_mesh()
+    if mesh is None or mesh.empty:
+        mesh = jax_mesh.thread_resources.env.physical_mesh
+    return None if mesh is None or mesh.empty else mesh
+
+
+def _batch_axes(mesh: Mesh) -> tuple[str, ...]:
+    """Mesh axes (size > 1, not ``sequence``) the current ``batch`` logical rule splits the batch over."""
+    spec = nn.logical_to_mesh_axes((axes.BATCH,))[0]
+    names = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+    return tuple(a for a in names if a in mesh.shape and a != SEQUENCE_AXIS and mesh.shape[a] > 1)
+
+
+def sequence_parallel_layout(batch: int, length: int, mesh: Mesh | None = None) -> tuple[Mesh | None, str | None]:
+    """``(mesh, batch_axis)`` for ``sharded_damped_ema`` on ``[batch, length, D]`` activations, ``(None, None)`` when
+    the EMA runs unsharded (no mesh in scope, or its ``sequence`` axis has size 1).
+
+    ``mesh`` defaults to ``context_mesh()``. Several adjacent batch axes are merged into one axis of a mesh with the
+    same devices in the same order (so the same layout, no resharding). Raises ValueError when ``length`` is not a
+    multiple of the ``sequence`` axis size.
+    """
+    mesh = context_mesh() if mesh is None else mesh
+    if mesh is None or mesh.shape.get(SEQUENCE_AXIS, 1) <= 1:
+        return None, None
+    shards = mesh.shape[SEQUENCE_AXIS]
+    if length % shards:
+        raise ValueError(f"input length {length} is not a multiple of the {SEQUENCE_AXIS!r} mesh axis size {shards} "
+                         "(MEGA's EMA is sequence-parallel over it); pad the input")
+    names = tuple(mesh.axis_names)
+    batch_axes = _batch_axes(mesh)
+    if not batch_axes or batch % int(np.prod([mesh.shape[a] for a in batch_axes])):
+        return mesh, None
+    if len(batch_axes) == 1:
+        return mesh, batch_axes[0]
+    first = names.index(batch_axes[0])
+    if names[first:first + len(batch_axes)] != batch_axes:
+        return mesh, None
+    # Adjacent axes, major to minor as in the spec: merging them keeps every device's batch slice.
+    last = first + len(batch_axes)
+    merged = "+".join(batch_axes)
+    sizes = [mesh.shape[a] for a in names]
+    shape = (*sizes[:first], int(np.prod(sizes[first:last])), *sizes[last:])
+    return Mesh(mesh.devices.reshape(shape), (*names[:first], merged, *names[last:])), merged
+
+
+def _abstract_mesh_of(mesh: Mesh):
+    """Context in which ``shard_map`` accepts ``mesh``: under ``jax.set_mesh`` it must equal the context's abstract
+    mesh, which a merged-batch mesh (same devices, fewer axes) does not; ``use_abstract_mesh`` swaps it for the call
+    (same size, so allowed inside jit). Nothing to do under the legacy ``with mesh:`` (no abstract mesh)."""
+    current = jax.sharding.get_abstract_mesh()
+    if current.empty or current == mesh.abstract_mesh:
+        return contextlib.nullcontext()
+    return jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Layers
 # ---------------------------------------------------------------------------------------------------------------
 class SequenceNorm(nn.Module):
@@ -220,12 +313,15 @@ class MegaGatedAttention(nn.Module):
 
     Full pass (``ctx`` None): attention in blocks of ``min(chunk_size, l)`` (or l). Cached (``ctx`` from
     ``MegaModel._cache_context``): the new tokens attend to the cached slots and to each other, and the layer returns
-    its updated ``(key, value, ema_state)``.
+    its updated ``(key, value, ema_state)``. ``ema_mesh`` / ``ema_batch_axis`` (from ``sequence_parallel_layout``):
+    the full-pass EMA runs sharded over ``ema_mesh``'s ``sequence`` axis; cached calls ignore them.
     """
 
     config: MegaConfig
     dtype: Any = jnp.float32
     ema_algorithm: str = "fft"
+    ema_mesh: Mesh | None = None
+    ema_batch_axis: str | None = None
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None, ctx: dict | None = None, layer_cache=None,
@@ -245,11 +341,19 @@ class MegaGatedAttention(nn.Module):
         new_state = None
         if layer_cache is None:
             ema_chunk = c.chunk_size if c.use_chunking else 64
-            # The algorithms are equal; `chunked` needs whole chunks, so other lengths (init's dummy input, a
-            # sequence shorter than a chunk) take `fft`.
-            algorithm = "fft" if self.ema_algorithm == "chunked" and x.shape[1] % ema_chunk else self.ema_algorithm
-            ema_out, _ = damped_ema(ema_params, x, mask, bidirectional=c.bidirectional, truncation=c.truncation,
-                                    algorithm=algorithm, chunk_size=ema_chunk, dtype=self.dtype)
+            shards = 1 if self.ema_mesh is None else self.ema_mesh.shape[SEQUENCE_AXIS]
+            # The algorithms are equal; `chunked` needs whole chunks (per shard), so other lengths (init's dummy
+            # input, a sequence shorter than a chunk) take `fft`.
+            local = x.shape[1] // shards
+            algorithm = "fft" if self.ema_algorithm == "chunked" and local % ema_chunk else self.ema_algorithm
+            options = {"bidirectional": c.bidirectional, "truncation": c.truncation, "algorithm": algorithm,
+                       "chunk_size": ema_chunk, "dtype": self.dtype}
+            if shards > 1:
+                with _abstract_mesh_of(self.ema_mesh):
+                    ema_out, _ = sharded_damped_ema(ema_params, x, mask, mesh=self.ema_mesh, axis=SEQUENCE_AXIS,
+                                                    batch_axis=self.ema_batch_axis, **options)
+            else:
+                ema_out, _ = damped_ema(ema_params, x, mask, **options)
         elif x.shape[1] == 1:
             ema_out, new_state = damped_ema_step(ema_params, x[:, 0], layer_cache[2],
                                                  None if mask is None else mask[:, 0], dtype=self.dtype)
@@ -340,10 +444,13 @@ class MegaBlock(nn.Module):
     config: MegaConfig
     dtype: Any = jnp.float32
     ema_algorithm: str = "fft"
+    ema_mesh: Mesh | None = None
+    ema_batch_axis: str | None = None
 
     @nn.compact
     def __call__(self, x, mask=None, ctx=None, layer_cache=None, deterministic: bool = True):
-        y, weights, new_cache = MegaGatedAttention(self.config, self.dtype, self.ema_algorithm, name="mega_layer")(
+        y, weights, new_cache = MegaGatedAttention(self.config, self.dtype, self.ema_algorithm, self.ema_mesh,
+                                                   self.ema_batch_axis, name="mega_layer")(
             x, mask, ctx, layer_cache, deterministic)
         if self.config.use_normalized_ffn:
             y = NormalizedFeedForward(self.config, self.dtype, name="nffn")(y, deterministic)
@@ -484,7 +591,10 @@ class MegaModel(nn.Module):
             p > 0 for p in (c.dropout_prob, c.hidden_dropout_prob, c.attention_probs_dropout_prob,
                             c.nffn_activation_dropout_prob))
         dropout_key = self.make_rng("dropout") if use_dropout else None
-        block = MegaBlock(c, self.dtype, self.ema_algorithm, parent=None)
+        # Init's dummy input (length 1) and cached decoding run the EMA unsharded; see the module docstring.
+        ema_mesh, ema_batch_axis = (None, None) if cache is not None or self.is_initializing() else \
+            sequence_parallel_layout(batch, length)
+        block = MegaBlock(c, self.dtype, self.ema_algorithm, ema_mesh, ema_batch_axis, parent=None)
 
         def body(h, xs):
             params, layer_index, layer_cache = xs

@@ -1,0 +1,172 @@
+"""MEGA with sequence parallelism: under a mesh with a ``sequence`` axis the full-pass EMA runs through
+``sharded_damped_ema`` (length split over the mesh), giving the outputs and gradients of the unsharded model; the
+mesh is picked up from the context (``jax.set_mesh`` and the trainer's legacy ``with mesh:``); init, cached decoding
+and meshes without a sequence axis stay unsharded; a length the axis does not divide is refused."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from configs.axis_rules import DEFAULT_RULES
+from jaxmodels.mega import MegaConfig, MegaForCausalLM, MegaForMaskedLM
+from jaxmodels.mega.modeling import context_mesh, sequence_parallel_layout
+
+OUT_TOL = 1e-5
+GRAD_TOL = 1e-4
+V, PAD = 40, 1
+B, L = 4, 16  # 4 local positions per shard on 4 shards; the batch divides data=2 and data*fsdp=4
+BASE = dict(vocab_size=V, hidden_size=16, num_hidden_layers=2, intermediate_size=24, ema_projection_size=4,
+            shared_representation_size=8, nffn_hidden_size=20, max_positions=32, dropout_prob=0.0,
+            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, nffn_activation_dropout_prob=0.0,
+            pad_token_id=PAD)
+RULES_2D = (("batch", "data"), ("length", "sequence"))
+# Compiles dominate this file; LLVM's optimisation level changes how fast the tiny programs run, not the HLO
+# (collectives included) nor the arithmetic.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+MODELS = {
+    "causal": (MegaForCausalLM, dict(is_decoder=True, bidirectional=False, use_chunking=True, chunk_size=4,
+                                     attention_activation="softmax", relative_positional_bias="simple")),
+    # truncation 6 reaches across the 4-position shards: the ppermute path of the truncated EMA.
+    "bidirectional": (MegaForMaskedLM, dict(bidirectional=True, truncation=6, attention_activation="laplace",
+                                            relative_positional_bias="rotary", normalize_before_mega=False)),
+}
+MESH_2D = (("data", "sequence"), (2, 4))
+MESH_4D = (("data", "fsdp", "sequence", "tensor"), (2, 2, 2, 1))  # the trainer's axes; batch over data*fsdp
+# (model, mesh, rules, context): both mesh contexts JAX has (the trainer's `train.partitioning.activate` uses the
+# legacy `with mesh:`); on the trainer's mesh the batch axes (data, fsdp) are merged into one shard_map axis.
+CASES = {
+    "causal-2x4-legacy": ("causal", MESH_2D, RULES_2D, "legacy"),
+    "bidirectional-2x4-set_mesh": ("bidirectional", MESH_2D, RULES_2D, "set_mesh"),
+    "causal-2x2x2-set_mesh-merged_batch": ("causal", MESH_4D, DEFAULT_RULES, "set_mesh"),
+}
+
+
+def _mesh(names, shape) -> Mesh:
+    return Mesh(np.asarray(jax.devices()[: int(np.prod(shape))]).reshape(shape), names)
+
+
+@contextlib.contextmanager
+def _in_scope(mesh: Mesh, rules, how: str):
+    scope = mesh if how == "legacy" else jax.set_mesh(mesh)
+    with scope, nn.logical_axis_rules(rules):
+        yield
+
+
+def _inputs(seed: int = 0):
+    rng = np.random.RandomState(seed)
+    mask = np.ones((B, L), np.int32)
+    mask[1, 11:] = 0
+    mask[2, 5:] = 0  # with chunk 4: whole padded chunks, and padding inside a shard
+    mask[3, :2] = 0  # left padding
+    ids = np.where(mask == 1, rng.randint(0, V, (B, L)), PAD)
+    labels = np.where(rng.rand(B, L) < 0.6, rng.randint(0, V, (B, L)), -100)
+    return jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(labels)
+
+
+def _random_params(module, seed: int = 0):
+    """Random N(0, 0.3) values in every param (EMA factors included; no default value hides an error), from the
+    init's shapes only: compiling the init (unrolled PRNG) would cost more than the whole test."""
+    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))["params"]
+    rng = np.random.RandomState(seed)
+    return jax.tree.map(lambda s: jnp.asarray(0.3 * rng.normal(size=s.shape), s.dtype), shapes)
+
+
+def _loss_and_grads(module):
+    def run(params, ids, mask, labels):
+        def loss(p):
+            out = module.apply({"params": p}, ids, mask, labels=labels)
+            return out.loss, out.logits
+
+        (value, logits), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        return logits, value, grads
+
+    return jax.jit(run)
+
+
+def _compile(fn, *args):
+    return fn.lower(*args).compile(FAST_COMPILE)
+
+
+@functools.cache
+def _model(name: str):
+    """(module, params, inputs, the unsharded (logits, loss, grads)): one reference compile per model."""
+    head, extra = MODELS[name]
+    module = head(MegaConfig(**BASE, **extra))
+    params = _random_params(module)
+    inputs = _inputs()
+    run = _loss_and_grads(module)
+    return module, params, inputs, _compile(run, params, *inputs)(params, *inputs)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_sharded_equals_unsharded(case):
+    name, (names, shape), rules, how = CASES[case]
+    module, params, inputs, want = _model(name)
+    run = _loss_and_grads(module)
+    mesh = _mesh(names, shape)
+    with _in_scope(mesh, rules, how):
+        batch_axes = tuple(a for a in ("data", "fsdp") if a in names)
+        seq = NamedSharding(mesh, P(batch_axes, "sequence"))
+        args = (params, *(jax.device_put(a, seq) for a in inputs))
+        # The sharded path is really taken: shard_map in the program, its collectives in the compiled HLO.
+        assert "shard_map" in str(jax.make_jaxpr(run)(*args))
+        compiled = _compile(run, *args)
+        got = compiled(*args)
+    hlo = compiled.as_text()
+    assert "all-gather" in hlo
+    if MODELS[name][1].get("truncation"):
+        assert "collective-permute" in hlo  # the delayed stream of the truncated EMA
+    assert got[0].sharding.spec[1] == "sequence"  # the logits stay split along the length
+
+    np.testing.assert_allclose(got[0], want[0], rtol=OUT_TOL, atol=OUT_TOL)
+    np.testing.assert_allclose(got[1], want[1], rtol=OUT_TOL, atol=OUT_TOL)
+    jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=GRAD_TOL, atol=GRAD_TOL * np.abs(w).max()),
+                 got[2], want[2])
+
+
+def test_layout_from_context():
+    # No mesh, or no (or a size-1) sequence axis: unsharded.
+    assert context_mesh() is None and sequence_parallel_layout(B, L) == (None, None)
+    with _mesh(("data",), (8,)):
+        assert sequence_parallel_layout(B, L) == (None, None)
+    with _mesh(("data", "sequence"), (8, 1)):
+        assert sequence_parallel_layout(B, L) == (None, None)
+    mesh2d = _mesh(("data", "sequence"), (2, 4))
+    with jax.set_mesh(mesh2d), nn.logical_axis_rules(RULES_2D):
+        assert context_mesh() is mesh2d
+        assert sequence_parallel_layout(B, L) == (mesh2d, "data")
+        assert sequence_parallel_layout(3, L) == (mesh2d, None)  # batch not divisible: replicated in the shard_map
+        with pytest.raises(ValueError, match="'sequence' mesh axis size 4"):
+            sequence_parallel_layout(B, 10)
+    with mesh2d:  # legacy context, no rules: batch replicated
+        assert context_mesh() is mesh2d and sequence_parallel_layout(B, L) == (mesh2d, None)
+    # The trainer's mesh: data and fsdp merged into one axis over the same devices in the same order.
+    mesh4d = _mesh(("data", "fsdp", "sequence", "tensor"), (2, 2, 2, 1))
+    with mesh4d, nn.logical_axis_rules(DEFAULT_RULES):
+        merged, axis = sequence_parallel_layout(B, L)
+    assert axis == "data+fsdp" and merged.axis_names == ("data+fsdp", "sequence", "tensor")
+    assert merged.shape["data+fsdp"] == 4 and list(merged.devices.flat) == list(mesh4d.devices.flat)
+
+
+def test_init_and_decoding_stay_unsharded_and_bad_length_is_refused():
+    module = MegaForCausalLM(MegaConfig(**BASE, is_decoder=True, bidirectional=False))
+    mesh = _mesh(("data", "sequence"), (2, 4))
+    with mesh, nn.logical_axis_rules(RULES_2D):
+        # Init's dummy input has length 1, which 4 shards do not divide: init must stay unsharded.
+        params = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))["params"]
+        cache = module.init_cache(B, 8)
+        step = jax.make_jaxpr(lambda p, i, c: module.apply({"params": p}, i, cache=c).logits)(
+            params, jnp.zeros((B, 3), jnp.int32), cache)
+        assert "shard_map" not in str(step)
+        with pytest.raises(ValueError, match="input length 10 is not a multiple of the 'sequence' mesh axis"):
+            jax.eval_shape(lambda p: module.apply({"params": p}, jnp.zeros((B, 10), jnp.int32)).logits, params)
