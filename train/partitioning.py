@@ -70,13 +70,11 @@ def make_mesh(spec: str, devices: Sequence[jax.Device] | None = None) -> Mesh:
 def activate(mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES):
     """Mesh and logical rules in scope, for tracing modules that constrain activations by logical name.
 
-    Known limitation: this is the legacy `with mesh:` context, under which flax 0.12 drops
-    `nn.with_logical_constraint` (it looks only at `jax.sharding.get_abstract_mesh()`), so activation layouts are
-    left to XLA's sharding propagation from the params and the batch. `jax.set_mesh(mesh)` turns the constraints
-    on, but then a `data=2,fsdp=2,tensor=2` train step diverged from `data=8` after one update on CPU (while its
-    gradients matched): not understood yet, so the checked-equal context stays.
+    `jax.set_mesh`, not the legacy `with mesh:`: flax applies `nn.with_logical_constraint` only when
+    `jax.sharding.get_abstract_mesh()` is set, which the legacy context leaves empty (the constraints were then
+    silently dropped).
     """
-    with mesh, nn.logical_axis_rules(rules):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         yield
 
 

@@ -45,8 +45,11 @@ def build_model(model: dict, *, dtype: str = "float32", remat: bool = False) -> 
 def state_shardings(module: nn.Module, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
                     rules=DEFAULT_RULES) -> TrainState:
     """NamedShardings of every array of the train state, from the params' logical names (no array is made)."""
+    # The key is made outside the mesh context: under `jax.set_mesh` an eager op would run on the mesh's devices,
+    # which for an ahead-of-time TPU topology exist only for compiling.
+    key = jax.random.PRNGKey(0)
     with partitioning.activate(mesh, rules):
-        boxed = jax.eval_shape(lambda r: jaxmodels.init_params(module, r, boxed=True), jax.random.PRNGKey(0))
+        boxed = jax.eval_shape(lambda r: jaxmodels.init_params(module, r, boxed=True), key)
     params_sh = partitioning.param_shardings(boxed, mesh, rules)
     abstract_params = nn.unbox(boxed)
     abstract_opt = jax.eval_shape(tx.init, abstract_params)

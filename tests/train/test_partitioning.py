@@ -47,3 +47,22 @@ def test_sharded_init_follows_logical_rules():
     one, _ = state_lib.init_train_state(module, tx, jax.random.key(0, impl="rbg"), single)
     np.testing.assert_array_equal(jax.device_get(one.params["albert"]["encoder"]["albert_layer_groups"]["ffn"]["kernel"]),
                                   jax.device_get(ffn))
+
+
+def test_activation_constraints_apply_under_activate():
+    """Modules' `nn.with_logical_constraint`s become sharding constraints while `activate` is in scope (flax
+    drops them silently under the legacy `with mesh:`)."""
+    import jax.numpy as jnp
+
+    import jaxmodels
+
+    module = state_lib.build_model(dict(presets.MODELS["albert-tiny"]))
+    params = jax.eval_shape(lambda: jaxmodels.init_params(module, jax.random.key(0, impl="rbg")))
+    ids = jax.ShapeDtypeStruct((8, 16), jnp.int32)
+
+    def forward(p, x):
+        return module.apply({"params": p}, input_ids=x).logits
+
+    assert "sharding_constraint" not in str(jax.make_jaxpr(forward)(params, ids))
+    with partitioning.activate(partitioning.make_mesh("data=2,fsdp=2,tensor=2")):
+        assert "sharding_constraint" in str(jax.make_jaxpr(forward)(params, ids))
