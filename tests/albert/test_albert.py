@@ -92,7 +92,7 @@ def test_sharded_init_matches_single_device():
     single = jax.jit(lambda k: nn.unbox(init(k)))(key)
     ref = module.apply({"params": single}, ids, mask).logits
 
-    mesh = Mesh(np.array(jax.devices()).reshape(2, 2, 2), ("data", "fsdp", "tensor"))
+    mesh = Mesh(np.array(jax.devices()).reshape(2, 2, 1, 2), ("data", "fsdp", "sequence", "tensor"))
     specs = nn.get_partition_spec(jax.eval_shape(init, key))
     shardings = nn.logical_to_mesh_sharding(specs, mesh, DEFAULT_RULES)
     sharded = jax.jit(lambda k: nn.unbox(init(k)), out_shardings=shardings)(key)
