@@ -335,6 +335,18 @@ def damped_ema_filter(
     return y, (h if return_state else None)
 
 
+def ema_input(x: Array, padding_mask: Array | None) -> tuple[Array, Array]:
+    """``(x, x * mask)`` in fp32: the residual reads the unmasked input, the EMA the masked one (as HF).
+    ``x [..., embed]`` with ``padding_mask`` of ``x``'s shape without ``embed`` (or None)."""
+    x32 = x.astype(jnp.float32)
+    return x32, (x32 if padding_mask is None else x32 * padding_mask.astype(jnp.float32)[..., None])
+
+
+def ema_output(y: Array, x32: Array, params: Mapping[str, Array], dtype) -> Array:
+    """The sub-layer's output ``silu(EMA + x * omega)`` from the filter output ``y`` and the fp32 input."""
+    return jax.nn.silu(y + x32 * params["residual_weight"].astype(jnp.float32)).astype(dtype)
+
+
 def damped_ema(
     params: Mapping[str, Array],
     x: Array,
@@ -365,13 +377,11 @@ def damped_ema(
     """
     _check_call(params, x, padding_mask, bidirectional=bidirectional, truncation=truncation, algorithm=algorithm,
                 chunk_size=chunk_size, state=state, return_state=return_state)
-    x32 = x.astype(jnp.float32)
-    masked = x32 if padding_mask is None else x32 * padding_mask.astype(jnp.float32)[..., None]
+    x32, masked = ema_input(x, padding_mask)
     y, new_state = damped_ema_filter(params, masked, bidirectional=bidirectional, truncation=truncation,
                                      algorithm=algorithm, chunk_size=chunk_size, state=state,
                                      return_state=return_state, precision=precision)
-    out = jax.nn.silu(y + x32 * params["residual_weight"].astype(jnp.float32))
-    return out.astype(x.dtype if dtype is None else dtype), new_state
+    return ema_output(y, x32, params, x.dtype if dtype is None else dtype), new_state
 
 
 def damped_ema_step(
@@ -409,14 +419,12 @@ def damped_ema_step(
     if padding_mask is not None and tuple(padding_mask.shape) != (batch,):
         raise ValueError(f"padding_mask must be [batch]={(batch,)}, got {tuple(padding_mask.shape)}")
     coeffs = ema_coefficients(params)
-    x32 = x_t.astype(jnp.float32)
-    masked = x32 if padding_mask is None else x32 * padding_mask.astype(jnp.float32)[:, None]
+    x32, masked = ema_input(x_t, padding_mask)
     new_state = coeffs.gain * masked[..., None]
     if state is not None:
         new_state = new_state + coeffs.q * state.astype(jnp.float32)
     y = jnp.sum(new_state * coeffs.readout, axis=-1)
-    out = jax.nn.silu(y + x32 * params["residual_weight"].astype(jnp.float32))
-    return out.astype(x_t.dtype if dtype is None else dtype), new_state
+    return ema_output(y, x32, params, x_t.dtype if dtype is None else dtype), new_state
 
 
 def damped_ema_reference(params, x, padding_mask=None, *, bidirectional=False, truncation=None):

@@ -197,8 +197,7 @@ def sharded_damped_ema(
     """
     ema._check_call(params, x, padding_mask, bidirectional=bidirectional, truncation=truncation, algorithm="fft",
                     chunk_size=chunk_size, state=state, return_state=return_state)
-    if algorithm not in ema.ALGORITHMS:
-        raise ValueError(f"algorithm must be one of {ema.ALGORITHMS}, got {algorithm!r}")
+    ema._check_algorithm(algorithm, chunk_size)
     batch, length, embed = x.shape
     shards = _check_mesh(mesh, axis, batch_axis, batch, length)
     local = length // shards
@@ -210,8 +209,7 @@ def sharded_damped_ema(
                "truncation": truncation, "algorithm": algorithm, "chunk_size": chunk_size, "precision": precision}
 
     def shard(params, x, padding_mask, state):
-        x32 = x.astype(jnp.float32)
-        masked = x32 if padding_mask is None else x32 * padding_mask.astype(jnp.float32)[..., None]
+        x32, masked = ema.ema_input(x, padding_mask)
         state = None if state is None else state.astype(jnp.float32)
         y, final = _causal_shard(_half_params(params, slice(0, embed)), masked, state, reverse=False,
                                  return_state=return_state, **options)
@@ -219,8 +217,7 @@ def sharded_damped_ema(
             y_back, _ = _causal_shard(_half_params(params, slice(embed, 2 * embed)), jnp.flip(masked, axis=1), None,
                                       reverse=True, return_state=False, **options)
             y = y + jnp.flip(y_back, axis=1)
-        out = jax.nn.silu(y + x32 * params["residual_weight"].astype(jnp.float32))
-        return out.astype(out_dtype), final
+        return ema.ema_output(y, x32, params, out_dtype), final
 
     sharded = jax.shard_map(
         shard, mesh=mesh,
