@@ -269,17 +269,42 @@ def test_bf16_compute_from_pretrained(tmp_path):
     assert err < 3e-2, err
 
 
-def test_remat_gives_identical_gradients():
+def test_remat_and_scan_residuals_give_identical_gradients():
+    """remat=True and every scan_residuals policy only change what is stored versus recomputed."""
     config = tiny(num_hidden_layers=4, num_hidden_groups=2)
     ids, mask = ids_and_mask()
     labels = jnp.where(mask == 1, ids, -100)
 
-    def grads(remat):
-        module = AlbertForMaskedLM(config, remat=remat)
+    def grads(**kw):
+        module = AlbertForMaskedLM(config, **kw)
         params = jaxmodels.init_params(module, jax.random.PRNGKey(0))
         return jax.grad(lambda p: module.apply({"params": p}, ids, mask, labels=labels).loss)(params)
 
-    chex.assert_trees_all_close(grads(True), grads(False), rtol=1e-5, atol=1e-7)
+    want = grads(scan_residuals="all")
+    for kw in ({"remat": True}, {"scan_residuals": "dots"}, {"scan_residuals": "inputs"}):
+        chex.assert_trees_all_close(grads(**kw), want, rtol=1e-5, atol=1e-7)
+
+
+def test_scan_residuals_dots_halves_training_temp_memory():
+    """The default keeps matmul outputs only; plain autodiff stacks every elementwise intermediate per layer."""
+    config = tiny(num_hidden_layers=6, intermediate_size=256)
+    ids, mask = ids_and_mask()
+
+    def temp(residuals):
+        module = AlbertForMaskedLM(config, scan_residuals=residuals)
+        params = jaxmodels.init_params(module, jax.random.PRNGKey(0))
+        loss = lambda p: module.apply({"params": p}, ids, mask, labels=ids).loss
+        return jax.jit(jax.grad(loss)).lower(params).compile().memory_analysis().temp_size_in_bytes
+
+    dots, everything = temp("dots"), temp("all")
+    assert dots < 0.7 * everything, (dots, everything)
+
+
+def test_unknown_scan_residuals_is_refused_by_name():
+    module = AlbertModel(tiny(), scan_residuals="most")
+    ids, mask = ids_and_mask()
+    with pytest.raises(ValueError, match="scan_residuals"):
+        module.init(jax.random.PRNGKey(0), ids, mask)
 
 
 def test_unrolled_layers_equal_scanned():
