@@ -16,6 +16,7 @@ from layers import axes
 from layers.activations import get_activation
 from layers.dense import Dense
 from layers.norms import LayerNorm
+from layers.vocab_loss import projected_cross_entropy
 
 Array = jax.Array
 
@@ -36,6 +37,10 @@ class MaskedLMHead(nn.Module):
 
     The projection is tied to the word embeddings when ``decoder_embedding [vocab, embedding_size]`` is given
     (ALBERT, BERT), else it is an own ``decoder`` Dense (RemBERT). ``[..., hidden] -> [..., vocab_size]``.
+
+    Returns ``(logits, loss)``. With ``labels [b, l]`` (-100 ignored) the loss is the mean token cross-entropy,
+    computed by :func:`layers.vocab_loss.projected_cross_entropy` from the pre-projection states at the labelled
+    positions only; it does not read ``logits``, so a training step that uses only the loss never forms them.
     """
 
     embedding_size: int
@@ -43,18 +48,28 @@ class MaskedLMHead(nn.Module):
     hidden_act: str
     layer_norm_eps: float
     dtype: Any = jnp.float32
+    loss_chunk: int = 32  # positions per example per step of the loss loop (layers.vocab_loss)
 
     @nn.compact
-    def __call__(self, x: Array, decoder_embedding: Array | None = None) -> Array:
+    def __call__(self, x: Array, decoder_embedding: Array | None = None,
+                 labels: Array | None = None) -> tuple[Array, Array | None]:
         h = Dense(self.embedding_size, (axes.EMBED, axes.MLP), dtype=self.dtype, name="dense")(x)
         h = get_activation(self.hidden_act)(h)
         h = LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="LayerNorm")(h)
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes.VOCAB,)), (self.vocab_size,))
         if decoder_embedding is None:
-            logits = Dense(self.vocab_size, (axes.EMBED, axes.VOCAB), use_bias=False, dtype=self.dtype, name="decoder")(h)
+            decoder = Dense(self.vocab_size, (axes.EMBED, axes.VOCAB), use_bias=False, dtype=self.dtype, name="decoder")
+            logits = decoder(h)
+            kernel = decoder.variables["params"]["kernel"]
+            kernel = kernel.value if isinstance(kernel, nn.Partitioned) else kernel
         else:
-            logits = jnp.matmul(h, decoder_embedding.astype(self.dtype).T)
-        return logits + bias.astype(self.dtype)
+            kernel = decoder_embedding.T  # [embedding_size, vocab]
+            logits = jnp.matmul(h, kernel.astype(self.dtype))
+        logits = logits + bias.astype(self.dtype)
+        loss = None
+        if labels is not None:
+            loss = projected_cross_entropy(h, kernel, bias, labels, chunk=self.loss_chunk)
+        return logits, loss
 
 
 def split_span_logits(logits: Array) -> tuple[Array, Array]:

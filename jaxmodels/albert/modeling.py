@@ -307,11 +307,13 @@ class AlbertForPreTraining(_AlbertHead):
         out = albert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                      deterministic=deterministic, output_attentions=output_attentions,
                      output_hidden_states=output_hidden_states)
-        logits = self._mlm_head()(out.last_hidden_state, albert.word_embedding_table())
+        with_loss = labels is not None and sentence_order_label is not None
+        logits, mlm_loss = self._mlm_head()(out.last_hidden_state, albert.word_embedding_table(),
+                                            labels if with_loss else None)
         sop_logits = AlbertSOPHead(self.config, self.dtype, name="sop_classifier")(out.pooler_output, deterministic)
         loss = None
-        if labels is not None and sentence_order_label is not None:
-            loss = cross_entropy(logits, labels) + cross_entropy(sop_logits.reshape(-1, 2), sentence_order_label.reshape(-1))
+        if with_loss:
+            loss = mlm_loss + cross_entropy(sop_logits.reshape(-1, 2), sentence_order_label.reshape(-1))
         return AlbertForPreTrainingOutput(logits, sop_logits, loss, out.hidden_states, out.attentions)
 
 
@@ -326,8 +328,7 @@ class AlbertForMaskedLM(_AlbertHead):
         out = albert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                      deterministic=deterministic, output_attentions=output_attentions,
                      output_hidden_states=output_hidden_states)
-        logits = self._mlm_head()(out.last_hidden_state, albert.word_embedding_table())
-        loss = None if labels is None else cross_entropy(logits, labels)
+        logits, loss = self._mlm_head()(out.last_hidden_state, albert.word_embedding_table(), labels)
         return MaskedLMOutput(logits, loss, out.hidden_states, out.attentions)
 
 

@@ -174,7 +174,12 @@ def test_masked_lm_head_and_pooler_match_twins(tied):
     params = nn.unbox(head.init(jax.random.PRNGKey(0), x, table)["params"])
     params = jax.tree.map(lambda p: p + 0.3 * jnp.asarray(rng.randn(*p.shape), jnp.float32), params)
     want = masked_lm_head_reference(x, params, get_activation("gelu"), 1e-12, table)
-    np.testing.assert_allclose(np.asarray(head.apply({"params": params}, x, table)), want, rtol=1e-5, atol=1e-5)
+    logits, loss = head.apply({"params": params}, x, table)
+    assert loss is None
+    np.testing.assert_allclose(np.asarray(logits), want, rtol=1e-5, atol=1e-5)
+    labels = jnp.asarray([[3, -100, 10, -100, 0], [-100, -100, 7, -100, -100]])
+    _, loss = head.apply({"params": params}, x, table, labels)
+    np.testing.assert_allclose(float(loss), float(losses.cross_entropy(jnp.asarray(want, jnp.float32), labels)), rtol=1e-5)
     assert ("decoder" in params) is (not tied)
 
     pooler = Pooler(6)
