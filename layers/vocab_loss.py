@@ -56,7 +56,7 @@ def projected_cross_entropy(h: Array, kernel: Array, bias: Array, labels: Array,
 
 def _sorted_rows(h, labels, ignore_index, chunk):
     """Each example's labelled positions first (stable), padded to a multiple of ``chunk``."""
-    b, length, _ = h.shape
+    length = h.shape[1]
     padded = -(-length // chunk) * chunk
     valid = labels != ignore_index
     order = jnp.argsort(~valid, axis=1, stable=True)  # [b, l]: labelled positions first, in order
