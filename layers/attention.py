@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from layers import axes
 from layers.dense import Dense
+from layers.dropout import dropout
 from layers.embeddings import Embed
 
 Array = jax.Array
@@ -73,8 +74,7 @@ def dot_product_attention(
     weights = jax.nn.softmax(logits, axis=-1)
     probs = weights
     if not deterministic and dropout_rate > 0.0:
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
-        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+        probs = dropout(probs, dropout_rate, dropout_rng)
     context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(dtype), value.astype(dtype))
     return context, weights
 

@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from layers.dropout import keep_mask
+
 __all__ = [
     "AxialPositionEmbeddings",
     "axial_position_embeddings",
@@ -126,7 +128,7 @@ def axial_position_embeddings(
                 raise ValueError("dropout_key is required when training with dropout_rate > 0")
             # HF drops per (example, index along axis 1): a [batch, 1, S1, 1, .., 1] keep-mask on the grid.
             mask_shape = (batch, 1, shape[1]) + (1,) * (len(shape) - 2) + (1,)
-            keep = jax.random.bernoulli(dropout_key, 1.0 - dropout_rate, mask_shape)
+            keep = keep_mask(dropout_key, mask_shape, dropout_rate)
             mask = keep.astype(weights[0].dtype) / (1.0 - dropout_rate)
         parts = []
         for w, d in zip(weights, dims):

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from layers import axes
+from layers.dropout import Dropout
 from layers.norms import LayerNorm
 
 Array = jax.Array
@@ -82,7 +83,7 @@ class TokenEmbeddings(nn.Module):
         )
         self.token_type_embeddings = Embed(self.type_vocab_size, self.embedding_size, dtype=self.dtype)
         self.LayerNorm = LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype)
-        self.dropout = nn.Dropout(rate=self.dropout_rate)
+        self.dropout = Dropout(rate=self.dropout_rate)
 
     def __call__(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None, *, deterministic=True):
         if inputs_embeds is None:

@@ -22,6 +22,7 @@ import numpy as np
 
 from layers import axes
 from layers.dense import Dense
+from layers.dropout import dropout
 
 Array = jax.Array
 
@@ -54,8 +55,7 @@ def dropout_probs(probs: Array, rate: float, rng: Array | None, deterministic: b
         return probs
     if rng is None:
         raise ValueError("dropout_rng: required when deterministic=False and dropout_rate > 0")
-    keep = jax.random.bernoulli(rng, 1.0 - rate, probs.shape)
-    return jnp.where(keep, probs / (1.0 - rate), 0.0)
+    return dropout(probs, rate, rng)
 
 
 def check_chunked_inputs(name: str, shape: tuple[int, ...], chunk_length: int, before: int, after: int,

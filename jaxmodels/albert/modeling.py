@@ -34,11 +34,17 @@ from layers import axes
 from layers.activations import get_activation
 from layers.attention import padding_mask, self_attention_block
 from layers.dense import Dense
+from layers.dropout import Dropout
 from layers.embeddings import TokenEmbeddings
 from layers.heads import MaskedLMHead, Pooler, flatten_choices, split_span_logits
 from layers.losses import cross_entropy, sequence_classification_loss, span_loss
 from layers.norms import LayerNorm
-from layers.stacked import checkpoint_layer, check_scan_residuals, index_stacked, init_stacked
+from layers.stacked import (
+    check_scan_residuals,
+    checkpoint_layer,
+    index_stacked,
+    init_stacked,
+)
 
 Array = jax.Array
 
@@ -108,7 +114,7 @@ class AlbertAttention(nn.Module):
             dtype=self.dtype,
         )
         out = Dense(c.hidden_size, (axes.HEADS, axes.EMBED), dtype=self.dtype, name="dense")(context)
-        out = nn.Dropout(c.hidden_dropout_prob)(out, deterministic=deterministic)
+        out = Dropout(c.hidden_dropout_prob)(out, deterministic=deterministic)
         out = LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="LayerNorm")(x + out)
         return out, weights
 
@@ -280,7 +286,7 @@ class _AlbertHead(nn.Module):
         return MaskedLMHead(c.embedding_size, c.vocab_size, c.hidden_act, c.layer_norm_eps, self.dtype, name="predictions")
 
     def _classifier(self, features: int, dropout: float, pooled: Array, deterministic: bool) -> Array:
-        pooled = nn.Dropout(dropout)(pooled, deterministic=deterministic)
+        pooled = Dropout(dropout)(pooled, deterministic=deterministic)
         return Dense(features, (axes.EMBED, axes.VOCAB), dtype=self.dtype, name="classifier")(pooled)
 
 
@@ -292,7 +298,7 @@ class AlbertSOPHead(nn.Module):
 
     @nn.compact
     def __call__(self, pooled: Array, deterministic: bool = True) -> Array:
-        pooled = nn.Dropout(self.config.classifier_dropout_prob or 0.0)(pooled, deterministic=deterministic)
+        pooled = Dropout(self.config.classifier_dropout_prob or 0.0)(pooled, deterministic=deterministic)
         return Dense(self.config.num_labels, (axes.EMBED, axes.VOCAB), dtype=self.dtype, name="classifier")(pooled)
 
 

@@ -69,6 +69,7 @@ from jaxmodels.outputs import (
 from layers import axes
 from layers.activations import get_activation
 from layers.dense import Dense
+from layers.dropout import Dropout
 from layers.ema import damped_ema, damped_ema_step
 from layers.embeddings import Embed
 from layers.gated_attention import gated_attention_weights
@@ -361,7 +362,7 @@ class MegaGatedAttention(nn.Module):
         else:
             ema_out, new_state = damped_ema(ema_params, x, mask, state=layer_cache[2], return_state=True,
                                             dtype=self.dtype)
-        ema_out = nn.Dropout(c.dropout_prob, broadcast_dims=feature_dims)(ema_out, deterministic=deterministic)
+        ema_out = Dropout(c.dropout_prob, broadcast_dims=feature_dims)(ema_out, deterministic=deterministic)
 
         z, inter, d = c.shared_representation_size, c.intermediate_size, c.hidden_size
         base = Dense(z + inter + 2 * d, (axes.EMBED, axes.MLP), dtype=self.dtype, kernel_init=dense_init,
@@ -400,13 +401,13 @@ class MegaGatedAttention(nn.Module):
             q_b, v_b = query[:, None], v_all[:, None]
             weights = weights[:, None]
         attn_weights = weights
-        weights = nn.Dropout(c.attention_probs_dropout_prob)(weights, deterministic=deterministic)
-        v_b = nn.Dropout(c.hidden_dropout_prob, broadcast_dims=feature_dims if ctx is None else ())(
+        weights = Dropout(c.attention_probs_dropout_prob)(weights, deterministic=deterministic)
+        v_b = Dropout(c.hidden_dropout_prob, broadcast_dims=feature_dims if ctx is None else ())(
             v_b, deterministic=deterministic)
         attended = jnp.einsum("bnqk,bnkv->bnqv", weights.astype(self.dtype), v_b).reshape(batch, length, inter)
         out = act(h_int + Dense(d, (axes.MLP, axes.EMBED), dtype=self.dtype, kernel_init=dense_init,
                                 name="h_proj")(attended * gate))
-        out = nn.Dropout(c.dropout_prob, broadcast_dims=feature_dims)(out, deterministic=deterministic)
+        out = Dropout(c.dropout_prob, broadcast_dims=feature_dims)(out, deterministic=deterministic)
         out = residual + r * (out - residual)
         if not c.normalize_before_mega:
             out = norm(out)
@@ -430,9 +431,9 @@ class NormalizedFeedForward(nn.Module):
             x = norm(x)
         h = get_activation(c.activation, "activation")(
             Dense(c.nffn_hidden_size, (axes.EMBED, axes.MLP), dtype=self.dtype, kernel_init=dense_init, name="fc1")(x))
-        h = nn.Dropout(c.nffn_activation_dropout_prob, broadcast_dims=feature_dims)(h, deterministic=deterministic)
+        h = Dropout(c.nffn_activation_dropout_prob, broadcast_dims=feature_dims)(h, deterministic=deterministic)
         out = Dense(c.hidden_size, (axes.MLP, axes.EMBED), dtype=self.dtype, kernel_init=dense_init, name="fc2")(h)
-        out = nn.Dropout(c.dropout_prob, broadcast_dims=feature_dims)(out, deterministic=deterministic) + residual
+        out = Dropout(c.dropout_prob, broadcast_dims=feature_dims)(out, deterministic=deterministic) + residual
         if not c.normalize_before_ffn:
             out = norm(out)
         return out
@@ -704,9 +705,9 @@ class MegaClassificationHead(nn.Module):
         c = self.config
         rate = c.classifier_dropout if c.classifier_dropout is not None else c.hidden_dropout_prob
         init = nn.initializers.normal(c.initializer_range)
-        x = nn.Dropout(rate)(h[:, 0], deterministic=deterministic)
+        x = Dropout(rate)(h[:, 0], deterministic=deterministic)
         x = jnp.tanh(Dense(c.hidden_size, (axes.EMBED, axes.MLP), dtype=self.dtype, kernel_init=init, name="dense")(x))
-        x = nn.Dropout(rate)(x, deterministic=deterministic)
+        x = Dropout(rate)(x, deterministic=deterministic)
         return Dense(c.num_labels, (axes.MLP, axes.VOCAB), dtype=self.dtype, kernel_init=init, name="out_proj")(x)
 
 
@@ -739,7 +740,7 @@ class MegaForMultipleChoice(_MegaHead):
             flatten_choices(input_ids), flatten_choices(attention_mask), flatten_choices(token_type_ids),
             flatten_choices(inputs_embeds), deterministic=deterministic, output_attentions=output_attentions,
             output_hidden_states=output_hidden_states)
-        pooled = nn.Dropout(c.hidden_dropout_prob)(out.pooler_output, deterministic=deterministic)
+        pooled = Dropout(c.hidden_dropout_prob)(out.pooler_output, deterministic=deterministic)
         logits = Dense(1, (axes.EMBED, axes.VOCAB), dtype=self.dtype,
                        kernel_init=nn.initializers.normal(c.initializer_range), name="classifier")(pooled)
         logits = logits.reshape(-1, num_choices)
@@ -757,7 +758,7 @@ class MegaForTokenClassification(_MegaHead):
         out = self._backbone()(input_ids, attention_mask, token_type_ids, inputs_embeds, deterministic=deterministic,
                                output_attentions=output_attentions, output_hidden_states=output_hidden_states)
         rate = c.classifier_dropout if c.classifier_dropout is not None else c.hidden_dropout_prob
-        h = nn.Dropout(rate)(out.last_hidden_state, deterministic=deterministic)
+        h = Dropout(rate)(out.last_hidden_state, deterministic=deterministic)
         logits = Dense(c.num_labels, (axes.EMBED, axes.VOCAB), dtype=self.dtype,
                        kernel_init=nn.initializers.normal(c.initializer_range), name="classifier")(h)
         loss = None if labels is None else cross_entropy(logits.reshape(-1, c.num_labels), labels.reshape(-1))
