@@ -53,6 +53,7 @@ from layers.activations import get_activation
 from layers.axial import AxialPositionEmbeddings
 from layers.chunked import chunked_apply
 from layers.dense import Dense, dense
+from layers.dropout import Dropout
 from layers.embeddings import Embed
 from layers.heads import split_span_logits
 from layers.local import MASK_VALUE as LOCAL_MASK_VALUE
@@ -161,7 +162,7 @@ class _LearnedPositionEmbeddings(nn.Module):
         c = self.config
         x = Embed(c.max_position_embeddings, c.hidden_size, dtype=self.dtype, axes=(None, axes.EMBED),
                   embedding_init=_normal(c), name="embedding")(position_ids)
-        return nn.Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic)
+        return Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic)
 
 
 class ReformerEmbeddings(nn.Module):
@@ -179,7 +180,7 @@ class ReformerEmbeddings(nn.Module):
         if position_ids is None:
             position_ids = jnp.arange(length, dtype=jnp.int32)[None] + start_index
         position_ids = jnp.broadcast_to(position_ids, (batch, length))
-        x = nn.Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic)
+        x = Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic)
         if c.axial_pos_embds:
             pos = AxialPositionEmbeddings(c.axial_pos_shape, c.axial_pos_embds_dim, c.hidden_size,
                                           dropout_rate=c.hidden_dropout_prob, axial_norm_std=c.axial_norm_std,
@@ -203,7 +204,7 @@ class _Output(nn.Module):
     def __call__(self, x, deterministic: bool = True):
         x = Dense(self.features, (self.in_axis, axes.EMBED), use_bias=self.use_bias, dtype=self.dtype,
                   kernel_init=self.init, name="dense")(x)
-        return nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
+        return Dropout(self.dropout_rate)(x, deterministic=deterministic)
 
 
 class ReformerAttention(nn.Module):
@@ -255,7 +256,7 @@ class _FeedForwardDense(nn.Module):
         c = self.config
         x = Dense(c.feed_forward_size, (axes.EMBED, axes.MLP), dtype=self.dtype, kernel_init=_normal(c),
                   name="dense")(x)
-        x = nn.Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic)
+        x = Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic)
         return get_activation(c.hidden_act)(x)
 
 
@@ -365,6 +366,9 @@ class ReformerEncoder(nn.Module):
 
     config: ReformerConfig
     dtype: Any = jnp.float32
+    # The feed-forward runs in chunks of at least this many positions (a multiple of chunk_size_feed_forward;
+    # layers.chunked.chunked_apply's min_chunk): HF's 64 is an eager-PyTorch size that costs XLA 20% at 4K.
+    ff_min_chunk: int = 4096
 
     @nn.compact
     def __call__(self, x, attention_mask=None, *, lsh_rotations=None, num_hashes=None, deterministic: bool = True,
@@ -437,7 +441,8 @@ class ReformerEncoder(nn.Module):
                 # Fold the chunk's first position into the key: chunks draw different masks, recomputation the same.
                 rngs = {} if g_key is None else {"dropout": jax.random.fold_in(g_key, pos[0, 0])}
                 return ff_module.apply({"params": p}, y_chunk, deterministic, rngs=rngs)
-            return chunked_apply(one_chunk, (y, positions), chunk_size=c.chunk_size_feed_forward, axis=1)
+            return chunked_apply(one_chunk, (y, positions), chunk_size=c.chunk_size_feed_forward, axis=1,
+                                 min_chunk=self.ff_min_chunk)
 
         plain = output_hidden_states or output_attentions
         new_cache = None
@@ -487,7 +492,7 @@ class ReformerEncoder(nn.Module):
 
         h = jnp.concatenate([y1, y2], axis=-1)
         h = LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="layer_norm")(h)
-        h = nn.Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
+        h = Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
         if cache is not None:
             return h, all_hidden, all_probs, new_cache
         return h, all_hidden, all_probs
@@ -682,10 +687,10 @@ class ReformerClassificationHead(nn.Module):
     def __call__(self, h, deterministic: bool = True):
         c = self.config
         rate = c.classifier_dropout if c.classifier_dropout is not None else c.hidden_dropout_prob
-        x = nn.Dropout(rate)(h[:, 0], deterministic=deterministic)
+        x = Dropout(rate)(h[:, 0], deterministic=deterministic)
         x = jnp.tanh(Dense(c.hidden_size, (axes.EMBED, axes.MLP), dtype=self.dtype, kernel_init=_normal(c),
                            name="dense")(x))
-        x = nn.Dropout(rate)(x, deterministic=deterministic)
+        x = Dropout(rate)(x, deterministic=deterministic)
         return Dense(c.num_labels, (axes.MLP, axes.VOCAB), dtype=self.dtype, kernel_init=_normal(c),
                      name="out_proj")(x)
 

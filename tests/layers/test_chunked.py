@@ -166,3 +166,20 @@ def test_errors():
         chunked_apply(lambda v: v, x, chunk_size=4, axis=3)
     with pytest.raises(ValueError, match="must keep the chunked axis"):
         chunked_apply(lambda v: v.sum(axis=1), x, chunk_size=4)
+
+
+@pytest.mark.parametrize("length,chunk,min_chunk,expected", [(24, 4, 10, 12), (20, 4, 12, 20), (24, 4, 0, 4),
+                                                             (24, 8, 8, 8), (24, 0, 16, 24)])
+def test_min_chunk_coarsens_to_a_dividing_multiple(length, chunk, min_chunk, expected):
+    """min_chunk picks the smallest multiple of chunk_size >= min_chunk dividing the length (else unchunked);
+    values are unchanged."""
+    seen = []
+    x = jnp.arange(2 * length * 3, dtype=jnp.float32).reshape(2, length, 3)
+
+    def fn(t):
+        seen.append(t.shape[1])
+        return jnp.tanh(t) * 2.0
+
+    out = chunked_apply(fn, x, chunk_size=chunk, min_chunk=min_chunk)
+    assert seen[-1] == expected
+    np.testing.assert_allclose(np.asarray(out), np.asarray(jnp.tanh(x) * 2.0), rtol=1e-6)
