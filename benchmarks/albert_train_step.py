@@ -9,6 +9,11 @@ fp32, the same batch of random ids with 15% of positions labelled, and AdamW. Th
 round-robin (one step of each implementation per round), so all see the same machine load; each reports
 its median step. Prints seconds per step, tokens/s and our speed ratio to each reference. Not a test: nothing
 here asserts on time.
+
+Each implementation runs in its own worker process (``--same-process`` runs them all in this one). In one
+process the four models' thread pools (PyTorch's OpenMP team, XLA's Eigen pool) and allocators are alive side by
+side on two cores, and whichever step follows another framework's pays for it; a worker that is waiting for its
+turn is idle. Workers build and warm up one after another, then step only when told to, one at a time.
 """
 
 from __future__ import annotations
@@ -117,36 +122,80 @@ def build_hf_flax(ids, mask, labels):
     return step
 
 
+def _worker(name, conn, ids, mask, labels):
+    import os
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    step = BUILDERS[name](ids, mask, labels)
+    for _ in range(conn.recv()):  # warm-up steps: compiles (JAX) and warms allocator caches
+        step()
+    conn.send("ready")
+    while conn.recv() == "step":
+        start = time.perf_counter()
+        step()
+        conn.send(time.perf_counter() - start)
+
+
+BUILDERS = {
+    "ours (JAX)": build_ours,  # layers scanned: compile time flat in depth (the default)
+    "ours unrolled": lambda *a: build_ours(*a, scan_unroll=ALBERT_BASE["num_hidden_layers"]),
+    "HF PyTorch": build_hf_torch,
+    "HF Flax": build_hf_flax,
+}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--same-process", action="store_true", help="run all four in this process")
     args = parser.parse_args()
     ids, mask, labels = make_batch(args.batch, args.seq)
     tokens = args.batch * args.seq
-    builders = {
-        "ours (JAX)": build_ours,  # layers scanned: compile time flat in depth (the default)
-        "ours unrolled": lambda *a: build_ours(*a, scan_unroll=ALBERT_BASE["num_hidden_layers"]),
-        "HF PyTorch": build_hf_torch,
-        "HF Flax": build_hf_flax,
-    }
-    steps = {name: build(ids, mask, labels) for name, build in builders.items()}
-    for name, step in steps.items():
-        for _ in range(args.warmup):  # compiles (JAX) and warms allocator caches
-            step()
-    times = {name: [] for name in steps}
-    for r in range(args.steps):
+    if args.same_process:
+        steps = {name: build(ids, mask, labels) for name, build in BUILDERS.items()}
         for name, step in steps.items():
+            for _ in range(args.warmup):  # compiles (JAX) and warms allocator caches
+                step()
+
+        def timed(name):
             start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
+            steps[name]()
+            return time.perf_counter() - start
+    else:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        conns, workers = {}, []
+        for name in BUILDERS:  # one at a time, so no build or compile overlaps another
+            parent, child = ctx.Pipe()
+            worker = ctx.Process(target=_worker, args=(name, child, ids, mask, labels), daemon=True)
+            worker.start()
+            parent.send(args.warmup)
+            assert parent.recv() == "ready"
+            conns[name] = parent
+            workers.append(worker)
+
+        def timed(name):
+            conns[name].send("step")
+            return conns[name].recv()
+
+    times = {name: [] for name in BUILDERS}
+    for r in range(args.steps):
+        for name in BUILDERS:
+            times[name].append(timed(name))
         print(f"  round {r + 1}: " + ", ".join(f"{n} {t[-1]:.2f}s" for n, t in times.items()), flush=True)
+    if not args.same_process:
+        for conn in conns.values():
+            conn.send("stop")
+        for worker in workers:
+            worker.join()
     results = {name: float(np.median(t)) for name, t in times.items()}
     ours = results["ours (JAX)"]
     print(f"\nALBERT-base MLM training step, batch {args.batch} x seq {args.seq}, fp32, AdamW, "
-          f"{os.cpu_count()} CPU cores, {args.steps} timed steps after {args.warmup} warm-up")
+          f"{os.cpu_count()} CPU cores, {args.steps} timed steps after {args.warmup} warm-up, "
+          f"{'one process' if args.same_process else 'one worker process each'}")
     print(f"{'implementation':<14} {'s/step':>8} {'tokens/s':>10} {'ours (scanned) is x faster':>27}")
     for name, t in results.items():
         print(f"{name:<14} {t:>8.3f} {tokens / t:>10.1f} {t / ours:>27.2f}")
