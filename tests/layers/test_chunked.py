@@ -183,3 +183,8 @@ def test_min_chunk_coarsens_to_a_dividing_multiple(length, chunk, min_chunk, exp
     out = chunked_apply(fn, x, chunk_size=chunk, min_chunk=min_chunk)
     assert seen[-1] == expected
     np.testing.assert_allclose(np.asarray(out), np.asarray(jnp.tanh(x) * 2.0), rtol=1e-6)
+
+
+def test_min_chunk_does_not_hide_a_chunk_size_that_does_not_divide_the_length():
+    with pytest.raises(ValueError, match="multiple of chunk_size"):
+        chunked_apply(lambda t: t, jnp.zeros((1, 20, 2)), chunk_size=6, min_chunk=12)
