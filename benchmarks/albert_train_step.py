@@ -14,6 +14,17 @@ Each implementation runs in its own worker process (``--same-process`` runs them
 process the four models' thread pools (PyTorch's OpenMP team, XLA's Eigen pool) and allocators are alive side by
 side on two cores, and whichever step follows another framework's pays for it; a worker that is waiting for its
 turn is idle. Workers build and warm up one after another, then step only when told to, one at a time.
+
+The step is matmul-bound, so its time on a machine follows how fast each framework's fp32 GEMM runs there, and
+that differs between CPUs by more than any model-side change: on a Zen 5 EPYC (AVX-512 at full width) XLA's
+YNNPACK GEMMs run about 2.2x faster than PyTorch's MKL, which takes its AVX2 path on AMD; on a CPU where both
+libraries reach the same GEMM speed the two steps are about level. So the run first prints the CPU and one
+calibration GEMM per framework (``[1024, 768] @ [768, 3072]``, the FFN's shape), measured in the same workers,
+next to the step table.
+
+``--retain-host-memory`` runs every implementation, the references included, with freed host memory kept in the
+process (``train.host_memory``, what ``python -m train`` does on a CPU host): XLA's CPU runtime otherwise maps a
+fresh scratch buffer for each step and page-faults all of it in again.
 """
 
 from __future__ import annotations
@@ -122,17 +133,85 @@ def build_hf_flax(ids, mask, labels):
     return step
 
 
-def _worker(name, conn, ids, mask, labels):
+GEMM_SHAPE = (1024, 768, 3072)  # (m, k, n): batch x seq tokens through the FFN's first matmul
+
+
+def gemm_gflops(framework: str, repeats: int = 30) -> float:
+    """Median fp32 GFLOP/s of one ``[m, k] @ [k, n]`` matmul in ``framework`` ("jax" or "torch")."""
+    m, k, n = GEMM_SHAPE
+    rng = np.random.RandomState(0)
+    a, b = rng.randn(m, k).astype(np.float32), rng.randn(k, n).astype(np.float32)
+    if framework == "torch":
+        import torch
+
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        run = lambda: ta @ tb  # noqa: E731
+    else:
+        import jax
+
+        matmul = jax.jit(lambda x, y: x @ y)
+        ja, jb = jax.device_put(a), jax.device_put(b)
+        run = lambda: matmul(ja, jb).block_until_ready()  # noqa: E731
+    for _ in range(5):  # compile (JAX), thread-pool spin-up
+        run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return 2 * m * k * n / float(np.median(times)) / 1e9
+
+
+def cpu_description() -> str:
+    """The CPU's model name, core count and widest vector ISA, from /proc/cpuinfo where there is one."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    model = fields.get("model name", "unknown CPU")
+    if "cpu family" in fields:
+        model += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
+    flags = set(fields.get("flags", "").split())
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{model}, {os.cpu_count()} cores, {isa}"
+
+
+FRAMEWORK = {"ours (JAX)": "jax", "ours unrolled": "jax", "HF PyTorch": "torch", "HF Flax": "jax"}
+
+
+def _retain_host_memory():
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from train import host_memory
+
+    if not host_memory.retain_freed_memory():
+        raise SystemExit("--retain-host-memory needs glibc")
+
+
+def _worker(name, conn, ids, mask, labels, retain_host_memory=False):
     import os
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if retain_host_memory:  # before any framework starts its threads
+        _retain_host_memory()
     step = BUILDERS[name](ids, mask, labels)
     for _ in range(conn.recv()):  # warm-up steps: compiles (JAX) and warms allocator caches
         step()
-    conn.send("ready")
+    conn.send(gemm_gflops(FRAMEWORK[name]))
+    import resource
+
     while conn.recv() == "step":
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         start = time.perf_counter()
         step()
-        conn.send(time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        conn.send((elapsed, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults))
 
 
 BUILDERS = {
@@ -150,7 +229,11 @@ def main():
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--same-process", action="store_true", help="run all four in this process")
+    parser.add_argument("--retain-host-memory", action="store_true",
+                        help="keep freed host memory in every implementation's process (train.host_memory)")
     args = parser.parse_args()
+    if args.same_process and args.retain_host_memory:
+        _retain_host_memory()
     ids, mask, labels = make_batch(args.batch, args.seq)
     tokens = args.batch * args.seq
     if args.same_process:
@@ -158,22 +241,24 @@ def main():
         for name, step in steps.items():
             for _ in range(args.warmup):  # compiles (JAX) and warms allocator caches
                 step()
+        gemm = {name: gemm_gflops(FRAMEWORK[name]) for name in BUILDERS}
 
-        def timed(name):
+        def timed(name):  # page faults are per process, so not told apart here
             start = time.perf_counter()
             steps[name]()
-            return time.perf_counter() - start
+            return time.perf_counter() - start, float("nan")
     else:
         import multiprocessing
 
         ctx = multiprocessing.get_context("spawn")
-        conns, workers = {}, []
+        conns, workers, gemm = {}, [], {}
         for name in BUILDERS:  # one at a time, so no build or compile overlaps another
             parent, child = ctx.Pipe()
-            worker = ctx.Process(target=_worker, args=(name, child, ids, mask, labels), daemon=True)
+            worker = ctx.Process(target=_worker, args=(name, child, ids, mask, labels, args.retain_host_memory),
+                                 daemon=True)
             worker.start()
             parent.send(args.warmup)
-            assert parent.recv() == "ready"
+            gemm[name] = parent.recv()  # the worker is warm once it has timed its calibration GEMM
             conns[name] = parent
             workers.append(worker)
 
@@ -182,9 +267,12 @@ def main():
             return conns[name].recv()
 
     times = {name: [] for name in BUILDERS}
+    faults = {name: [] for name in BUILDERS}
     for r in range(args.steps):
         for name in BUILDERS:
-            times[name].append(timed(name))
+            elapsed, step_faults = timed(name)
+            times[name].append(elapsed)
+            faults[name].append(step_faults)
         print(f"  round {r + 1}: " + ", ".join(f"{n} {t[-1]:.2f}s" for n, t in times.items()), flush=True)
     if not args.same_process:
         for conn in conns.values():
@@ -195,10 +283,15 @@ def main():
     ours = results["ours (JAX)"]
     print(f"\nALBERT-base MLM training step, batch {args.batch} x seq {args.seq}, fp32, AdamW, "
           f"{os.cpu_count()} CPU cores, {args.steps} timed steps after {args.warmup} warm-up, "
-          f"{'one process' if args.same_process else 'one worker process each'}")
-    print(f"{'implementation':<14} {'s/step':>8} {'tokens/s':>10} {'ours (scanned) is x faster':>27}")
+          f"{'one process' if args.same_process else 'one worker process each'}, host memory "
+          f"{'retained (train.host_memory)' if args.retain_host_memory else 'as the C library defaults'}")
+    print(f"CPU: {cpu_description()}")
+    m, k, n = GEMM_SHAPE
+    print(f"{'implementation':<14} {'s/step':>8} {'tokens/s':>10} {'ours (scanned) is x faster':>27} "
+          f"{f'GEMM {m}x{k}x{n} GFLOP/s':>25} {'page faults/step':>17}")
     for name, t in results.items():
-        print(f"{name:<14} {t:>8.3f} {tokens / t:>10.1f} {t / ours:>27.2f}")
+        print(f"{name:<14} {t:>8.3f} {tokens / t:>10.1f} {t / ours:>27.2f} {gemm[name]:>25.1f} "
+              f"{np.median(faults[name]):>17,.0f}")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,10 @@ _COORDINATOR = flags.DEFINE_string(
     "--num_processes and --process_id; omit all three on a Cloud TPU VM / Slurm / Open MPI to auto-detect).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process run: how many processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process run: this process's index, 0 .. N-1.")
+_HOST_MEMORY = flags.DEFINE_enum(
+    "host_memory", "auto", ["auto", "retain", "release"], "retain: keep freed host memory in the process so a CPU "
+    "step reuses its already-mapped scratch instead of page-faulting it in every step (train/host_memory.py); "
+    "release: the C library's defaults; auto: retain on a host without a TPU / GPU device.")
 
 
 def _config_path(argv: list[str]) -> str:
@@ -81,7 +85,10 @@ def main(argv):
     # Orbax reports every file it writes at INFO; the progress bar and metrics.jsonl are the run's log.
     logging.set_verbosity(logging.WARNING)
     # Imported here so `--help` and flag errors are fast.
-    from train import distributed, loop
+    from train import distributed, host_memory, loop
+
+    # Before anything starts jax's backends: their thread pools take their malloc arenas when they are created.
+    host_memory.configure(_HOST_MEMORY.value)
 
     try:
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
