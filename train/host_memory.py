@@ -5,7 +5,9 @@ MLM step at batch 8 x 128) with ``malloc`` and frees it at the end. glibc serves
 ``mmap`` and gives it back with ``munmap``, so every step first-touches every page of its scratch again: 160K minor
 page faults and 0.3 core-seconds of kernel time per ALBERT-base step, about 10% of its wall time on 2 cores
 (``benchmarks/albert_train_step.py --retain-host-memory``). Telling glibc to keep large blocks in its heap and
-never trim it makes the next step reuse the same, already-mapped pages: zero faults per step.
+never trim it makes the next step reuse the same, already-mapped pages: zero faults per step once the heap has
+room for a step's blocks side by side (in the first few steps it still grows now and then, when a freed block
+has been split by a smaller allocation).
 
 What it costs: the process keeps its peak heap until it exits, which a training process reaches every step anyway.
 It changes a process-wide allocator setting, so only entry points call it (``python -m train`` does on CPU); a

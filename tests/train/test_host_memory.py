@@ -28,14 +28,18 @@ import jax, jax.numpy as jnp
 f = jax.jit(lambda a, b, d: jnp.tanh(a @ b) @ d)
 a, b, d = jnp.ones((4096, 64)) / 64, jnp.ones((64, 4096)), jnp.ones((4096, 8))
 temp = f.lower(a, b, d).compile().memory_analysis().temp_size_in_bytes
-for _ in range(3):
+for _ in range(5):
     f(a, b, d).block_until_ready()
-calls = 10
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(calls):
+faults = []
+for _ in range(20):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     out = f(a, b, d).block_until_ready()
-after = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-print(json.dumps({"temp": temp, "faults_per_call": (after - before) / calls, "out": float(out[0, 0])}))
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+# The median call: a retained heap still grows now and then (a freed block is split by a smaller allocation and
+# the next 64 MiB request is served from fresh pages at the top) until it has room for both, which the test must
+# not mistake for the per-call faults it is about.
+faults_per_call = sorted(faults)[len(faults) // 2]
+print(json.dumps({"temp": temp, "faults_per_call": faults_per_call, "out": float(out[0, 0])}))
 """
 
 
@@ -54,7 +58,7 @@ def test_retained_heap_stops_per_call_page_faults():
     default, retained = _probe("release"), _probe("retain")
     assert default["temp"] >= 64 * 2**20  # the premise: the scratch is above glibc's mmap threshold
     pages = default["temp"] / 4096
-    # Without the setting every call first-touches (most of) its scratch again ...
+    # Without the setting the median call first-touches (most of) its scratch again ...
     assert default["faults_per_call"] > 0.5 * pages, default
     # ... with it the pages stay mapped: a few faults at most, not one per page.
     assert retained["faults_per_call"] < 0.02 * pages, retained
