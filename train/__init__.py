@@ -13,5 +13,5 @@ Modules (import what you need; this package imports nothing itself, so `train.da
   `checkpoint`    Orbax CheckpointManager: DIR/checkpoints/<step>/{state,data,metadata}, async, keep N
   `metrics`       metrics.jsonl, TensorBoard events, progress bar, loss.png
   `loop`          `run(config, workdir)`: the training run, resumable, SIGTERM-safe, NaN-guarded
-  `host_memory`   keep freed host memory in the process (glibc), so a CPU step does not page-fault its scratch
+  `host_memory`   opt-in: keep freed host memory in the process (glibc), so a CPU step stops page-faulting its scratch
 """

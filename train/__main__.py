@@ -33,9 +33,10 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process run: how many processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process run: this process's index, 0 .. N-1.")
 _HOST_MEMORY = flags.DEFINE_enum(
-    "host_memory", "auto", ["auto", "retain", "release"], "retain: keep freed host memory in the process so a CPU "
-    "step reuses its already-mapped scratch instead of page-faulting it in every step (train/host_memory.py); "
-    "release: the C library's defaults; auto: retain on a host without a TPU / GPU device.")
+    "host_memory", "release", ["release", "retain"], "release: the C library's defaults; retain: keep freed host "
+    "memory in the process (one malloc arena, no trimming), so a CPU step with a large XLA scratch reuses its "
+    "already-mapped pages instead of page-faulting them in every step (train/host_memory.py: a gain for large "
+    "models, a loss for small ones with a busy input pipeline).")
 
 
 def _config_path(argv: list[str]) -> str:

@@ -3,16 +3,21 @@
 XLA's CPU runtime allocates each execution's temp buffer (all of a step's intermediates: 650 MB for an ALBERT-base
 MLM step at batch 8 x 128) with ``malloc`` and frees it at the end. glibc serves a request that large with a fresh
 ``mmap`` and gives it back with ``munmap``, so every step first-touches every page of its scratch again: 160K minor
-page faults and 0.3 core-seconds of kernel time per ALBERT-base step, about 10% of its wall time on 2 cores
-(``benchmarks/albert_train_step.py --retain-host-memory``). Telling glibc to keep large blocks in its heap and
+page faults and 0.3 core-seconds of kernel time per ALBERT-base step (``benchmarks/albert_train_step.py
+--retain-host-memory`` compares). Telling glibc to keep large blocks in its heap and
 never trim it makes the next step reuse the same, already-mapped pages: zero faults per step once the heap has
 room for a step's blocks side by side (in the first few steps it still grows now and then, when a freed block
 has been split by a smaller allocation).
 
-What it costs: the process keeps its peak heap until it exits, which a training process reaches every step anyway.
-It changes a process-wide allocator setting, so only entry points call it (``python -m train`` does on CPU); a
-library import never does. It must run before the threads that allocate (XLA's thread pools, created when the
-first computation runs): threads that already have an arena of their own keep it.
+What it costs, and why it is opt-in (``python -m train --host_memory=retain``):
+- One malloc arena for every thread. A run whose host threads allocate a lot of small blocks at once (the input
+  pipeline of a small model) then waits on that arena's lock: the quickstart runs about 15% slower with it
+  (26-28K against 30-34K tokens/s, 100 steps; ``GLIBC_TUNABLES=glibc.malloc.arena_max=1`` alone does the same), while the ALBERT-base step scanned over its layers
+  (650 MB scratch) gains 1-2% and unrolled (1.2 GB) about 10%.
+- The process keeps its peak heap until it exits, which a training process reaches every step anyway.
+It changes a process-wide allocator setting, so only entry points call it; a library import never does. It must
+run before the threads that allocate (XLA's thread pools, created when the first computation runs): threads that
+already have an arena of their own keep it.
 """
 
 from __future__ import annotations
@@ -27,12 +32,7 @@ _M_ARENA_MAX = -8  # how many malloc arenas; 1: every thread uses the main (brk)
 _NEVER_TRIM = 2**31 - 1  # the largest value mallopt takes (an int)
 
 _applied = False
-
-# Device files of the accelerators jax drives (TPU VMs: /dev/accel* or /dev/vfio; NVIDIA: /dev/nvidia0): with one
-# the step's scratch is on the device, and the host heap serves the input pipeline's many threads, which one arena
-# would serialise.
-_ACCELERATOR_DEVICES = ("/dev/accel0", "/dev/vfio/0", "/dev/nvidia0")
-MODES = ("auto", "retain", "release")
+MODES = ("release", "retain")
 
 
 def _libc():
@@ -66,20 +66,12 @@ def retain_freed_memory() -> bool:
     return ok
 
 
-def has_accelerator_device() -> bool:
-    """Whether this host has a TPU or GPU device file (checked without starting any jax backend)."""
-    import os
-
-    return any(os.path.exists(path) for path in _ACCELERATOR_DEVICES)
-
 
 def configure(mode: str) -> bool:
-    """Apply ``mode``: "retain" calls :func:`retain_freed_memory`, "release" leaves glibc's defaults, and "auto"
-    retains on a host with no accelerator (a CPU run, whose step scratch lives in host memory). Returns whether
-    memory is retained. A bad ``mode`` raises ValueError naming it.
+    """Apply ``mode``: "retain" calls :func:`retain_freed_memory`, "release" leaves the C library's defaults.
+
+    Returns whether freed memory is retained. A bad ``mode`` raises ValueError naming it.
     """
     if mode not in MODES:
         raise ValueError(f"host_memory={mode!r}; expected one of {MODES}")
-    if mode == "release" or (mode == "auto" and has_accelerator_device()):
-        return False
-    return retain_freed_memory()
+    return mode == "retain" and retain_freed_memory()

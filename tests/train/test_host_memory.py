@@ -66,25 +66,21 @@ def test_retained_heap_stops_per_call_page_faults():
 
 
 def test_bad_mode_names_the_field():
-    with pytest.raises(ValueError, match=r"host_memory='always'; expected one of \('auto', 'retain', 'release'\)"):
+    with pytest.raises(ValueError, match=r"host_memory='always'; expected one of \('release', 'retain'\)"):
         host_memory.configure("always")
 
 
-def test_release_and_auto_with_an_accelerator_leave_the_allocator_alone(monkeypatch):
+def test_only_retain_touches_the_allocator(monkeypatch):
     calls = []
     monkeypatch.setattr(host_memory, "retain_freed_memory", lambda: calls.append(1) or True)
     assert host_memory.configure("release") is False
-    monkeypatch.setattr(host_memory, "has_accelerator_device", lambda: True)
-    assert host_memory.configure("auto") is False
     assert calls == []
-    monkeypatch.setattr(host_memory, "has_accelerator_device", lambda: False)
-    assert host_memory.configure("auto") is True
     assert host_memory.configure("retain") is True
-    assert calls == [1, 1]
+    assert calls == [1]
 
 
 def test_cli_rejects_an_unknown_mode():
     done = subprocess.run([sys.executable, "-m", "train", "--host_memory=always"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert done.returncode != 0
-    assert "host_memory" in done.stderr and "<auto|retain|release>" in done.stderr, done.stderr[-2000:]
+    assert "host_memory" in done.stderr and "<release|retain>" in done.stderr, done.stderr[-2000:]
