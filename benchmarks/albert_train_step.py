@@ -23,7 +23,7 @@ calibration GEMM per framework (``[1024, 768] @ [768, 3072]``, the FFN's shape),
 next to the step table.
 
 ``--retain-host-memory`` runs every implementation, the references included, with freed host memory kept in the
-process (``train.host_memory``, what ``python -m train`` does on a CPU host): XLA's CPU runtime otherwise maps a
+process (``train.host_memory``, ``python -m train --host_memory=retain``): XLA's CPU runtime otherwise maps a
 fresh scratch buffer for each step and page-faults all of it in again.
 """
 
