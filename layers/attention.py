@@ -22,21 +22,32 @@ Array = jax.Array
 POSITION_SCHEMES = ("absolute", "relative_key", "relative_key_query")
 
 
-def relative_position_scores(query: Array, key: Array, distance_table: Array, scheme: str, max_position: int) -> Array:
+def relative_position_scores(query: Array, key: Array, distance_table: Array, scheme: str, max_position: int,
+                             query_positions: Array | None = None) -> Array:
     """Position scores added (unscaled) to the attention logits, as BERT-style relative attention does.
 
     Args:
       query: ``[batch, q_length, heads, head_dim]``; key: ``[batch, kv_length, heads, head_dim]``.
       distance_table: ``[2 * max_position - 1, head_dim]``; row ``i - j + max_position - 1`` embeds distance i - j.
       scheme: ``relative_key`` (query . d) or ``relative_key_query`` (query . d + key . d).
+      query_positions: ``[batch, q_length]`` int, the key position each query row sits at; default
+        ``arange(q_length)`` (queries and keys are the same rows).
     Returns: ``[batch, heads, q_length, kv_length]``.
     """
     q_len, k_len = query.shape[1], key.shape[1]
-    distance = jnp.arange(q_len)[:, None] - jnp.arange(k_len)[None, :]
-    positions = jnp.take(distance_table, distance + max_position - 1, axis=0).astype(query.dtype)  # [q, k, d]
-    scores = jnp.einsum("bqhd,qkd->bhqk", query, positions)
+    if query_positions is None:
+        distance = jnp.arange(q_len)[:, None] - jnp.arange(k_len)[None, :]
+        positions = jnp.take(distance_table, distance + max_position - 1, axis=0).astype(query.dtype)  # [q, k, d]
+        scores = jnp.einsum("bqhd,qkd->bhqk", query, positions)
+        if scheme == "relative_key_query":
+            scores = scores + jnp.einsum("bkhd,qkd->bhqk", key, positions)
+        return scores
+    # Per-example query rows: the distance table is gathered per example, [b, q, k, d].
+    distance = query_positions[:, :, None] - jnp.arange(k_len)[None, None, :]
+    positions = jnp.take(distance_table, distance + max_position - 1, axis=0).astype(query.dtype)
+    scores = jnp.einsum("bqhd,bqkd->bhqk", query, positions)
     if scheme == "relative_key_query":
-        scores = scores + jnp.einsum("bkhd,qkd->bhqk", key, positions)
+        scores = scores + jnp.einsum("bkhd,bqkd->bhqk", key, positions)
     return scores
 
 
@@ -103,6 +114,12 @@ def dot_product_attention_reference(query, key, value, *, mask=None, bias=None, 
     return out, weights
 
 
+def gather_rows(x: Array, rows: Array) -> Array:
+    """``x [batch, length, ...]``, ``rows [batch, r]`` int -> ``[batch, r, ...]``: each example's rows, in order."""
+    index = rows.reshape(rows.shape + (1,) * (x.ndim - 2))
+    return jnp.take_along_axis(x, index, axis=1)
+
+
 def padding_mask(attention_mask: Array) -> Array:
     """``[batch, kv_length]`` 0/1 mask -> boolean ``[batch, 1, 1, kv_length]`` for ``dot_product_attention``."""
     return (attention_mask != 0)[:, None, None, :]
@@ -121,28 +138,36 @@ def self_attention_block(
     deterministic: bool = True,
     use_bias: bool = True,
     dtype: Any = jnp.float32,
+    query_positions: Array | None = None,
 ) -> tuple[Array, Array]:
     """Projections + attention, creating ``query``/``key``/``value`` (+ ``distance_embedding``) in the CALLING module.
 
     Call it from inside a ``@nn.compact`` method: the submodules it builds attach to that module, so each family
     keeps its checkpoint's names (ALBERT ``attention.query``, BERT ``attention.self.query``) without repeating
     this code. ``[batch, length, hidden] -> ([batch, length, heads * head_dim], weights [batch, heads, length, length])``.
+
+    ``query_positions [batch, rows]`` (int) runs the queries for those rows of ``x`` only, while keys and values
+    still cover every row: the outputs become ``[batch, rows, heads * head_dim]`` and ``[batch, heads, rows,
+    length]``, equal to those rows of the full result. A model whose loss reads a few positions of its last layer
+    uses it to skip the query, output and feed-forward work on every other row.
     """
     if position_embedding_type not in POSITION_SCHEMES:
         raise ValueError(f"position_embedding_type={position_embedding_type!r}; expected one of {POSITION_SCHEMES}")
     width = num_heads * head_dim
 
-    def project(name):
-        y = Dense(width, (axes.EMBED, axes.HEADS), use_bias=use_bias, dtype=dtype, name=name)(x)
+    def project(name, inputs):
+        y = Dense(width, (axes.EMBED, axes.HEADS), use_bias=use_bias, dtype=dtype, name=name)(inputs)
         return y.reshape(y.shape[:-1] + (num_heads, head_dim))
 
-    q, k, v = project("query"), project("key"), project("value")
+    x_query = x if query_positions is None else gather_rows(x, query_positions)
+    q, k, v = project("query", x_query), project("key", x), project("value", x)
     bias = None
     if position_embedding_type != "absolute":
         table = Embed(
             2 * max_position_embeddings - 1, head_dim, dtype=dtype, axes=(axes.LENGTH, axes.KV), name="distance_embedding"
         ).embedding
-        bias = relative_position_scores(q, k, table, position_embedding_type, max_position_embeddings)
+        bias = relative_position_scores(q, k, table, position_embedding_type, max_position_embeddings,
+                                        query_positions)
     context, weights = dot_product_attention(
         q, k, v, mask=mask, bias=bias, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
         deterministic=deterministic, dtype=dtype,
@@ -162,7 +187,8 @@ class SelfAttention(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array | None = None, *, deterministic: bool = True) -> tuple[Array, Array]:
+    def __call__(self, x: Array, mask: Array | None = None, *, deterministic: bool = True,
+                 query_positions: Array | None = None) -> tuple[Array, Array]:
         dropout_rng = None
         if not deterministic and self.dropout_rate > 0.0:
             dropout_rng = self.make_rng("dropout")
@@ -171,4 +197,5 @@ class SelfAttention(nn.Module):
             position_embedding_type=self.position_embedding_type,
             max_position_embeddings=self.max_position_embeddings, dropout_rate=self.dropout_rate,
             dropout_rng=dropout_rng, deterministic=deterministic, use_bias=self.use_bias, dtype=self.dtype,
+            query_positions=query_positions,
         )

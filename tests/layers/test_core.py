@@ -123,6 +123,34 @@ def test_relative_position_scores_match_loop(scheme):
             np.testing.assert_allclose(ours[:, :, i, j], want, rtol=1e-5, atol=1e-5)
 
 
+@SETTINGS
+@given(st.sampled_from(attention.POSITION_SCHEMES), st.integers(1, 6), st.integers(0, 10**6))
+def test_query_positions_give_those_rows_of_full_attention(scheme, rows, seed):
+    """Queries on a few rows (keys / values on all) equal the same rows of full self-attention, weights included."""
+    rng = np.random.RandomState(seed)
+    b, length, hidden = 2, 7, 8
+    x = jnp.asarray(rng.randn(b, length, hidden) + 3.0, jnp.float32)
+    keep = rng.rand(b, length) < 0.8
+    keep[:, 0] = True
+    mask = attention.padding_mask(jnp.asarray(keep, jnp.int32))
+    positions = jnp.asarray(np.stack([rng.choice(length, rows, replace=False) for _ in range(b)]), jnp.int32)
+    module = attention.SelfAttention(num_heads=2, head_dim=4, position_embedding_type=scheme, max_position_embeddings=9)
+    params = module.init(jax.random.PRNGKey(seed % 7), x, mask)["params"]
+    params = jax.tree_util.tree_map(lambda p: p + 0.1 * jnp.asarray(rng.randn(*p.shape), p.dtype), params)
+    full, full_w = module.apply({"params": params}, x, mask)
+    part, part_w = module.apply({"params": params}, x, mask, query_positions=positions)
+    chex.assert_shape(part, (b, rows, 8))
+    chex.assert_trees_all_close(part, attention.gather_rows(full, positions), rtol=1e-5, atol=1e-5)
+    want_w = jnp.take_along_axis(full_w, positions[:, None, :, None], axis=2)
+    chex.assert_trees_all_close(part_w, want_w, rtol=1e-5, atol=1e-6)
+
+
+def test_gather_rows_picks_each_examples_rows():
+    x = jnp.arange(2 * 4 * 3).reshape(2, 4, 3)
+    got = attention.gather_rows(x, jnp.asarray([[3, 0], [1, 1]]))
+    np.testing.assert_array_equal(np.asarray(got), np.stack([np.asarray(x)[0, [3, 0]], np.asarray(x)[1, [1, 1]]]))
+
+
 def test_losses_match_torch():
     from tests.oracle import require_torch
 
