@@ -13,6 +13,7 @@ Layer sharing: ALBERT has ``num_hidden_groups`` groups of ``inner_group_num`` la
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import flax
@@ -32,12 +33,12 @@ from jaxmodels.outputs import (
 )
 from layers import axes
 from layers.activations import get_activation
-from layers.attention import padding_mask, self_attention_block
+from layers.attention import gather_rows, padding_mask, self_attention_block
 from layers.dense import Dense
 from layers.dropout import Dropout
 from layers.embeddings import TokenEmbeddings
 from layers.heads import MaskedLMHead, Pooler, flatten_choices, split_span_logits
-from layers.losses import cross_entropy, sequence_classification_loss, span_loss
+from layers.losses import IGNORE_INDEX, cross_entropy, sequence_classification_loss, span_loss
 from layers.norms import LayerNorm
 from layers.stacked import (
     check_scan_residuals,
@@ -102,7 +103,7 @@ class AlbertAttention(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, deterministic: bool = True):
+    def __call__(self, x: Array, mask: Array, deterministic: bool = True, query_positions: Optional[Array] = None):
         c = self.config
         dropout_rng = None
         if not deterministic and c.attention_probs_dropout_prob > 0:
@@ -111,24 +112,30 @@ class AlbertAttention(nn.Module):
             x, mask, num_heads=c.num_attention_heads, head_dim=c.head_dim,
             position_embedding_type=c.position_embedding_type, max_position_embeddings=c.max_position_embeddings,
             dropout_rate=c.attention_probs_dropout_prob, dropout_rng=dropout_rng, deterministic=deterministic,
-            dtype=self.dtype,
+            dtype=self.dtype, query_positions=query_positions,
         )
         out = Dense(c.hidden_size, (axes.HEADS, axes.EMBED), dtype=self.dtype, name="dense")(context)
         out = Dropout(c.hidden_dropout_prob)(out, deterministic=deterministic)
-        out = LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="LayerNorm")(x + out)
+        residual = x if query_positions is None else gather_rows(x, query_positions)
+        out = LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="LayerNorm")(residual + out)
         return out, weights
 
 
 class AlbertLayer(nn.Module):
-    """One ALBERT layer: attention block, then ``LayerNorm(a + ffn_output(act(ffn(a))))``. ``[b, l, H] -> [b, l, H]``."""
+    """One ALBERT layer: attention block, then ``LayerNorm(a + ffn_output(act(ffn(a))))``. ``[b, l, H] -> [b, l, H]``.
+
+    With ``query_positions [b, r]`` only those rows are computed (keys and values still see all ``l``):
+    ``[b, l, H] -> [b, r, H]``, equal to the same rows of the full output.
+    """
 
     config: AlbertConfig
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x: Array, mask: Optional[Array], deterministic: bool = True):
+    def __call__(self, x: Array, mask: Optional[Array], deterministic: bool = True,
+                 query_positions: Optional[Array] = None):
         c = self.config
-        a, weights = AlbertAttention(c, self.dtype, name="attention")(x, mask, deterministic)
+        a, weights = AlbertAttention(c, self.dtype, name="attention")(x, mask, deterministic, query_positions)
         h = Dense(c.intermediate_size, (axes.EMBED, axes.MLP), dtype=self.dtype, name="ffn")(a)
         h = get_activation(c.hidden_act)(h)
         h = Dense(c.hidden_size, (axes.MLP, axes.EMBED), dtype=self.dtype, name="ffn_output")(h)
@@ -155,7 +162,17 @@ class AlbertTransformer(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, mask: Optional[Array], *, deterministic: bool = True,
-                 output_hidden_states: bool = False, output_attentions: bool = False):
+                 output_hidden_states: bool = False, output_attentions: bool = False,
+                 selected_rows: Optional[Array] = None, row_capacity: Optional[int] = None):
+        """Returns ``(last_hidden_state, hidden_states or None, attentions or None, SelectedRows or None)``.
+
+        ``selected_rows [b, l]`` (bool) asks for the last layer's output at those positions as a
+        :class:`SelectedRows`, computed on ``row_capacity`` rows per example (an int; default all) when every
+        example selects that few (else on all rows). The last layer then runs outside the scan, twice: in full for
+        ``last_hidden_state`` and on the selected rows. A step that reads only what depends on the selected rows
+        never runs the full copy (XLA removes it as dead code), which is the point. Needs
+        ``inner_group_num == 1``, no active dropout and no returned hidden states or attentions.
+        """
         c = self.config
         h = Dense(c.hidden_size, (axes.EMBED, axes.MLP), dtype=self.dtype, name="embedding_hidden_mapping_in")(x)
         layer = AlbertLayer(c, self.dtype, parent=None)
@@ -194,10 +211,32 @@ class AlbertTransformer(nn.Module):
             h, weights = jax.lax.scan(inner, h, (group_params, jnp.arange(c.inner_group_num)))
             return h, (h if output_hidden_states else None, weights)
 
-        outer = checkpoint_layer(outer, "inputs" if self.remat else self.scan_residuals)
-        h_out, (hiddens, weights) = jax.lax.scan(
-            outer, h, (jnp.arange(c.num_hidden_layers), group_of_layer), unroll=self.scan_unroll
-        )
+        residuals = "inputs" if self.remat else self.scan_residuals
+        outer = checkpoint_layer(outer, residuals)
+        if selected_rows is None:
+            h_out, (hiddens, weights) = jax.lax.scan(
+                outer, h, (jnp.arange(c.num_hidden_layers), group_of_layer), unroll=self.scan_unroll
+            )
+            rows = None
+        else:
+            if c.inner_group_num != 1 or use_dropout or output_hidden_states or output_attentions:
+                raise ValueError("selected_rows needs inner_group_num == 1, no active dropout and no returned "
+                                 "hidden states or attentions")
+            if tuple(selected_rows.shape) != tuple(h.shape[:2]):
+                raise ValueError(f"selected_rows has shape {tuple(selected_rows.shape)}; expected [batch, length] = "
+                                 f"{tuple(h.shape[:2])}")
+            row_capacity = h.shape[1] if row_capacity is None else row_capacity
+            if isinstance(row_capacity, bool) or not isinstance(row_capacity, int) or row_capacity < 1:
+                raise ValueError(f"row_capacity={row_capacity!r}; expected a positive int (rows per example)")
+            last = c.num_hidden_layers - 1
+            h_in, _ = jax.lax.scan(outer, h, (jnp.arange(last), group_of_layer[:last]),
+                                   unroll=min(self.scan_unroll, max(last, 1)))
+            last_params = index_stacked(groups, (c.group_of_layer(last), 0))
+            h_out = checkpoint_layer(lambda h: run_layer(h, last_params, last, 0)[0], residuals)(h_in)
+            rows = select_last_layer_rows(
+                lambda h, positions: layer.apply({"params": last_params}, h, mask, deterministic, positions)[0],
+                h_in, selected_rows, row_capacity, residuals)
+            hiddens = weights = None
         all_hidden = all_weights = None
         if output_hidden_states:
             all_hidden = (h,) + tuple(hiddens[i] for i in range(c.num_hidden_layers))
@@ -205,7 +244,44 @@ class AlbertTransformer(nn.Module):
             all_weights = tuple(
                 weights[l, i] for l in range(c.num_hidden_layers) for i in range(c.inner_group_num)
             )
-        return h_out, all_hidden, all_weights
+        return h_out, all_hidden, all_weights, rows
+
+
+@flax.struct.dataclass
+class SelectedRows:
+    """The last layer's output at selected positions, per example, selected positions first.
+
+    ``order [b, l]``: positions, the selected ones first in their original order (a stable sort), then the rest.
+    ``hidden [b, l, H]``: ``hidden[:, j]`` is the last layer's output at position ``order[:, j]`` for every ``j``
+    below that example's number of selected positions; rows after that are unspecified (zero or computed).
+    """
+
+    order: Array
+    hidden: Array
+
+
+def select_last_layer_rows(layer_rows, h: Array, selected: Array, capacity: int, residuals: str) -> SelectedRows:
+    """Runs ``layer_rows(h, positions [b, r]) -> [b, r, H]`` on each example's selected positions.
+
+    ``r`` is static, so the row count is a branch: ``capacity`` rows when no example selects more, else all ``l``
+    rows (the full layer, in sorted order). A masked-LM batch labels ~15% of positions, so the first branch is
+    the one that runs, and the last layer's queries, output projection and feed-forward shrink by ``l / capacity``.
+    ``h [b, l, H]``, ``selected [b, l]`` bool -> :class:`SelectedRows`.
+    """
+    length = h.shape[1]
+    order = jnp.argsort(~selected, axis=1, stable=True)
+    most = jnp.max(jnp.sum(selected, axis=1))
+
+    def rows(n):
+        def run(h):
+            y = layer_rows(h, order[:, :n])
+            return jnp.pad(y, ((0, 0), (0, length - n), (0, 0)))
+
+        return checkpoint_layer(run, residuals)
+
+    if capacity >= length:
+        return SelectedRows(order, rows(length)(h))
+    return SelectedRows(order, jax.lax.cond(most <= capacity, rows(capacity), rows(length), h))
 
 
 class AlbertModel(nn.Module):
@@ -239,21 +315,29 @@ class AlbertModel(nn.Module):
         """``[vocab_size, embedding_size]``: the table the masked-LM decoder is tied to."""
         return self.embeddings.word_embeddings.embedding
 
+    def pool(self, h: Array) -> Array:
+        """The pooler on ``h [b, l, H]`` (its row 0): ``[b, H]``."""
+        return self.pooler(h)
+
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                  inputs_embeds=None, *, deterministic: bool = True, output_attentions: bool = False,
-                 output_hidden_states: bool = False):
+                 output_hidden_states: bool = False, selected_rows: Optional[Array] = None,
+                 row_capacity: Optional[int] = None):
+        """``BaseModelOutputWithPooling``; with ``selected_rows [b, l]`` (bool, for heads whose loss reads a few
+        positions) the pair ``(output, SelectedRows)``, see :meth:`AlbertTransformer.__call__`."""
         check_scan_residuals(self.scan_residuals)
         validate_inputs(self.config, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
         x = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds, deterministic=deterministic)
         mask = None if attention_mask is None else padding_mask(attention_mask)
-        h, all_hidden, all_weights = self.encoder(
+        h, all_hidden, all_weights, rows = self.encoder(
             x, mask, deterministic=deterministic, output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
+            output_attentions=output_attentions, selected_rows=selected_rows, row_capacity=row_capacity,
         )
         pooled = self.pooler(h) if self.add_pooling_layer else None
-        return BaseModelOutputWithPooling(
+        out = BaseModelOutputWithPooling(
             last_hidden_state=h, pooler_output=pooled, hidden_states=all_hidden, attentions=all_weights
         )
+        return out if selected_rows is None else (out, rows)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -276,6 +360,48 @@ class _AlbertHead(nn.Module):
     remat: bool = False
     scan_unroll: int = 1
     scan_residuals: str = "dots"
+    # Masked-LM heads (AlbertForMaskedLM, AlbertForPreTraining) with labels: the loss reads the last layer at the
+    # labelled positions (and position 0, for the pooler) only, so that layer's queries, output projection and
+    # feed-forward run on ceil(mlm_loss_rows * length) rows per example whenever no example has more labels (else
+    # on all rows). Outputs and gradients are unchanged; the returned logits still come from the full layer,
+    # which a step that reads only the loss never runs. None always runs the full layer. Off with active dropout,
+    # returned hidden states / attentions, or inner_group_num > 1.
+    mlm_loss_rows: Optional[float] = 0.25
+
+    def _loss_row_capacity(self, labels, input_ids, inputs_embeds, deterministic: bool,
+                           output_attentions: bool, output_hidden_states: bool,
+                           classifier_dropout: bool = False) -> Optional[int]:
+        """Rows per example for the loss-only last layer (see ``mlm_loss_rows``), or None for the full layer.
+
+        ``classifier_dropout``: the loss also reads a head with ``classifier_dropout_prob`` (the SOP head), which
+        would draw a second dropout mask for the loss's copy, so active dropout there falls back too.
+        """
+        c, fraction = self.config, self.mlm_loss_rows
+        if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
+                                     or not 0 < fraction <= 1):
+            raise ValueError(f"mlm_loss_rows={fraction!r}; expected a fraction in (0, 1] or None")
+        source = input_ids if input_ids is not None else inputs_embeds
+        if labels is None or source is None:
+            return None
+        shape = tuple(source.shape[:2])
+        if tuple(labels.shape) != shape:
+            raise ValueError(f"labels has shape {tuple(labels.shape)} but input_ids has shape {shape}; they must match")
+        if fraction is None:
+            return None
+        rates = (c.hidden_dropout_prob, c.attention_probs_dropout_prob,
+                 (c.classifier_dropout_prob or 0.0) if classifier_dropout else 0.0)
+        if (not deterministic and any(r > 0 for r in rates)) or output_attentions or output_hidden_states \
+                or c.inner_group_num != 1:
+            return None
+        capacity = math.ceil(fraction * shape[1])
+        return capacity if capacity < shape[1] else None
+
+    def _encode_for_loss(self, albert, args, labels, capacity: int, **kwargs):
+        """``albert`` run with the labelled positions and position 0 selected: ``(output, SelectedRows, sorted
+        labels)``, the labels permuted as the rows are."""
+        selected = (labels != IGNORE_INDEX) | (jnp.arange(labels.shape[1]) == 0)[None, :]
+        out, rows = albert(*args, selected_rows=selected, row_capacity=capacity, **kwargs)
+        return out, rows, jnp.take_along_axis(labels, rows.order, axis=1)
 
     def _backbone(self, add_pooling_layer: bool = True) -> AlbertModel:
         return AlbertModel(self.config, self.dtype, add_pooling_layer=add_pooling_layer, remat=self.remat,
@@ -310,16 +436,28 @@ class AlbertForPreTraining(_AlbertHead):
                  inputs_embeds=None, labels=None, sentence_order_label=None, *, deterministic: bool = True,
                  output_attentions: bool = False, output_hidden_states: bool = False):
         albert = self._backbone()
-        out = albert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                     deterministic=deterministic, output_attentions=output_attentions,
-                     output_hidden_states=output_hidden_states)
+        args = (input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
+        kwargs = dict(deterministic=deterministic, output_attentions=output_attentions,
+                      output_hidden_states=output_hidden_states)
         with_loss = labels is not None and sentence_order_label is not None
-        logits, mlm_loss = self._mlm_head()(out.last_hidden_state, albert.word_embedding_table(),
-                                            labels if with_loss else None)
-        sop_logits = AlbertSOPHead(self.config, self.dtype, name="sop_classifier")(out.pooler_output, deterministic)
+        capacity = self._loss_row_capacity(labels if with_loss else None, input_ids, inputs_embeds, **kwargs,
+                                           classifier_dropout=True)
+        head = self._mlm_head()
+        sop = AlbertSOPHead(self.config, self.dtype, name="sop_classifier")
+        if capacity is None:
+            out = albert(*args, **kwargs)
+            logits, mlm_loss = head(out.last_hidden_state, albert.word_embedding_table(), labels if with_loss else None)
+            sop_logits = sop(out.pooler_output, deterministic)
+            loss_sop_logits = sop_logits
+        else:
+            out, rows, sorted_labels = self._encode_for_loss(albert, args, labels, capacity, **kwargs)
+            logits, _ = head(out.last_hidden_state, albert.word_embedding_table())
+            _, mlm_loss = head(rows.hidden, albert.word_embedding_table(), sorted_labels)
+            sop_logits = sop(out.pooler_output, deterministic)
+            loss_sop_logits = sop(albert.pool(rows.hidden), deterministic)  # row 0 of the sorted rows is position 0
         loss = None
         if with_loss:
-            loss = mlm_loss + cross_entropy(sop_logits.reshape(-1, 2), sentence_order_label.reshape(-1))
+            loss = mlm_loss + cross_entropy(loss_sop_logits.reshape(-1, 2), sentence_order_label.reshape(-1))
         return AlbertForPreTrainingOutput(logits, sop_logits, loss, out.hidden_states, out.attentions)
 
 
@@ -331,10 +469,18 @@ class AlbertForMaskedLM(_AlbertHead):
                  inputs_embeds=None, labels=None, *, deterministic: bool = True, output_attentions: bool = False,
                  output_hidden_states: bool = False):
         albert = self._backbone(add_pooling_layer=False)
-        out = albert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
-                     deterministic=deterministic, output_attentions=output_attentions,
-                     output_hidden_states=output_hidden_states)
-        logits, loss = self._mlm_head()(out.last_hidden_state, albert.word_embedding_table(), labels)
+        args = (input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
+        kwargs = dict(deterministic=deterministic, output_attentions=output_attentions,
+                      output_hidden_states=output_hidden_states)
+        capacity = self._loss_row_capacity(labels, input_ids, inputs_embeds, **kwargs)
+        head = self._mlm_head()
+        if capacity is None:
+            out = albert(*args, **kwargs)
+            logits, loss = head(out.last_hidden_state, albert.word_embedding_table(), labels)
+        else:
+            out, rows, sorted_labels = self._encode_for_loss(albert, args, labels, capacity, **kwargs)
+            logits, _ = head(out.last_hidden_state, albert.word_embedding_table())
+            _, loss = head(rows.hidden, albert.word_embedding_table(), sorted_labels)
         return MaskedLMOutput(logits, loss, out.hidden_states, out.attentions)
 
 

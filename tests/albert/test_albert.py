@@ -14,7 +14,13 @@ from jax.sharding import Mesh
 
 import jaxmodels
 from configs.axis_rules import DEFAULT_RULES
-from jaxmodels.albert import AlbertConfig, AlbertForMaskedLM, AlbertForSequenceClassification, AlbertModel
+from jaxmodels.albert import (
+    AlbertConfig,
+    AlbertForMaskedLM,
+    AlbertForPreTraining,
+    AlbertForSequenceClassification,
+    AlbertModel,
+)
 
 TINY = dict(vocab_size=64, embedding_size=8, hidden_size=16, num_attention_heads=2, intermediate_size=24,
             max_position_embeddings=32, type_vocab_size=2, num_hidden_layers=3, num_hidden_groups=1)
@@ -316,3 +322,154 @@ def test_unrolled_layers_equal_scanned():
     a = scanned.apply({"params": params}, ids, mask, output_hidden_states=True)
     b = AlbertModel(config, scan_unroll=5).apply({"params": params}, ids, mask, output_hidden_states=True)
     chex.assert_trees_all_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+# --- The masked-LM loss on the last layer's labelled rows only (mlm_loss_rows) ----------------------------------
+
+
+def sparse_labels(ids, mask, per_example):
+    """Labels on ``per_example[i]`` random unpadded positions of example i (never position 0), -100 elsewhere."""
+    rng = np.random.RandomState(1)
+    labels = np.full(ids.shape, -100, np.int32)
+    for i, n in enumerate(per_example):
+        valid = np.flatnonzero(np.asarray(mask[i]))[1:]
+        where = rng.choice(valid, n, replace=False)
+        labels[i, where] = np.asarray(ids)[i, where]
+    return jnp.asarray(labels)
+
+
+def randomised(params, seed=3):
+    """Non-default weights: every leaf nudged, so biases and norms are not 0 / 1."""
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    return tree.unflatten([p + 0.2 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
+
+
+@pytest.mark.parametrize("cls", [AlbertForMaskedLM, AlbertForPreTraining])
+@pytest.mark.parametrize("layers,per_example", [(3, (3, 2)), (3, (7, 2)), (1, (2, 3))])
+def test_loss_on_labelled_rows_equals_full_layer(cls, layers, per_example):
+    """mlm_loss_rows=0.4 (4 of 10 rows) against the full last layer: same loss and gradients, on the few-rows branch
+    (every example has <= 3 labels + position 0) and on the all-rows branch (7 labels), with one layer (nothing
+    scanned before the last) and with relative_key_query positions; the returned logits are untouched."""
+    config = tiny(num_hidden_layers=layers, position_embedding_type="relative_key_query")
+    ids, mask = ids_and_mask()
+    labels = sparse_labels(ids, mask, per_example)
+    extra = {"sentence_order_label": jnp.asarray([0, 1])} if cls is AlbertForPreTraining else {}
+    full, fast = cls(config, mlm_loss_rows=None), cls(config, mlm_loss_rows=0.4)
+    params = randomised(jaxmodels.init_params(full, jax.random.PRNGKey(0)))
+    embeddings = params["albert"]["embeddings"]["word_embeddings"]["embedding"]
+    params["albert"]["embeddings"]["word_embeddings"]["embedding"] = embeddings + 2.0  # large-mean activations
+
+    def run(module):
+        def loss(p):
+            out = module.apply({"params": p}, ids, mask, labels=labels, **extra)
+            return out.loss, out.prediction_logits if cls is AlbertForPreTraining else out.logits
+        return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+
+    (loss_full, logits_full), grads_full = run(full)
+    (loss_fast, logits_fast), grads_fast = run(fast)
+    np.testing.assert_allclose(float(loss_fast), float(loss_full), rtol=1e-6)
+    chex.assert_trees_all_close(logits_fast, logits_full, rtol=1e-6, atol=1e-6)
+    for path, g_full in jax.tree_util.tree_leaves_with_path(grads_full):
+        g_fast = dict(jax.tree_util.tree_leaves_with_path(grads_fast))[path]
+        scale = float(jnp.max(jnp.abs(g_full))) + 1e-6
+        np.testing.assert_allclose(np.asarray(g_fast), np.asarray(g_full), atol=1e-5 * scale, rtol=0,
+                                   err_msg=jax.tree_util.keystr(path))
+
+
+def test_loss_on_labelled_rows_in_training_mode():
+    """deterministic=False with zero hidden / attention dropout (ALBERT's defaults) keeps the fast path for the
+    masked-LM head (classifier_dropout_prob does not reach it) and still gives the full layer's loss and grads."""
+    config = tiny(num_hidden_layers=2, classifier_dropout_prob=0.1)
+    ids, mask = ids_and_mask()
+    labels = sparse_labels(ids, mask, (2, 3))
+    full, fast = AlbertForMaskedLM(config, mlm_loss_rows=None), AlbertForMaskedLM(config, mlm_loss_rows=0.4)
+    params = randomised(jaxmodels.init_params(full, jax.random.PRNGKey(0)))
+    rngs = {"dropout": jax.random.PRNGKey(5)}
+    assert fast._loss_row_capacity(labels, ids, None, False, False, False) == 4
+
+    def run(module):
+        return jax.jit(jax.value_and_grad(lambda p: module.apply({"params": p}, ids, mask, labels=labels,
+                                                                 deterministic=False, rngs=rngs).loss))(params)
+
+    (loss_full, grads_full), (loss_fast, grads_fast) = run(full), run(fast)
+    np.testing.assert_allclose(float(loss_fast), float(loss_full), rtol=1e-6)
+    chex.assert_trees_all_close(grads_fast, grads_full, rtol=1e-4, atol=1e-6)
+
+
+def test_selected_rows_branch_and_order():
+    """AlbertModel's selected rows: selected positions first in their original order, each row equal to the last
+    layer's output there; rows past the capacity are zero padding on the few-rows branch and computed otherwise."""
+    config = tiny(num_hidden_layers=2, position_embedding_type="relative_key")
+    module = AlbertModel(config)
+    ids, mask = ids_and_mask()
+    params = randomised(jaxmodels.init_params(module, jax.random.PRNGKey(0)))
+    apply = jax.jit(lambda sel, cap: module.apply({"params": params}, ids, mask, selected_rows=sel, row_capacity=cap),
+                    static_argnums=1)
+    for counts, few in (((2, 3), True), ((2, 6), False)):
+        selected = np.zeros(ids.shape, bool)
+        selected[0, [7, 1][:counts[0]]] = True
+        selected[1, [9, 0, 4, 2, 3, 8][:counts[1]]] = True
+        out, rows = apply(jnp.asarray(selected), 3)
+        order, hidden, h = np.asarray(rows.order), np.asarray(rows.hidden), np.asarray(out.last_hidden_state)
+        for i in range(2):
+            n = counts[i]
+            np.testing.assert_array_equal(order[i, :n], np.flatnonzero(selected[i]))
+            np.testing.assert_allclose(hidden[i, :n], h[i, order[i, :n]], rtol=1e-5, atol=1e-5)
+        if few:
+            assert np.all(hidden[:, 3:] == 0)
+        else:  # all rows computed, in sorted order
+            np.testing.assert_allclose(hidden, np.take_along_axis(h, order[..., None], axis=1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("fraction", [0, 1.5, -0.1, True, "0.25"])
+def test_bad_mlm_loss_rows_is_refused_by_name(fraction):
+    module = AlbertForMaskedLM(tiny(), mlm_loss_rows=fraction)
+    ids, mask = ids_and_mask()
+    params = jaxmodels.init_params(AlbertForMaskedLM(tiny()), jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="mlm_loss_rows"):
+        module.apply({"params": params}, ids, mask, labels=ids)
+
+
+@pytest.mark.parametrize("fraction", [None, 0.25])
+def test_labels_shape_must_match_ids(fraction):
+    module = AlbertForMaskedLM(tiny(), mlm_loss_rows=fraction)
+    ids, mask = ids_and_mask()
+    params = jaxmodels.init_params(module, jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="labels has shape"):
+        module.apply({"params": params}, ids, mask, labels=ids[:, :5])
+
+
+def test_selected_rows_refuse_what_they_cannot_do():
+    module = AlbertModel(tiny(inner_group_num=2))
+    ids, mask = ids_and_mask()
+    params = jaxmodels.init_params(module, jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="inner_group_num"):
+        module.apply({"params": params}, ids, mask, selected_rows=mask == 1, row_capacity=4)
+    module = AlbertModel(tiny())
+    params = jaxmodels.init_params(module, jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match="selected_rows has shape"):
+        module.apply({"params": params}, ids, mask, selected_rows=mask[:, :4] == 1, row_capacity=4)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="row_capacity"):
+            module.apply({"params": params}, ids, mask, selected_rows=mask == 1, row_capacity=bad)
+
+
+def test_loss_only_step_does_not_run_the_full_last_layer_too():
+    """The full last layer (kept for logits / last_hidden_state) must be dead code in a loss-only gradient step.
+    XLA's cost analysis charges a cond its costlier branch (here all rows, the full layer's own cost), so the fast
+    step may cost no more than the full one; a surviving duplicate would add a whole layer (~40% here). Layers are
+    unrolled because the analysis counts a scan's body once."""
+    config = tiny(num_hidden_layers=2, hidden_size=32, intermediate_size=128)
+    ids, mask = ids_and_mask(length=16)
+    labels = sparse_labels(ids, mask, (2, 2))
+
+    def flops(fraction):
+        module = AlbertForMaskedLM(config, mlm_loss_rows=fraction, scan_unroll=2)
+        params = jaxmodels.init_params(module, jax.random.PRNGKey(0))
+        step = jax.jit(jax.grad(lambda p: module.apply({"params": p}, ids, mask, labels=labels).loss))
+        cost = step.lower(params).compile().cost_analysis()
+        return (cost[0] if isinstance(cost, list) else cost)["flops"]
+
+    full, fast = flops(None), flops(0.25)
+    assert fast <= full, (fast, full)
