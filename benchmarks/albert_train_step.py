@@ -1,6 +1,6 @@
 """One ALBERT-base training step (forward, backward, AdamW update), side by side in one run:
-this project (JAX; layers scanned, and fully unrolled), HF PyTorch ``AlbertForMaskedLM`` and HF
-``FlaxAlbertForMaskedLM``.
+this project (JAX; layers scanned, fully unrolled, and scanned with the full last layer), HF PyTorch
+``AlbertForMaskedLM`` and HF ``FlaxAlbertForMaskedLM``.
 
     python benchmarks/albert_train_step.py [--batch 8] [--seq 128] [--steps 5] [--warmup 2]
 
@@ -22,15 +22,27 @@ libraries reach the same GEMM speed the two steps are about level. So the run fi
 calibration GEMM per framework (``[1024, 768] @ [768, 3072]``, the FFN's shape), measured in the same workers,
 next to the step table.
 
-On a Zen 3 EPYC (2 cores, AVX2) the three steps are level (9 rounds: ours 6.50 s scanned / 6.06 s unrolled, HF
-PyTorch 6.53 s, HF Flax 6.68 s). There the isolated calibration GEMM favours XLA, but in place the step's GEMMs run
-at 105-120 GFLOP/s in both libraries. One ALBERT layer's forward + backward takes 490-520 ms in JAX (HF PyTorch's
-layer: 480-520 ms), and its 18 matmuls alone (the same shapes, nothing else) take 358 ms. Removing the attention core,
-the GELU or the LayerNorms from the layer leaves its time unchanged within noise: XLA's CPU runtime overlaps them
-with the GEMMs. These did not shorten the layer or the step beyond noise: heads-major attention operands pinned
-row-major (the attention core alone 20% faster), weight gradients routed to YNNPACK, the shared layer's weight
-gradient as one GEMM over all 12 layers, two CPU devices data-parallel, and the XLA CPU flags for Eigen
-threading, the concurrency scheduler and YNNPACK.
+Our masked-LM loss reads the last layer at the labelled rows (and position 0) only, so by default that layer's
+queries, output projection and feed-forward run on ``ceil(0.25 * seq)`` rows per example (``mlm_loss_rows``;
+exact, the full layer when an example has more labels). The ``ours full last`` row turns that off
+(``mlm_loss_rows=None``) to show what it buys: about 4% of the step here (1 of 12 layers, three quarters of its
+rows), as the FLOP count says.
+
+On a Zen 3 EPYC (2 cores, AVX2) the steps are level with HF PyTorch and ahead of HF Flax (9 rounds, 2026-12-03:
+ours 4.02 s scanned / 3.95 s unrolled / 4.17 s with the full last layer, HF PyTorch 4.00 s, HF Flax 4.45 s; the
+same CPU ran every step ~1.6x slower in an earlier session, 6.5 s for all three, so compare rows of one run only).
+There both libraries' GEMMs run at ~180 GFLOP/s and the step is GEMM-bound: its matmuls at that rate take ~2.9 s
+of our 3.9-4.0 s (an XLA profile puts 73% of the step in YNNPACK GEMM fusions; the rest is spread over layout
+copies, the vocabulary loss, GELU and small elementwise fusions, none above 4%). We do ~8% fewer FLOPs than HF
+PyTorch (the vocabulary projection on labelled rows only, the last layer's rows) and spend it on that overhead.
+One ALBERT layer's forward + backward took 490-520 ms in JAX (HF PyTorch's layer: 480-520 ms) in the slower
+session, and its 18 matmuls alone (the same shapes, nothing else) 358 ms. These did not shorten the step beyond
+noise (each measured side by side): heads-major attention operands (the attention core alone 35% faster, the
+step 1%), fused Q/K/V projections (one [768, 2304] GEMM: no faster than three), weight gradients routed to
+YNNPACK, the shared layer's weight gradient as one GEMM over all 12 layers, two CPU devices data-parallel, the
+XLA CPU flags for Eigen threading, the concurrency scheduler and YNNPACK, and (for the selected rows) the cond
+between the few-rows and all-rows last layer, which costs nothing measurable against running the few-rows one
+unconditionally.
 
 ``--retain-host-memory`` runs every implementation, the references included, with freed host memory kept in the
 process (``train.host_memory``, ``python -m train --host_memory=retain``): XLA's CPU runtime otherwise maps a
@@ -59,7 +71,7 @@ def make_batch(batch: int, seq: int, seed: int = 0):
     return ids, np.ones_like(ids), labels
 
 
-def build_ours(ids, mask, labels, scan_unroll: int = 1):
+def build_ours(ids, mask, labels, scan_unroll: int = 1, mlm_loss_rows="default"):
     import jax
     import jax.numpy as jnp
     import optax
@@ -68,6 +80,8 @@ def build_ours(ids, mask, labels, scan_unroll: int = 1):
 
     module = jaxmodels.from_config({**ALBERT_BASE, "model_type": "albert", "architectures": ["AlbertForMaskedLM"]})
     module = module.clone(scan_unroll=scan_unroll)
+    if mlm_loss_rows != "default":
+        module = module.clone(mlm_loss_rows=mlm_loss_rows)
     params = jaxmodels.init_params(module, jax.random.PRNGKey(0))
     tx = optax.adamw(1e-4, weight_decay=0.01)
     opt_state = tx.init(params)
@@ -192,7 +206,7 @@ def cpu_description() -> str:
     return f"{model}, {os.cpu_count()} cores, {isa}"
 
 
-FRAMEWORK = {"ours (JAX)": "jax", "ours unrolled": "jax", "HF PyTorch": "torch", "HF Flax": "jax"}
+FRAMEWORK = {"ours (JAX)": "jax", "ours unrolled": "jax", "ours full last": "jax", "HF PyTorch": "torch", "HF Flax": "jax"}
 
 
 def _retain_host_memory():
@@ -227,6 +241,8 @@ def _worker(name, conn, ids, mask, labels, retain_host_memory=False):
 BUILDERS = {
     "ours (JAX)": build_ours,  # layers scanned: compile time flat in depth (the default)
     "ours unrolled": lambda *a: build_ours(*a, scan_unroll=ALBERT_BASE["num_hidden_layers"]),
+    # The loss reads the last layer at the labelled rows only (mlm_loss_rows); this row runs that layer in full.
+    "ours full last": lambda *a: build_ours(*a, mlm_loss_rows=None),
     "HF PyTorch": build_hf_torch,
     "HF Flax": build_hf_flax,
 }
