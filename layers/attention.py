@@ -35,19 +35,15 @@ def relative_position_scores(query: Array, key: Array, distance_table: Array, sc
     Returns: ``[batch, heads, q_length, kv_length]``.
     """
     q_len, k_len = query.shape[1], key.shape[1]
-    if query_positions is None:
-        distance = jnp.arange(q_len)[:, None] - jnp.arange(k_len)[None, :]
-        positions = jnp.take(distance_table, distance + max_position - 1, axis=0).astype(query.dtype)  # [q, k, d]
-        scores = jnp.einsum("bqhd,qkd->bhqk", query, positions)
-        if scheme == "relative_key_query":
-            scores = scores + jnp.einsum("bkhd,qkd->bhqk", key, positions)
-        return scores
-    # Per-example query rows: the distance table is gathered per example, [b, q, k, d].
-    distance = query_positions[:, :, None] - jnp.arange(k_len)[None, None, :]
-    positions = jnp.take(distance_table, distance + max_position - 1, axis=0).astype(query.dtype)
-    scores = jnp.einsum("bqhd,bqkd->bhqk", query, positions)
+    if query_positions is None:  # one distance matrix for the whole batch, [q, k]
+        rows, spec = jnp.arange(q_len)[:, None], "qkd"
+    else:  # per-example query rows: the table is gathered per example, [b, q, k]
+        rows, spec = query_positions[:, :, None], "bqkd"
+    distance = rows - jnp.arange(k_len)
+    positions = jnp.take(distance_table, distance + max_position - 1, axis=0).astype(query.dtype)  # [(b,) q, k, d]
+    scores = jnp.einsum(f"bqhd,{spec}->bhqk", query, positions)
     if scheme == "relative_key_query":
-        scores = scores + jnp.einsum("bkhd,bqkd->bhqk", key, positions)
+        scores = scores + jnp.einsum(f"bkhd,{spec}->bhqk", key, positions)
     return scores
 
 

@@ -396,12 +396,23 @@ class _AlbertHead(nn.Module):
         capacity = math.ceil(fraction * shape[1])
         return capacity if capacity < shape[1] else None
 
-    def _encode_for_loss(self, albert, args, labels, capacity: int, **kwargs):
-        """``albert`` run with the labelled positions and position 0 selected: ``(output, SelectedRows, sorted
-        labels)``, the labels permuted as the rows are."""
+    def _masked_lm(self, albert: AlbertModel, args, labels, capacity: Optional[int], kwargs):
+        """Runs ``albert`` and the masked-LM head: ``(output, logits, loss or None, loss_states)``.
+
+        ``loss_states [b, l, H]`` is what the loss read: ``last_hidden_state`` when ``capacity`` is None, else the
+        last layer's :class:`SelectedRows` hidden states for the labelled positions and position 0 (which sorts
+        first, so a pooler on it pools position 0); the labels are permuted as those rows are.
+        """
+        head = self._mlm_head()
+        if capacity is None:
+            out = albert(*args, **kwargs)
+            logits, loss = head(out.last_hidden_state, albert.word_embedding_table(), labels)
+            return out, logits, loss, out.last_hidden_state
         selected = (labels != IGNORE_INDEX) | (jnp.arange(labels.shape[1]) == 0)[None, :]
         out, rows = albert(*args, selected_rows=selected, row_capacity=capacity, **kwargs)
-        return out, rows, jnp.take_along_axis(labels, rows.order, axis=1)
+        logits, _ = head(out.last_hidden_state, albert.word_embedding_table())
+        _, loss = head(rows.hidden, albert.word_embedding_table(), jnp.take_along_axis(labels, rows.order, axis=1))
+        return out, logits, loss, rows.hidden
 
     def _backbone(self, add_pooling_layer: bool = True) -> AlbertModel:
         return AlbertModel(self.config, self.dtype, add_pooling_layer=add_pooling_layer, remat=self.remat,
@@ -440,21 +451,13 @@ class AlbertForPreTraining(_AlbertHead):
         kwargs = dict(deterministic=deterministic, output_attentions=output_attentions,
                       output_hidden_states=output_hidden_states)
         with_loss = labels is not None and sentence_order_label is not None
-        capacity = self._loss_row_capacity(labels if with_loss else None, input_ids, inputs_embeds, **kwargs,
-                                           classifier_dropout=True)
-        head = self._mlm_head()
+        mlm_labels = labels if with_loss else None
+        capacity = self._loss_row_capacity(mlm_labels, input_ids, inputs_embeds, **kwargs, classifier_dropout=True)
+        out, logits, mlm_loss, loss_states = self._masked_lm(albert, args, mlm_labels, capacity, kwargs)
         sop = AlbertSOPHead(self.config, self.dtype, name="sop_classifier")
-        if capacity is None:
-            out = albert(*args, **kwargs)
-            logits, mlm_loss = head(out.last_hidden_state, albert.word_embedding_table(), labels if with_loss else None)
-            sop_logits = sop(out.pooler_output, deterministic)
-            loss_sop_logits = sop_logits
-        else:
-            out, rows, sorted_labels = self._encode_for_loss(albert, args, labels, capacity, **kwargs)
-            logits, _ = head(out.last_hidden_state, albert.word_embedding_table())
-            _, mlm_loss = head(rows.hidden, albert.word_embedding_table(), sorted_labels)
-            sop_logits = sop(out.pooler_output, deterministic)
-            loss_sop_logits = sop(albert.pool(rows.hidden), deterministic)  # row 0 of the sorted rows is position 0
+        sop_logits = sop(out.pooler_output, deterministic)
+        # On the selected rows the loss pools their row 0 (position 0) itself, so the full last layer stays dead.
+        loss_sop_logits = sop_logits if capacity is None else sop(albert.pool(loss_states), deterministic)
         loss = None
         if with_loss:
             loss = mlm_loss + cross_entropy(loss_sop_logits.reshape(-1, 2), sentence_order_label.reshape(-1))
@@ -473,14 +476,7 @@ class AlbertForMaskedLM(_AlbertHead):
         kwargs = dict(deterministic=deterministic, output_attentions=output_attentions,
                       output_hidden_states=output_hidden_states)
         capacity = self._loss_row_capacity(labels, input_ids, inputs_embeds, **kwargs)
-        head = self._mlm_head()
-        if capacity is None:
-            out = albert(*args, **kwargs)
-            logits, loss = head(out.last_hidden_state, albert.word_embedding_table(), labels)
-        else:
-            out, rows, sorted_labels = self._encode_for_loss(albert, args, labels, capacity, **kwargs)
-            logits, _ = head(out.last_hidden_state, albert.word_embedding_table())
-            _, loss = head(rows.hidden, albert.word_embedding_table(), sorted_labels)
+        out, logits, loss, _ = self._masked_lm(albert, args, labels, capacity, kwargs)
         return MaskedLMOutput(logits, loss, out.hidden_states, out.attentions)
 
 

@@ -370,8 +370,9 @@ def test_loss_on_labelled_rows_equals_full_layer(cls, layers, per_example):
     (loss_fast, logits_fast), grads_fast = run(fast)
     np.testing.assert_allclose(float(loss_fast), float(loss_full), rtol=1e-6)
     chex.assert_trees_all_close(logits_fast, logits_full, rtol=1e-6, atol=1e-6)
+    fast_by_path = dict(jax.tree_util.tree_leaves_with_path(grads_fast))
     for path, g_full in jax.tree_util.tree_leaves_with_path(grads_full):
-        g_fast = dict(jax.tree_util.tree_leaves_with_path(grads_fast))[path]
+        g_fast = fast_by_path[path]
         scale = float(jnp.max(jnp.abs(g_full))) + 1e-6
         np.testing.assert_allclose(np.asarray(g_fast), np.asarray(g_full), atol=1e-5 * scale, rtol=0,
                                    err_msg=jax.tree_util.keystr(path))
