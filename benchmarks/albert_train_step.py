@@ -28,19 +28,33 @@ exact, the full layer when an example has more labels). The ``ours full last`` r
 (``mlm_loss_rows=None``) to show what it buys: about 4% of the step here (1 of 12 layers, three quarters of its
 rows), as the FLOP count says.
 
-On a Zen 3 EPYC (2 cores, AVX2) the steps are level with HF PyTorch and ahead of HF Flax (9 rounds, 2026-12-03:
-ours 4.02 s scanned / 3.95 s unrolled / 4.17 s with the full last layer, HF PyTorch 4.00 s, HF Flax 4.45 s; the
-same CPU ran every step ~1.6x slower in an earlier session, 6.5 s for all three, so compare rows of one run only).
-There both libraries' GEMMs run at ~180 GFLOP/s and the step is GEMM-bound: its matmuls at that rate take ~2.9 s
-of our 3.9-4.0 s (an XLA profile puts 73% of the step in YNNPACK GEMM fusions; the rest is spread over layout
-copies, the vocabulary loss, GELU and small elementwise fusions, none above 4%). We do ~8% fewer FLOPs than HF
-PyTorch (the vocabulary projection on labelled rows only, the last layer's rows) and spend it on that overhead.
+On a Zen 3 EPYC (2 cores, AVX2) the steps are level with HF PyTorch and ahead of HF Flax. Two runs of
+2026-12-03 (the per-round ratio to our scanned step in brackets): 11 rounds with the C library's default memory,
+ours 4.34 s scanned / 4.25 s unrolled, HF PyTorch 4.38 s (1.02), HF Flax 4.73 s (1.10); 9 rounds with
+``--retain-host-memory``, ours 4.02 s / 3.77 s (0.93), HF PyTorch 3.91 s (0.98), HF Flax 4.05 s (1.01). The same
+CPU has run every step 1.6x slower in another session and drifts by 10-20% within a run, so compare rows of one
+run only, and prefer the per-round ratios. There both libraries' big GEMMs run at ~150-180 GFLOP/s and the step
+is GEMM-bound. A ``perf`` profile of the scanned step puts 51% of its CPU time in YNNPACK's GEMM kernel
+(projections and their input gradients), 31% in JIT-generated code (symbol-less; beside it are 7.5% in Eigen's
+GEMM packing, so by elimination the kernels of XLA's Eigen dots: weight gradients and attention's batched
+matmuls), 3-4% in the kernel (page faults of each step's fresh scratch) and ~7% in elementwise work, transposes
+and copies. We do ~8% fewer FLOPs than HF PyTorch (the vocabulary projection on labelled rows only, the last
+layer's rows) and lose part of it in attention: its 96 batched [128, 64] x [64, 128]-sized matmuls per call
+run at 28-70 GFLOP/s in XLA against 46-95 for ``torch.bmm`` timed right after, 1.7-2.2x slower, ~0.2 s of the
+step (XLA's
+``--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_fusion_type=dot`` makes them 145-170 GFLOP/s alone,
+but aborts on the full step with ``partition compile failed``). Scanning costs ~7% against unrolling once page
+faults are out of the picture: each layer's saved matmul outputs go through a zero-filled ``[11, ...]`` stack
+(277 MB), a copy in and a copy out; unrolled, the step needs 1.1 GB of scratch instead of 557 MB, which the
+default allocator page-faults in every step.
 One ALBERT layer's forward + backward took 490-520 ms in JAX (HF PyTorch's layer: 480-520 ms) in the slower
 session, and its 18 matmuls alone (the same shapes, nothing else) 358 ms. These did not shorten the step beyond
 noise (each measured side by side): heads-major attention operands (the attention core alone 35% faster, the
 step 1%), fused Q/K/V projections (one [768, 2304] GEMM: no faster than three), weight gradients routed to
-YNNPACK, the shared layer's weight gradient as one GEMM over all 12 layers, two CPU devices data-parallel, the
-XLA CPU flags for Eigen threading, the concurrency scheduler and YNNPACK, and (for the selected rows) the cond
+YNNPACK (in isolation they run no faster there, transpose included), the shared layer's weight gradient as one
+GEMM over all 12 layers, two CPU devices data-parallel, the XLA CPU flags for Eigen threading, the concurrency
+scheduler and YNNPACK, recomputing attention scores in the backward instead of stacking them
+(``dots_with_no_batch_dims_saveable``: 104 MB less scratch, same time), and (for the selected rows) the cond
 between the few-rows and all-rows last layer, which costs nothing measurable against running the few-rows one
 unconditionally.
 
@@ -307,6 +321,9 @@ def main():
             worker.join()
     results = {name: float(np.median(t)) for name, t in times.items()}
     ours = results["ours (JAX)"]
+    # Each round runs every implementation back to back, so a round's ratio sees one machine state; the median
+    # and range of those per-round ratios are steadier than the ratio of medians on a host whose speed drifts.
+    paired = {name: np.asarray(t) / np.asarray(times["ours (JAX)"]) for name, t in times.items()}
     print(f"\nALBERT-base MLM training step, batch {args.batch} x seq {args.seq}, fp32, AdamW, "
           f"{os.cpu_count()} CPU cores, {args.steps} timed steps after {args.warmup} warm-up, "
           f"{'one process' if args.same_process else 'one worker process each'}, host memory "
@@ -314,9 +331,11 @@ def main():
     print(f"CPU: {cpu_description()}")
     m, k, n = GEMM_SHAPE
     print(f"{'implementation':<14} {'s/step':>8} {'tokens/s':>10} {'ours (scanned) is x faster':>27} "
-          f"{f'GEMM {m}x{k}x{n} GFLOP/s':>25} {'page faults/step':>17}")
+          f"{'per round: median [min, max]':>29} {f'GEMM {m}x{k}x{n} GFLOP/s':>25} {'page faults/step':>17}")
     for name, t in results.items():
-        print(f"{name:<14} {t:>8.3f} {tokens / t:>10.1f} {t / ours:>27.2f} {gemm[name]:>25.1f} "
+        r = paired[name]
+        print(f"{name:<14} {t:>8.3f} {tokens / t:>10.1f} {t / ours:>27.2f} "
+              f"{f'{np.median(r):.2f} [{r.min():.2f}, {r.max():.2f}]':>29} {gemm[name]:>25.1f} "
               f"{np.median(faults[name]):>17,.0f}")
 
 
