@@ -41,12 +41,11 @@ matmuls), 3-4% in the kernel (page faults of each step's fresh scratch) and ~7% 
 and copies. We do ~8% fewer FLOPs than HF PyTorch (the vocabulary projection on labelled rows only, the last
 layer's rows) and lose part of it in attention: its 96 batched [128, 64] x [64, 128]-sized matmuls per call
 run at 28-70 GFLOP/s in XLA against 46-95 for ``torch.bmm`` timed right after, 1.7-2.2x slower, ~0.2 s of the
-step (XLA's
-``--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_fusion_type=dot`` makes them 145-170 GFLOP/s alone,
-but aborts on the full step with ``partition compile failed``). Scanning costs ~7% against unrolling once page
-faults are out of the picture: each layer's saved matmul outputs go through a zero-filled ``[11, ...]`` stack
-(277 MB), a copy in and a copy out; unrolled, the step needs 1.1 GB of scratch instead of 557 MB, which the
-default allocator page-faults in every step.
+step. (``--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_fusion_type=dot`` makes them 145-170 GFLOP/s
+alone, but aborts on the full step with ``partition compile failed``.) Scanning costs ~7% against unrolling once
+page faults are out of the picture: each layer's saved matmul outputs go through zero-filled ``[11, ...]`` stacks
+(277 MB), a copy in and a copy out; unrolled, the step needs 1.1 GB of scratch instead of 557 MB (XLA keeps the
+elementwise intermediates instead of recomputing them), which the default allocator page-faults in every step.
 One ALBERT layer's forward + backward took 490-520 ms in JAX (HF PyTorch's layer: 480-520 ms) in the slower
 session, and its 18 matmuls alone (the same shapes, nothing else) 358 ms. These did not shorten the step beyond
 noise (each measured side by side): heads-major attention operands (the attention core alone 35% faster, the
