@@ -5,14 +5,12 @@
     jaxmodels.save_pretrained(module, params, "out_dir")                  # HF from_pretrained loads it
     hf_tensors = jaxmodels.params_to_hf(module, grads)                    # {hf_name: np.ndarray}
 
-A family package registers itself in ``_FAMILIES`` and exposes ``CONFIG`` (its config class), ``ARCHITECTURES``
-(HF class name -> module class), ``DEFAULT_ARCHITECTURE``, ``BASE_MODEL_PREFIX``, ``key_fn(config)``,
-``dummy_inputs(config, architecture)`` and optionally ``TIED_KEYS`` (checkpoint names that are tied copies). Families are imported lazily, so using one never imports the others.
+Each family describes itself with one ``jaxmodels.registry.Family`` record (its ``FAMILY``); the class is chosen
+from ``model_type`` + ``architectures[0]``. Families are imported lazily, so using one never imports the others.
 """
 
 from __future__ import annotations
 
-import importlib
 import warnings
 from typing import Any
 
@@ -20,37 +18,28 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmodels import hf_io
-
-# model_type (as in HF config.json) -> family package
-_FAMILIES = {
-    "albert": "jaxmodels.albert",
-    "reformer": "jaxmodels.reformer",
-    "mega": "jaxmodels.mega",
-}
+from jaxmodels import hf_io, registry
+from jaxmodels.registry import Family
 
 
-def family(model_type: str):
-    """The family package for an HF ``model_type``."""
-    if model_type not in _FAMILIES:
-        raise ValueError(f"model_type={model_type!r} is not supported; supported: {sorted(_FAMILIES)}")
-    return importlib.import_module(_FAMILIES[model_type])
+def family(model_type: str) -> Family:
+    """The ``Family`` record of an HF ``model_type``."""
+    return registry.get(model_type)
 
 
-def _family_of(module: nn.Module):
-    model_type = getattr(type(module.config), "model_type", None)
-    return family(model_type)
+def _family_of(module: nn.Module) -> Family:
+    return registry.of_config(module.config)
 
 
 def from_config(hf_config: dict[str, Any], *, dtype: Any = jnp.float32, architecture: str | None = None) -> nn.Module:
     """An uninitialised module for an HF config dict; the class is ``architecture`` or ``architectures[0]``."""
     fam = family(hf_config.get("model_type"))
-    config = fam.CONFIG.from_hf_dict(hf_config)
-    arch = architecture or (hf_config.get("architectures") or [fam.DEFAULT_ARCHITECTURE])[0]
-    if arch not in fam.ARCHITECTURES:
+    config = fam.config_class.from_hf_dict(hf_config)
+    arch = architecture or (hf_config.get("architectures") or [fam.default_architecture])[0]
+    if arch not in fam.architectures:
         raise ValueError(f"architecture {arch!r} is not available for model_type={config.model_type!r}; "
-                         f"available: {sorted(fam.ARCHITECTURES)}")
-    return fam.ARCHITECTURES[arch](config=config, dtype=dtype)
+                         f"available: {sorted(fam.architectures)}")
+    return fam.architectures[arch](config=config, dtype=dtype)
 
 
 def init_params(module: nn.Module, rng: jax.Array, *, boxed: bool = False) -> dict:
@@ -82,8 +71,8 @@ def from_pretrained(path: str, dtype: Any = jnp.float32, *, architecture: str | 
     module = from_config(hf_config, dtype=dtype, architecture=architecture)
     fam = _family_of(module)
     shapes = abstract_params(module)
-    state_dict = hf_io.strip_or_add_prefix(hf_io.load_state_dict(path), fam.BASE_MODEL_PREFIX,
-                                           want_prefix=fam.BASE_MODEL_PREFIX in shapes)
+    state_dict = hf_io.strip_or_add_prefix(hf_io.load_state_dict(path), fam.base_model_prefix,
+                                           want_prefix=fam.base_model_prefix in shapes)
     params, missing, unexpected = hf_io.state_dict_to_params(state_dict, shapes, fam.key_fn(module.config))
     if not params:
         raise ValueError(f"checkpoint {path!r} holds none of the weights of {type(module).__name__} "
@@ -93,7 +82,7 @@ def from_pretrained(path: str, dtype: Any = jnp.float32, *, architecture: str | 
         fresh = hf_io.flatten(init_params(module, rng if rng is not None else jax.random.PRNGKey(0)))
         flat = hf_io.flatten(params)
         params = hf_io.unflatten({p: flat.get(p, fresh[p]) for p in fresh})
-    unexpected = [k for k in unexpected if k not in getattr(fam, "TIED_KEYS", ())]
+    unexpected = [k for k in unexpected if k not in fam.tied_keys]
     if unexpected:
         warnings.warn(f"checkpoint tensors not used by {type(module).__name__}: {unexpected}", stacklevel=2)
     return module, jax.tree.map(jnp.asarray, params)
@@ -107,4 +96,5 @@ def save_pretrained(module: nn.Module, params: dict, path: str) -> None:
     hf_io.save_directory(path, config, params_to_hf(module, params))
 
 
-__all__ = ["from_pretrained", "from_config", "save_pretrained", "params_to_hf", "init_params", "abstract_params", "family"]
+__all__ = ["Family", "from_pretrained", "from_config", "save_pretrained", "params_to_hf", "init_params",
+           "abstract_params", "family"]

@@ -27,6 +27,13 @@ class HFConfig:
     model_type: ClassVar[str] = ""
 
     @classmethod
+    def unknown_keys(cls, d: dict[str, Any]) -> list[str]:
+        """Keys of an HF config dict that are neither fields of this config nor HF bookkeeping (typos, or fields of
+        another family): ``from_hf_dict`` ignores them, which hides a misspelt ``hiden_size``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return sorted(k for k in d if k not in names and k not in _HF_BOOKKEEPING and k != "label2id")
+
+    @classmethod
     def from_hf_dict(cls, d: dict[str, Any]):
         d = dict(d)
         if "num_labels" not in d and d.get("id2label"):

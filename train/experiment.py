@@ -126,17 +126,13 @@ def model_config(config: ml_collections.ConfigDict) -> dict:
                          f"in this checkout ({error}); pick another model") from error
     except ValueError as error:
         raise ValueError(f"config.model.model_type: {error}") from error
-    from jaxmodels import configuration
-
-    fields = {f.name for f in dataclasses.fields(family.CONFIG)}
-    for key in model:
-        if key not in fields and key not in configuration._HF_BOOKKEEPING and key not in ("model_type", "label2id"):
-            _fail(f"model.{key}", model[key], f"not a field of {family.CONFIG.__name__}")
+    for key in family.config_class.unknown_keys(model):
+        _fail(f"model.{key}", model[key], f"not a field of {family.config_class.__name__}")
     try:
-        family.CONFIG.from_hf_dict(model)
+        family.config_class.from_hf_dict(model)
     except (TypeError, ValueError) as error:
         raise ValueError(f"config.model: {error}") from error
-    architectures = model.get("architectures") or [family.DEFAULT_ARCHITECTURE]
-    if architectures[0] not in family.ARCHITECTURES:
-        _fail("model.architectures", architectures, f"available: {sorted(family.ARCHITECTURES)}")
+    architectures = model.get("architectures") or [family.default_architecture]
+    if architectures[0] not in family.architectures:
+        _fail("model.architectures", architectures, f"available: {sorted(family.architectures)}")
     return model

@@ -4,7 +4,6 @@ import jax.numpy as jnp
 
 from jaxmodels.albert.config import AlbertConfig
 from jaxmodels.albert.convert import BASE_MODEL_PREFIX, TIED_KEYS, key_fn
-from jaxmodels.albert.tokenization import AlbertTokenizer
 from jaxmodels.albert.modeling import (
     ARCHITECTURES,
     AlbertForMaskedLM,
@@ -16,9 +15,8 @@ from jaxmodels.albert.modeling import (
     AlbertForTokenClassification,
     AlbertModel,
 )
-
-CONFIG = AlbertConfig
-DEFAULT_ARCHITECTURE = "AlbertModel"
+from jaxmodels.albert.tokenization import AlbertTokenizer
+from jaxmodels.registry import Family
 
 
 def dummy_inputs(config: AlbertConfig, architecture: str) -> dict:
@@ -27,8 +25,19 @@ def dummy_inputs(config: AlbertConfig, architecture: str) -> dict:
     return {"input_ids": jnp.zeros(shape, jnp.int32)}
 
 
+def check_training_length(config: AlbertConfig, length: int) -> None:
+    if length > config.max_position_embeddings:
+        raise ValueError(f"exceeds model.max_position_embeddings={config.max_position_embeddings}")
+
+
+FAMILY = Family(
+    model_type="albert", config_class=AlbertConfig, architectures=ARCHITECTURES, default_architecture="AlbertModel",
+    base_model_prefix=BASE_MODEL_PREFIX, key_fn=key_fn, dummy_inputs=dummy_inputs, tied_keys=TIED_KEYS,
+    tokenizer=AlbertTokenizer.from_pretrained, check_training_length=check_training_length,
+)
+
 __all__ = [
-    "AlbertConfig", "AlbertTokenizer", "AlbertModel", "AlbertForPreTraining", "AlbertForPreTrainingOutput", "AlbertForMaskedLM",
-    "AlbertForSequenceClassification", "AlbertForTokenClassification", "AlbertForQuestionAnswering",
-    "AlbertForMultipleChoice", "ARCHITECTURES", "BASE_MODEL_PREFIX", "TIED_KEYS", "key_fn", "dummy_inputs",
+    "FAMILY", "AlbertConfig", "AlbertTokenizer", "AlbertModel", "AlbertForPreTraining", "AlbertForPreTrainingOutput",
+    "AlbertForMaskedLM", "AlbertForSequenceClassification", "AlbertForTokenClassification",
+    "AlbertForQuestionAnswering", "AlbertForMultipleChoice",
 ]

@@ -18,9 +18,7 @@ from jaxmodels.mega.modeling import (
     MegaModelOutput,
     init_cache,
 )
-
-CONFIG = MegaConfig
-DEFAULT_ARCHITECTURE = "MegaModel"
+from jaxmodels.registry import Family
 
 
 def dummy_inputs(config: MegaConfig, architecture: str) -> dict:
@@ -29,9 +27,23 @@ def dummy_inputs(config: MegaConfig, architecture: str) -> dict:
     return {"input_ids": jnp.zeros(shape, jnp.int32)}
 
 
+def check_training_length(config: MegaConfig, length: int) -> None:
+    if config.use_chunking and length > config.chunk_size and length % config.chunk_size:
+        raise ValueError(f"must be <= model.chunk_size={config.chunk_size} or a multiple of it (use_chunking=True)")
+    block = min(length, config.chunk_size) if config.use_chunking else length
+    if config.relative_positional_bias == "simple" and block > config.simple_bias_positions:
+        raise ValueError(f"attention blocks of {block} tokens exceed the simple relative bias range "
+                         f"{config.simple_bias_positions} (model.max_positions, or model.chunk_size when set)")
+
+
+FAMILY = Family(
+    model_type="mega", config_class=MegaConfig, architectures=ARCHITECTURES, default_architecture="MegaModel",
+    base_model_prefix=BASE_MODEL_PREFIX, key_fn=key_fn, dummy_inputs=dummy_inputs, tied_keys=TIED_KEYS,
+    check_training_length=check_training_length, sequence_parallel=True,
+)
+
 __all__ = [
-    "MegaConfig", "MegaModel", "MegaForCausalLM", "MegaForMaskedLM", "MegaForSequenceClassification",
+    "FAMILY", "MegaConfig", "MegaModel", "MegaForCausalLM", "MegaForMaskedLM", "MegaForSequenceClassification",
     "MegaForMultipleChoice", "MegaForTokenClassification", "MegaForQuestionAnswering", "MegaCache",
-    "MegaModelOutput", "CausalLMOutput", "init_cache", "ARCHITECTURES", "BASE_MODEL_PREFIX", "TIED_KEYS", "key_fn",
-    "dummy_inputs", "CONFIG", "DEFAULT_ARCHITECTURE",
+    "MegaModelOutput", "CausalLMOutput", "init_cache",
 ]
