@@ -7,11 +7,13 @@ Point `data.source` at a prepared TFDS corpus for real runs; the embedded corpus
         --config.data.source=wikipedia/20230601.en --config.mesh=data=-1,fsdp=4
 """
 
-from configs import albert_pretrain
+import os
+
+from train.experiment import load_config
 
 
 def get_config():
-    config = albert_pretrain.get_config()
+    config = load_config(os.path.join(os.path.dirname(__file__), "albert_pretrain.py"))
     with config.ignore_type():  # a preset name instead of the dict
         config.model = "albert-base-v2"
     config.data.vocab_size = 30000

@@ -6,11 +6,11 @@ version of the same recipe.
     python -m train --config configs/albert_pretrain.py --workdir runs/albert
 """
 
-from configs import defaults
+from train.experiment import base_config
 
 
 def get_config():
-    config = defaults.base_config(model=dict(
+    config = base_config(model=dict(
         model_type="albert", architectures=["AlbertForPreTraining"], vocab_size=8000, embedding_size=64,
         hidden_size=256, num_hidden_layers=4, num_hidden_groups=1, num_attention_heads=4, intermediate_size=1024,
         hidden_act="gelu_new", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,

@@ -4,12 +4,13 @@ embedded King James Bible, printing a generated sample at the end. A few minutes
     python -m train                      # this config, into ./runs/quickstart
 """
 
-from configs import defaults, presets
+from jaxmodels.registry import preset
+from train.experiment import base_config
 
 
 def get_config():
     # The preset as a dict, so `--config.model.<field>=` can change any of its fields.
-    config = defaults.base_config(model=dict(presets.MODELS["reformer-quickstart"], vocab_size=256))
+    config = base_config(model=dict(preset("reformer-quickstart"), vocab_size=256))
     config.objective = dict(name="causal_lm")
     # 256 pieces (letters and short fragments): a cheap softmax, and within-word structure a small model
     # picks up in a few hundred steps, which is what gets a 2-core machine well below the unigram entropy.

@@ -3,11 +3,13 @@
     python -m train --config configs/tiny_albert_mlm.py --workdir /tmp/tiny
 """
 
-from configs import albert_pretrain
+import os
+
+from train.experiment import load_config
 
 
 def get_config():
-    config = albert_pretrain.get_config()
+    config = load_config(os.path.join(os.path.dirname(__file__), "albert_pretrain.py"))
     with config.ignore_type():  # a preset name instead of the dict
         config.model = "albert-tiny"
     config.objective = dict(name="mlm", mask_prob=0.15, max_predictions=8)

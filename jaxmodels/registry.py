@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 from typing import Any, Callable, Mapping
 
 from jaxmodels.hf_io import KeyFn
@@ -54,6 +55,8 @@ class Family:
         passes to every decoding call of a sample (Reformer: one set of LSH rotations for the whole sample).
       sequence_parallel: the family's modules take a ``sequence_sharding`` field
         (``layers.sequence_parallel.SequenceSharding``) and split the length over that mesh axis.
+      presets: named model configs (HF ``config.json`` dicts) an experiment can give as ``config.model``; every
+        name starts with ``<model_type>-`` (``albert-base-v2``), which is how :func:`preset` finds the family.
     """
 
     model_type: str
@@ -69,6 +72,7 @@ class Family:
     rng_streams: tuple[str, ...] = ()
     generation_kwargs: Callable[[Any, int, Any], dict] = _no_kwargs
     sequence_parallel: bool = False
+    presets: Mapping[str, dict] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if self.default_architecture not in self.architectures:
@@ -77,6 +81,10 @@ class Family:
         if getattr(self.config_class, "model_type", None) != self.model_type:
             raise ValueError(f"Family({self.model_type!r}).config_class.model_type="
                              f"{getattr(self.config_class, 'model_type', None)!r} must equal the family's model_type")
+        for name, model in self.presets.items():
+            if not name.startswith(self.model_type + "-") or model.get("model_type") != self.model_type:
+                raise ValueError(f"Family({self.model_type!r}).presets[{name!r}]: a preset's name starts with "
+                                 f"'{self.model_type}-' and its dict has model_type={self.model_type!r}")
 
 
 def model_types() -> list[str]:
@@ -98,3 +106,13 @@ def get(model_type: str) -> Family:
 def of_config(config: Any) -> Family:
     """The record of a family config instance (``AlbertConfig(...)``)."""
     return get(getattr(type(config), "model_type", None))
+
+
+def preset(name: str) -> dict:
+    """A copy of the named model config (``"albert-base-v2"``): the family is the name's ``<model_type>-`` prefix."""
+    model_type = name.split("-", 1)[0] if isinstance(name, str) else None
+    presets = get(model_type).presets if model_type in _PACKAGES else {}
+    if name not in presets:
+        raise ValueError(f"unknown preset {name!r}; presets are named '<model_type>-...' after a family "
+                         f"({', '.join(model_types())}){'; ' + model_type + ' has ' + str(sorted(presets)) if presets else ''}")
+    return json.loads(json.dumps(presets[name]))

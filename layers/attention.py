@@ -160,7 +160,7 @@ def self_attention_block(
     bias = None
     if position_embedding_type != "absolute":
         table = Embed(
-            2 * max_position_embeddings - 1, head_dim, dtype=dtype, axes=(axes.LENGTH, axes.KV), name="distance_embedding"
+            2 * max_position_embeddings - 1, head_dim, dtype=dtype, axes=(axes.POSITIONS, axes.KV), name="distance_embedding"
         ).embedding
         bias = relative_position_scores(q, k, table, position_embedding_type, max_position_embeddings,
                                         query_positions)

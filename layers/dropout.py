@@ -41,13 +41,34 @@ def _threshold(rate: float) -> int:
     return min(int(round(float(rate) * 2**32)), 2**32 - 1)
 
 
+def mask_seeds(key: Array) -> Array:
+    """The two uint32 seeds a mask is hashed with (the only draw from ``key``)."""
+    return jax.random.bits(key, (2,), jnp.uint32)
+
+
 def keep_mask(key: Array, shape: Sequence[int], rate: float) -> Array:
     """Boolean ``shape`` mask, each entry True with probability ``1 - rate``. ``key``: any JAX PRNG key."""
+    return keep_mask_block(mask_seeds(key), shape, rate)
+
+
+def keep_mask_block(seeds: Array, shape: Sequence[int], rate: float, *, global_shape: Sequence[int] | None = None,
+                    offset: Sequence[Any] | None = None) -> Array:
+    """The block of shape ``shape`` starting at ``offset`` (one start per dimension, ints or traced scalars) of the
+    ``global_shape`` mask hashed from ``seeds`` (:func:`mask_seeds`): what one device computes of the mask of an
+    array it holds a shard of, equal to that slice of ``keep_mask`` on the whole array. Defaults: the whole mask."""
     shape = tuple(int(s) for s in shape)
-    if int(np.prod(shape, dtype=np.int64)) > _MAX_ELEMENTS:
-        raise ValueError(f"dropout mask of shape {shape} has more than 2**32 elements")
-    seeds = jax.random.bits(key, (2,), jnp.uint32)
-    index = jax.lax.iota(jnp.uint32, int(np.prod(shape, dtype=np.int64))).reshape(shape)
+    global_shape = shape if global_shape is None else tuple(int(s) for s in global_shape)
+    if int(np.prod(global_shape, dtype=np.int64)) > _MAX_ELEMENTS:
+        raise ValueError(f"dropout mask of shape {global_shape} has more than 2**32 elements")
+    if offset is None:
+        index = jax.lax.iota(jnp.uint32, int(np.prod(shape, dtype=np.int64))).reshape(shape)
+    else:
+        # Row-major flat index of the global position (offset + local position), in uint32 (it fits, see above).
+        strides = np.cumprod((1,) + global_shape[:0:-1])[::-1]
+        index = jnp.zeros(shape, jnp.uint32)
+        for dim, (start, stride) in enumerate(zip(offset, strides)):
+            position = jax.lax.broadcasted_iota(jnp.uint32, shape, dim) + jnp.asarray(start).astype(jnp.uint32)
+            index = index + position * jnp.uint32(int(stride))
     bits = _fmix32(_fmix32(index ^ seeds[0]) + seeds[1])
     return bits >= jnp.uint32(_threshold(rate))
 

@@ -4,9 +4,10 @@ Layout is batch-major: activations are ``[batch, length, embed]`` (HF's module w
 and the decoding state is ``[batch, embed, ndim]`` (HF's layout). D is ``embed``, N is ``ndim``, and the kernel has
 ``D' = D`` channels when causal and ``D' = 2D`` when bidirectional (first D: forward direction, last D: backward).
 
-Params (fp32, HF names; HF converts by a reshape: its first three carry a trailing singleton axis)::
+Params (fp32, HF names). The functions take ``[D', N]``; the module stores HF's own layout (its first three carry
+a trailing singleton axis), so a checkpoint converts by name alone::
 
-    name                      ours      HF           role
+    name                      functions module/HF  role
     damping_factor            [D', N]   [D', N, 1]   delta: p = sigmoid(delta)
     decay_factor              [D', N]   [D', N, 1]   alpha: q = 1 - p * sigmoid(alpha)
     ema_expansion_matrix      [D', N]   [D', N, 1]   beta:  x_t enters the state with gain p * beta
@@ -465,21 +466,26 @@ def damped_ema_reference(params, x, padding_mask=None, *, bidirectional=False, t
 
 
 def _beta_init(std: float):
-    """HF init for beta: N(0, std) plus +1, -1, +1, ... along ndim (said to be more stable than all +1)."""
+    """HF init for beta ``[D', N, 1]``: N(0, std) plus +1, -1, +1, ... along N (said to be more stable than all +1)."""
 
     def init(key, shape, dtype=jnp.float32):
-        signs = jnp.where(jnp.arange(shape[-1]) % 2 == 0, 1.0, -1.0)
+        signs = jnp.where(jnp.arange(shape[1]) % 2 == 0, 1.0, -1.0)[:, None]
         return (std * jax.random.normal(key, shape, jnp.float32) + signs).astype(dtype)
 
     return init
 
 
 class MultiDimensionDampedEma(nn.Module):
-    """MEGA's EMA sub-layer (HF ``MegaMultiDimensionDampedEma``) owning its five params.
+    """MEGA's EMA sub-layer (HF ``MegaMultiDimensionDampedEma``) owning its five params, in HF's layout.
 
-    Input ``[batch, length, embed]`` (batch-major; HF is length-major). Params as in the module docstring, with
-    ``D' = 2 * embed_dim`` when ``bidirectional``. Initialised like HF's ``_init_weights`` with the
-    ``ema_*_range`` stds of ``MegaConfig``.
+    Input ``[batch, length, embed]`` (batch-major; HF is length-major). Params ``[D', N, 1]`` (delta, alpha, beta),
+    ``[D', N]`` (gamma), ``[D]`` (omega), ``D' = 2 * embed_dim`` when ``bidirectional``; initialised like HF's
+    ``_init_weights`` with the ``ema_*_range`` stds of ``MegaConfig``.
+
+    ``algorithm`` is that of full passes; ``"chunked"`` needs whole chunks, so a length (per shard) that
+    ``chunk_size`` does not divide (an init's dummy input, a sequence shorter than a chunk) runs ``"fft"``, which
+    computes the same values. ``sequence_sharding`` (``layers.sequence_parallel.SequenceSharding``, None:
+    unsharded): full passes split the length over its mesh axis (``sharded_damped_ema``); cached calls never do.
     """
 
     embed_dim: int
@@ -494,6 +500,7 @@ class MultiDimensionDampedEma(nn.Module):
     delta_alpha_range: float = 0.2
     beta_range: float = 0.02
     gamma_omega_range: float = 1.0
+    sequence_sharding: Any = None
 
     def __post_init__(self):
         for name in ("embed_dim", "ndim"):
@@ -524,21 +531,28 @@ class MultiDimensionDampedEma(nn.Module):
         if state is not None and not use_cache:
             raise ValueError("state is only read when use_cache=True")
         channels = 2 * self.embed_dim if self.bidirectional else self.embed_dim
-        shape = (channels, self.ndim)
-        names = (axes.EMBED, None)
         normal = nn.initializers.normal
+        names3 = (axes.EMBED, None, None)
+
+        def hf_param(name, init, shape, names):
+            return self.param(name, nn.with_logical_partitioning(init, names), shape, self.param_dtype)
+
+        shape3 = (channels, self.ndim, 1)
         params = {
-            "damping_factor": self.param("damping_factor", nn.with_logical_partitioning(
-                normal(self.delta_alpha_range), names), shape, self.param_dtype),
-            "decay_factor": self.param("decay_factor", nn.with_logical_partitioning(
-                normal(self.delta_alpha_range), names), shape, self.param_dtype),
-            "ema_expansion_matrix": self.param("ema_expansion_matrix", nn.with_logical_partitioning(
-                _beta_init(self.beta_range), names), shape, self.param_dtype),
-            "kernel_projection_matrix": self.param("kernel_projection_matrix", nn.with_logical_partitioning(
-                normal(self.gamma_omega_range), names), shape, self.param_dtype),
-            "residual_weight": self.param("residual_weight", nn.with_logical_partitioning(
-                normal(self.gamma_omega_range), (axes.EMBED,)), (self.embed_dim,), self.param_dtype),
+            "damping_factor": hf_param("damping_factor", normal(self.delta_alpha_range), shape3, names3)[..., 0],
+            "decay_factor": hf_param("decay_factor", normal(self.delta_alpha_range), shape3, names3)[..., 0],
+            "ema_expansion_matrix": hf_param("ema_expansion_matrix", _beta_init(self.beta_range), shape3,
+                                             names3)[..., 0],
+            "kernel_projection_matrix": hf_param("kernel_projection_matrix", normal(self.gamma_omega_range),
+                                                 (channels, self.ndim), (axes.EMBED, None)),
+            "residual_weight": hf_param("residual_weight", normal(self.gamma_omega_range), (self.embed_dim,),
+                                        (axes.EMBED,)),
         }
+        batch, length = inputs.shape[:2]
+        shards = 1 if self.sequence_sharding is None or use_cache else self.sequence_sharding.shards
+        algorithm = self.algorithm
+        if algorithm == "chunked" and (length // shards) % self.chunk_size:
+            algorithm = "fft"
         if use_cache and inputs.ndim == 3 and inputs.shape[1] == 1:
             # Any length-1 input is valid here, whatever the chunk size of the full-pass algorithm.
             _check_call(params, inputs, padding_mask, bidirectional=False, truncation=None, algorithm="scan",
@@ -546,11 +560,18 @@ class MultiDimensionDampedEma(nn.Module):
             mask_t = None if padding_mask is None else padding_mask[:, 0]
             out, new_state = damped_ema_step(params, inputs[:, 0], state, mask_t, dtype=self.dtype)
             out = out[:, None]
+        elif shards > 1:
+            from layers.sequence_parallel import call_sharded, sharded_damped_ema  # it imports this module
+
+            out, new_state = call_sharded(
+                sharded_damped_ema, self.sequence_sharding, batch, length, params, inputs, padding_mask,
+                bidirectional=self.bidirectional, truncation=self.truncation, algorithm=algorithm,
+                chunk_size=self.chunk_size, dtype=self.dtype, precision=self.precision)
         else:
             out, new_state = damped_ema(
                 params, inputs, padding_mask, bidirectional=self.bidirectional, truncation=self.truncation,
-                algorithm=self.algorithm, chunk_size=self.chunk_size, state=state, return_state=use_cache,
+                algorithm=algorithm, chunk_size=self.chunk_size, state=state, return_state=use_cache,
                 dtype=self.dtype, precision=self.precision,
             )
-        out = nn.with_logical_constraint(out, (axes.BATCH, axes.LENGTH, axes.EMBED))
+        out = nn.with_logical_constraint(out, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
         return out, new_state

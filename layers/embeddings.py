@@ -79,7 +79,7 @@ class TokenEmbeddings(nn.Module):
     def setup(self):
         self.word_embeddings = Embed(self.vocab_size, self.embedding_size, padding_idx=self.pad_token_id, dtype=self.dtype)
         self.position_embeddings = Embed(
-            self.max_position_embeddings, self.embedding_size, dtype=self.dtype, axes=(axes.LENGTH, axes.EMBED)
+            self.max_position_embeddings, self.embedding_size, dtype=self.dtype, axes=(axes.POSITIONS, axes.EMBED)
         )
         self.token_type_embeddings = Embed(self.type_vocab_size, self.embedding_size, dtype=self.dtype)
         self.LayerNorm = LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype)

@@ -220,6 +220,10 @@ class LocalSelfAttention(nn.Module):
     ``[hidden, heads * head_dim]``), chunked local attention, no output projection.
 
     ``hidden_states [batch, length, hidden] -> LocalAttentionOutput(out [batch, length, heads * head_dim], probs)``.
+
+    ``sequence_sharding`` (``layers.sequence_parallel.SequenceSharding``; None: unsharded): with a length axis of
+    S > 1 shards and a sequence longer than one chunk, the attention runs ``sharded_local_attention`` (each device
+    its ``length / S`` positions plus halo chunks from its neighbours), equal to the unsharded computation.
     """
 
     num_heads: int
@@ -232,6 +236,7 @@ class LocalSelfAttention(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     kernel_init: Any = nn.initializers.normal(stddev=0.02)
+    sequence_sharding: Any = None
 
     @nn.compact
     def __call__(self, hidden_states: Array, attention_mask: Array | None = None, *, deterministic: bool = True,
@@ -241,18 +246,24 @@ class LocalSelfAttention(nn.Module):
         def project(name: str) -> Array:
             y = Dense(width, (axes.EMBED, axes.HEADS), use_bias=False, dtype=self.dtype,
                       param_dtype=self.param_dtype, kernel_init=self.kernel_init, name=name)(hidden_states)
-            y = nn.with_logical_constraint(y, (axes.BATCH, axes.LENGTH, axes.HEADS))
+            y = nn.with_logical_constraint(y, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_HEADS))
             return y.reshape(y.shape[:-1] + (self.num_heads, self.head_dim))
 
         q, k, v = project("query"), project("key"), project("value")
         dropout_rng = None
         if not deterministic and self.dropout_rate > 0.0:
             dropout_rng = self.make_rng("dropout")
-        out, probs = local_attention(
-            q, k, v, chunk_length=self.chunk_length, num_chunks_before=self.num_chunks_before,
-            num_chunks_after=self.num_chunks_after, attention_mask=attention_mask, causal=self.causal,
-            dropout_rate=self.dropout_rate, dropout_rng=dropout_rng, deterministic=deterministic,
-            return_probs=return_probs, dtype=self.dtype,
-        )
+        options = dict(chunk_length=self.chunk_length, num_chunks_before=self.num_chunks_before,
+                       num_chunks_after=self.num_chunks_after, attention_mask=attention_mask, causal=self.causal,
+                       dropout_rate=self.dropout_rate, dropout_rng=dropout_rng, deterministic=deterministic,
+                       return_probs=return_probs, dtype=self.dtype)
+        batch, length = hidden_states.shape[:2]
+        sharding = self.sequence_sharding
+        if sharding is not None and sharding.shards > 1 and length > self.chunk_length:
+            from layers.sequence_parallel import call_sharded, sharded_local_attention  # it imports this module
+
+            out, probs = call_sharded(sharded_local_attention, sharding, batch, length, q, k, v, **options)
+        else:
+            out, probs = local_attention(q, k, v, **options)
         out = out.reshape(out.shape[:-2] + (width,))
-        return LocalAttentionOutput(nn.with_logical_constraint(out, (axes.BATCH, axes.LENGTH, axes.HEADS)), probs)
+        return LocalAttentionOutput(nn.with_logical_constraint(out, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_HEADS)), probs)

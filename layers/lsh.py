@@ -427,7 +427,7 @@ class LSHSelfAttention(nn.Module):
         def project(name: str) -> Array:
             y = Dense(width, (axes.EMBED, axes.HEADS), use_bias=False, dtype=self.dtype,
                       param_dtype=self.param_dtype, kernel_init=self.kernel_init, name=name)(hidden_states)
-            y = nn.with_logical_constraint(y, (axes.BATCH, axes.LENGTH, axes.HEADS))
+            y = nn.with_logical_constraint(y, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_HEADS))
             return y.reshape(y.shape[:-1] + (self.num_heads, self.head_dim))
 
         query_key, value = project("query_key"), project("value")
@@ -453,5 +453,5 @@ class LSHSelfAttention(nn.Module):
             return_probs=return_probs, dtype=self.dtype,
         )
         out = out.reshape(out.shape[:-2] + (width,))
-        out = nn.with_logical_constraint(out, (axes.BATCH, axes.LENGTH, axes.HEADS))
+        out = nn.with_logical_constraint(out, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_HEADS))
         return LSHAttentionOutput(out, buckets, probs)

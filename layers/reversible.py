@@ -18,8 +18,9 @@ is then called as ``F(params, x, key, context, aux)`` and returns ``(out, aux)``
 ``None`` and ``F`` computes it, the stack saves it per layer, and on recomputation ``F`` receives the saved value
 back and must use it instead of recomputing. The aux is treated as non-differentiable.
 
-Randomness: with a ``key``, layer ``l`` uses ``f_key = fold_in(fold_in(key, l), 0)`` and
-``g_key = fold_in(fold_in(key, l), 1)`` both in the forward pass and on recomputation, so dropout masks match.
+Randomness: with a ``key``, layer ``l`` uses ``f_key = fold_in(layer_key(key, l), 0)`` and
+``g_key = fold_in(layer_key(key, l), 1)`` (``layers.stacked.layer_key``, the key every stack gives layer ``l``)
+both in the forward pass and on recomputation, so dropout masks match, and match a plain ``scan_layers`` pass.
 Without a key, ``F`` and ``G`` receive ``None`` (deterministic).
 
 Everything F and G are differentiated with respect to must come in through ``f_params`` / ``g_params`` (or the
@@ -39,7 +40,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["reversible_stack", "reversible_stack_inverse", "reversible_stack_reference"]
+from layers.stacked import layer_key
+
+__all__ = ["reversible_stack", "reversible_stack_reference"]
 
 Params = Any
 FFn = Callable[..., Any]  # F(params, x, key, context) -> out   or   F(params, x, key, context, aux) -> (out, aux)
@@ -86,10 +89,11 @@ def _num_groups(fps: tuple, gps: tuple) -> int:
 
 
 def _layer_keys(key, layer):
+    """``(f_key, g_key)`` of layer ``layer``: F and G fold 0 and 1 into the stack's key of that layer."""
+    key = layer_key(key, layer)
     if key is None:
         return None, None
-    layer_key = jax.random.fold_in(key, layer)
-    return jax.random.fold_in(layer_key, 0), jax.random.fold_in(layer_key, 1)
+    return jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
 
 
 def _validate_inputs(x1: jax.Array, x2: jax.Array) -> None:
@@ -214,51 +218,6 @@ def reversible_stack(
     if not has_aux:
         return y1, y2, None
     return y1, y2, (auxs[0] if single else auxs)
-
-
-def reversible_stack_inverse(
-    f: FFn | Sequence[FFn],
-    g: GFn | Sequence[GFn],
-    f_params: Params,
-    g_params: Params,
-    y1: jax.Array,
-    y2: jax.Array,
-    *,
-    key: jax.Array | None = None,
-    context: Any = None,
-    aux: Any = None,
-    has_aux: bool = False,
-) -> tuple[jax.Array, jax.Array]:
-    """Rebuilds the stack's inputs ``(x1, x2)`` from its outputs (same arguments as ``reversible_stack``).
-
-    With ``has_aux``, ``aux`` must be the stacked aux returned by the forward pass; it is given back to F.
-    """
-    fs, gs, fps, gps, single = _as_kinds(f, g, f_params, g_params)
-    num_groups = _num_groups(fps, gps)
-    _validate_inputs(y1, y2)
-    kinds = len(fs)
-    if has_aux:
-        if aux is None:
-            raise ValueError("aux is required with has_aux=True: recomputing it from rebuilt inputs is unsafe")
-        auxs = (aux,) if single else tuple(aux)
-    else:
-        auxs = (None,) * kinds
-
-    def group(carry, xs):
-        y1, y2 = carry
-        group_fps, group_gps, group_auxs, index = xs
-        for k in reversed(range(kinds)):
-            f_key, g_key = _layer_keys(key, index * kinds + k)
-            x2 = y2 - gs[k](group_gps[k], y1, g_key, context).astype(y2.dtype)
-            if has_aux:
-                f_out = fs[k](group_fps[k], x2, f_key, context, group_auxs[k])[0]
-            else:
-                f_out = fs[k](group_fps[k], x2, f_key, context)
-            y1, y2 = y1 - f_out.astype(y1.dtype), x2
-        return (y1, y2), None
-
-    (x1, x2), _ = lax.scan(group, (y1, y2), (fps, gps, auxs, jnp.arange(num_groups)), reverse=True)
-    return x1, x2
 
 
 def reversible_stack_reference(

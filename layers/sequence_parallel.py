@@ -30,15 +30,25 @@ neighbouring chunks *circularly* (``look_adjacent``), so the neighbours wrap too
 of shard S-1. Key positions are the wrapped global positions, so the causal mask removes exactly what it removes
 unsharded.
 
+Attention dropout is the unsharded one: ``layers.dropout`` hashes each element's global index, so a shard computes
+its block of the very mask ``local_attention`` draws for the whole sequence (``keep_mask_block``).
+
 Not supported (``ValueError`` before tracing): a halo wider than one shard (``num_chunks_before/after *
 chunk_length > Ls``); a sequence no longer than one chunk (the unsharded function switches to full attention);
-attention dropout (the unsharded mask pattern cannot be reproduced shard by shard; apply dropout outside);
 ``truncation`` or ``bidirectional`` together with ``state``/``return_state`` (as in ``layers.ema``).
+
+How a model is told to shard: a module that can run sequence-parallel has a field ``sequence_sharding``
+(:class:`SequenceSharding`: the mesh, its length axis and the mesh axes that split the batch), set by whoever
+builds the model (``train/state.py`` from the run's mesh and logical rules). A module never reads the mesh from
+the context, so the same module object always computes the same way. :func:`call_sharded` runs one of the
+functions here under that description.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import dataclasses
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -49,9 +59,87 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from layers import ema
+from layers.dropout import keep_mask_block, mask_seeds
 from layers.local import MASK_VALUE, LocalAttentionOutput, check_chunked_inputs
 
 Array = jax.Array
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What a sequence-parallel module is given.
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceSharding:
+    """Split ``length`` over mesh axis ``axis`` of ``mesh`` (and ``batch`` over ``batch_axes``, major to minor).
+
+    Hashable (a module field). ``batch_axes`` are the mesh axes the caller's rules put the batch on; axes of size 1
+    are ignored. Several adjacent axes are merged into one axis of a mesh over the same devices in the same order
+    (the functions here take one batch axis), which is the same layout, so nothing is resharded.
+    """
+
+    mesh: Mesh
+    axis: str = "sequence"
+    batch_axes: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not isinstance(self.mesh, Mesh):
+            raise ValueError(f"SequenceSharding.mesh: must be a jax.sharding.Mesh, got {type(self.mesh).__name__}")
+        if self.axis not in self.mesh.axis_names:
+            raise ValueError(f"SequenceSharding.axis={self.axis!r} is not an axis of the mesh "
+                             f"{tuple(self.mesh.axis_names)}")
+        object.__setattr__(self, "batch_axes", tuple(self.batch_axes))
+        for a in self.batch_axes:
+            if a not in self.mesh.axis_names or a == self.axis:
+                raise ValueError(f"SequenceSharding.batch_axes={self.batch_axes!r}: {a!r} must be a mesh axis other "
+                                 f"than axis={self.axis!r}")
+
+    @property
+    def shards(self) -> int:
+        """How many pieces the length is split into (1: the module runs unsharded)."""
+        return int(self.mesh.shape[self.axis])
+
+    def layout(self, batch: int, length: int) -> tuple[Mesh, str | None]:
+        """``(mesh, batch_axis)`` to call this module's functions with on ``[batch, length, ...]`` activations.
+
+        ``batch_axis`` is None (batch replicated inside the shard_map: correct, with redundant work) when no batch
+        axis has size > 1, the batch does not divide over them, or they are not adjacent in the mesh.
+        """
+        if length % self.shards:
+            raise ValueError(f"input length {length} is not a multiple of the {self.axis!r} mesh axis size "
+                             f"{self.shards} (the model is sequence-parallel over it); pad the input")
+        names = tuple(self.mesh.axis_names)
+        used = tuple(a for a in self.batch_axes if self.mesh.shape[a] > 1)
+        if not used or batch % int(np.prod([self.mesh.shape[a] for a in used])):
+            return self.mesh, None
+        if len(used) == 1:
+            return self.mesh, used[0]
+        first = names.index(used[0])
+        if names[first:first + len(used)] != used:
+            return self.mesh, None
+        last = first + len(used)
+        merged = "+".join(used)
+        sizes = [self.mesh.shape[a] for a in names]
+        shape = (*sizes[:first], int(np.prod(sizes[first:last])), *sizes[last:])
+        return Mesh(self.mesh.devices.reshape(shape), (*names[:first], merged, *names[last:])), merged
+
+
+def _abstract_mesh_of(mesh: Mesh):
+    """Context in which ``shard_map`` accepts ``mesh``: under ``jax.set_mesh`` it must equal the context's abstract
+    mesh, which a merged-batch mesh (same devices, fewer axes) does not; ``use_abstract_mesh`` swaps it for the call
+    (same size, so allowed inside jit). Nothing to do without a context mesh or when it is already ``mesh``."""
+    current = jax.sharding.get_abstract_mesh()
+    if current.empty or current == mesh.abstract_mesh:
+        return contextlib.nullcontext()
+    return jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
+
+
+def call_sharded(fn: Callable[..., Any], sharding: SequenceSharding, batch: int, length: int, *args, **kwargs):
+    """``fn(*args, mesh=, axis=, batch_axis=, **kwargs)`` (``sharded_damped_ema`` / ``sharded_local_attention``)
+    laid out by ``sharding`` for ``[batch, length, ...]`` activations."""
+    mesh, batch_axis = sharding.layout(batch, length)
+    with _abstract_mesh_of(mesh):
+        return fn(*args, mesh=mesh, axis=sharding.axis, batch_axis=batch_axis, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -266,27 +354,34 @@ def sharded_local_attention(
     num_chunks_after: int = 0,
     attention_mask: Array | None = None,
     causal: bool = False,
+    dropout_rate: float = 0.0,
+    dropout_rng: Array | None = None,
+    deterministic: bool = True,
     return_probs: bool = False,
     dtype: Any = None,
 ) -> LocalAttentionOutput:
-    """``layers.local.local_attention`` (deterministic) with ``length`` sharded over ``mesh`` axis ``axis``.
+    """``layers.local.local_attention`` with ``length`` sharded over ``mesh`` axis ``axis``.
 
     Args:
       query, key, value: ``[batch, length, heads, head_dim]``; ``length / mesh.shape[axis]`` (the local length)
         a multiple of ``chunk_length`` and at least ``max(num_chunks_before, num_chunks_after) * chunk_length``,
         and ``length > chunk_length``.
-      chunk_length / num_chunks_before / num_chunks_after / attention_mask ``[batch, length]`` / causal / dtype:
-        as ``local_attention`` (circular neighbours, HF's sum-of-values for a query with no valid key).
+      chunk_length / num_chunks_before / num_chunks_after / attention_mask ``[batch, length]`` / causal /
+        dropout_rate / dropout_rng / deterministic / dtype: as ``local_attention`` (circular neighbours, HF's
+        sum-of-values for a query with no valid key, the same dropout mask).
       mesh / axis / batch_axis: as ``sharded_damped_ema``.
     Returns:
       ``LocalAttentionOutput(out [batch, length, heads, head_dim] in dtype, probs or None)``; ``probs`` fp32
       ``[batch, heads, num_chunks, chunk_length, window * chunk_length]`` with ``num_chunks`` sharded.
     """
     check_chunked_inputs("query", tuple(query.shape), chunk_length, num_chunks_before, num_chunks_after,
-                         attention_mask, 0.0)
+                         attention_mask, dropout_rate)
     if tuple(key.shape) != tuple(query.shape) or tuple(value.shape) != tuple(query.shape):
         raise ValueError(f"key/value: shapes {key.shape}/{value.shape} must equal query shape {query.shape}")
-    batch, length, _, head_dim = query.shape
+    dropping = not deterministic and dropout_rate > 0.0
+    if dropping and dropout_rng is None:
+        raise ValueError("dropout_rng: required when deterministic=False and dropout_rate > 0")
+    batch, length, heads, head_dim = query.shape
     if length <= chunk_length:
         raise ValueError(f"length: {length} must exceed chunk_length={chunk_length}; a single chunk runs full "
                          "attention in local_attention, which there is no point in sharding")
@@ -305,7 +400,9 @@ def sharded_local_attention(
     before, after = num_chunks_before * chunk_length, num_chunks_after * chunk_length
     halo = lambda t, pos_axis: _with_halo(t, before, after, pos_axis=pos_axis, axis=axis, shards=shards)
 
-    def shard(query, key, value, attention_mask):
+    probs_shape = (batch, heads, length // chunk_length, chunk_length, window * chunk_length)
+
+    def shard(query, key, value, attention_mask, seeds):
         to_bhld = lambda t: jnp.swapaxes(t.astype(dtype), 1, 2)
         q, k, v = to_bhld(query), to_bhld(key), to_bhld(value)
         k = k / jnp.asarray(np.sqrt(head_dim), dtype)  # keys scaled, as local_attention (HF)
@@ -329,13 +426,20 @@ def sharded_local_attention(
         if valid is not None:
             scores = jnp.where(valid, scores, MASK_VALUE)
         probs = jnp.exp(scores - jax.nn.logsumexp(scores, axis=-1, keepdims=True))
+        if dropping:
+            # This shard's block of the mask of the whole [B, H, N, C, W*C] probabilities.
+            first_row = 0 if batch_axis is None else lax.axis_index(batch_axis) * probs.shape[0]
+            keep = keep_mask_block(seeds, probs.shape, dropout_rate, global_shape=probs_shape,
+                                   offset=(first_row, 0, lax.axis_index(axis) * num_chunks, 0, 0))
+            probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
         out = jnp.matmul(probs.astype(dtype), v_window).reshape(q.shape[:2] + (local, head_dim))
         return jnp.swapaxes(out, 1, 2), (probs if return_probs else None)
 
+    seeds = mask_seeds(dropout_rng) if dropping else jnp.zeros((2,), jnp.uint32)
     seq = P(batch_axis, axis, None, None)
     out, probs = jax.shard_map(
         shard, mesh=mesh,
-        in_specs=(seq, seq, seq, P(batch_axis, axis)),
+        in_specs=(seq, seq, seq, P(batch_axis, axis), P()),
         out_specs=(seq, P(batch_axis, None, axis, None, None)),
-    )(query, key, value, attention_mask)
+    )(query, key, value, attention_mask, seeds)
     return LocalAttentionOutput(out, probs)

@@ -1,17 +1,35 @@
-"""Stacked parameters: N copies of a module's params along leading axes, applied by index inside a scan.
+"""The layer stack: N layers over stacked params, traced once, for every family.
 
 This is how depth stays out of compile time: a layer is traced once and its params are stacked (and indexed
 with a traced step number), instead of N separately traced layers. The logical axis names of every param get
 the stack axes prepended, so sharding rules see e.g. ``("layers", "embed", "mlp")``.
+
+    params = init_stacked(layer_module, rng, (num_layers,), (axes.LAYERS,), dummy_input)   # [L, ...] leaves
+    out = scan_layers(body, params, h, key=dropout_key, residuals="dots", unroll=1, cache=cache)
+    out.carry, out.outputs, out.cache      # last state, one output per layer (in layer order), stacked new cache
+
+``scan_layers`` is the one loop over layers: ALBERT (shared layer groups through ``param_index``), MEGA and
+Reformer (its per-layer-output and cached decoding paths; the training path is ``layers.reversible``, which keys
+its layers with the same :func:`layer_key`) all run it. Knobs every family exposes with the same names:
+
+- ``scan_residuals`` (``"all" | "dots" | "inputs"``, :data:`SCAN_RESIDUALS`): what the backward pass keeps of
+  each layer; ``remat=True`` on a module is ``"inputs"`` (levanter's ``gradient_checkpointing``, big_vision's
+  ``remat_policy``).
+- ``scan_unroll``: layers per scan iteration (1 traces the layer once; ``num_layers`` unrolls fully).
+
+Heterogeneous stacks (Reformer's alternating local / LSH layers) give tuples of ``P`` bodies and ``P`` stacked
+param trees: layer ``l`` is of kind ``l % P`` and uses row ``l // P`` of that kind's params, as in
+``layers.reversible``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 Array = jax.Array
 
@@ -72,3 +90,152 @@ def checkpoint_layer(fn, residuals: str, field: str = "scan_residuals"):
     if residuals == "all":
         return fn
     return jax.checkpoint(fn, prevent_cse=False, policy=policy)
+
+
+def resolve_residuals(remat: bool, scan_residuals: str, field: str = "scan_residuals") -> str:
+    """The residual policy a module's ``remat`` / ``scan_residuals`` fields ask for (``remat=True`` is ``"inputs"``)."""
+    check_scan_residuals(scan_residuals, field)
+    return "inputs" if remat else scan_residuals
+
+
+def check_scan_unroll(unroll: int, field: str = "scan_unroll") -> None:
+    if isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1:
+        raise ValueError(f"{field}={unroll!r}; expected a positive int (layers per scan iteration)")
+
+
+def layer_key(key: Array | None, layer: int | Array) -> Array | None:
+    """The PRNG key of layer ``layer`` (its global index): ``fold_in(key, layer)``, or None without a key.
+
+    The one definition every stack uses (``scan_layers``, ``layers.reversible``), so a family's plain, reversible
+    and recomputed passes draw the same dropout masks for the same layer.
+    """
+    return None if key is None else jax.random.fold_in(key, layer)
+
+
+class StackOutput(NamedTuple):
+    """What :func:`scan_layers` returns.
+
+    ``carry``: the state after the last layer. ``outputs``: one entry per layer, in layer order (whatever the body
+    returned as its per-layer output: attention weights, the hidden state to collect, ...; ``None`` entries when
+    the body returned None). ``cache``: the updated per-layer cache, stacked like the one given (None if none).
+    """
+
+    carry: Any
+    outputs: tuple
+    cache: Any
+
+
+def scan_layers(
+    body: Callable | Sequence[Callable],
+    params: Any,
+    carry: Any,
+    *,
+    key: Array | None = None,
+    residuals: str = "all",
+    unroll: int = 1,
+    cache: Any = None,
+    param_index: Sequence[int] | None = None,
+    num_layers: int | None = None,
+    first_layer: int = 0,
+) -> StackOutput:
+    """Runs a stack of layers as one ``lax.scan`` whose body is traced once.
+
+    Args:
+      body: ``body(params, carry, *, key, cache, index) -> (carry, output, new_cache)`` for one layer: ``params``
+        that layer's (unstacked) params, ``key`` its PRNG key (:func:`layer_key` of its global index, None without
+        ``key``), ``cache`` its slice of ``cache`` (None without), ``index`` its global index (a traced int32).
+        ``output`` (any pytree, or None) is collected per layer. Or a tuple of ``P`` such bodies, one per kind.
+      params: the stacked params: every leaf ``[rows, ...]`` (a tuple of ``P`` trees with ``P`` bodies).
+      carry: the initial state (any pytree: ``[batch, length, embed]``, or Reformer's two streams).
+      key: dropout key of the whole stack (None: deterministic).
+      residuals: what the backward keeps of each scan step (:data:`SCAN_RESIDUALS`).
+      unroll: scan steps unrolled per iteration (``lax.scan``'s ``unroll``).
+      cache: per-layer decoding state, every leaf stacked like ``params`` (``[rows, ...]``); None for no cache.
+      param_index: layer ``l`` runs params row ``param_index[l]`` (ALBERT's shared groups); one body only. When
+        every entry is the same row, the row is indexed statically, so XLA keeps it loop-invariant.
+      num_layers: how many layers (default: the params' rows times ``P``, or ``len(param_index)``).
+      first_layer: the global index of the first layer run (for keys and ``index``), when a stack is run in parts.
+
+    Returns:
+      :class:`StackOutput` ``(carry, outputs, cache)``.
+    """
+    check_scan_residuals(residuals, "residuals")
+    check_scan_unroll(unroll, "unroll")
+    bodies = (body,) if callable(body) else tuple(body)
+    kinds = len(bodies)
+    trees = (params,) if callable(body) else tuple(params)
+    caches = (cache,) if callable(body) else (tuple(cache) if cache is not None else (None,) * kinds)
+    if len(trees) != kinds or len(caches) != kinds:
+        raise ValueError(f"scan_layers: {kinds} bodies need {kinds} stacked param trees and caches; got "
+                         f"{len(trees)} and {len(caches)}")
+    if param_index is not None and kinds != 1:
+        raise ValueError("scan_layers: param_index needs a single body (one kind of layer)")
+    rows = {int(leaf.shape[0]) for tree in trees for leaf in jax.tree.leaves(tree)}
+    if len(rows) > 1:
+        raise ValueError(f"scan_layers: every stacked param leaf must have the same leading (layers) size; got "
+                         f"{sorted(rows)}")
+    if param_index is not None:
+        param_index = [int(i) for i in param_index]
+        num_layers = len(param_index) if num_layers is None else num_layers
+    elif num_layers is None:
+        if not rows:
+            raise ValueError("scan_layers: params hold no arrays; give num_layers")
+        num_layers = rows.pop() * kinds
+    if num_layers % kinds:
+        raise ValueError(f"scan_layers: num_layers={num_layers} is not a multiple of the {kinds} layer kinds")
+    steps = num_layers // kinds
+
+    # What the scan iterates over: the params rows (or, for shared rows, the row index), the caches, the step.
+    shared_row = None
+    if param_index is not None:
+        if len(param_index) != num_layers:
+            raise ValueError(f"scan_layers: param_index has {len(param_index)} entries for {num_layers} layers")
+        if len(set(param_index)) == 1:
+            shared_row = param_index[0]
+            xs_params = None
+        else:
+            xs_params = jnp.asarray(param_index, jnp.int32)
+    else:
+        xs_params = trees
+
+    def step(carry, xs):
+        step_params, step_caches, index = xs
+        outputs, new_caches = [], []
+        for k in range(kinds):
+            if shared_row is not None:
+                p = index_stacked(trees[0], shared_row)
+            elif param_index is not None:
+                p = index_stacked(trees[0], step_params)
+            else:
+                p = step_params[k]
+            layer = first_layer + index * kinds + k
+            carry, out, new_cache = bodies[k](p, carry, key=layer_key(key, layer), cache=step_caches[k],
+                                              index=layer)
+            outputs.append(out)
+            new_caches.append(new_cache)
+        return carry, (tuple(outputs), tuple(new_caches))
+
+    step = checkpoint_layer(step, residuals, "residuals")
+    carry, (outputs, new_caches) = jax.lax.scan(
+        step, carry, (xs_params, caches, jnp.arange(steps, dtype=jnp.int32)), unroll=min(unroll, max(steps, 1)))
+    per_layer = tuple(index_stacked(outputs[l % kinds], l // kinds) for l in range(num_layers))
+    new_cache = None
+    if cache is not None:
+        new_cache = new_caches[0] if callable(body) else new_caches
+    return StackOutput(carry, per_layer, new_cache)
+
+
+def scan_layers_reference(body, params, carry, *, key=None, cache=None, param_index=None):
+    """Test-only twin of :func:`scan_layers`: a Python loop over layers (one body; plain autodiff)."""
+    rows = jax.tree.leaves(params)[0].shape[0]
+    param_index = list(range(rows)) if param_index is None else list(param_index)
+    outputs, caches = [], []
+    for layer, row in enumerate(param_index):
+        layer_cache = None if cache is None else index_stacked(cache, layer)
+        carry, out, new_cache = body(index_stacked(params, row), carry,
+                                     key=None if key is None else jax.random.fold_in(key, layer),
+                                     cache=layer_cache, index=jnp.int32(layer))
+        outputs.append(out)
+        caches.append(new_cache)
+    new_cache = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *caches)
+    return StackOutput(carry, tuple(outputs), new_cache)

@@ -18,10 +18,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_CONFIGS = os.path.join(_ROOT, "configs")
-# Config files import `configs.*` (presets, defaults): make the checkout's `configs` importable from any cwd.
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
+_CONFIGS = os.path.join(_ROOT, "configs")  # the checkout's experiment configs (data, loaded by path)
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(_CONFIGS, "quickstart.py"), "Experiment config file (a get_config() module).",
     lock_config=True)
@@ -56,15 +53,12 @@ def check_override_keys(argv: list[str]) -> str | None:
     overrides = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
     if not overrides:
         return None
-    path = _config_path(argv)
-    if not os.path.isfile(path):
-        return f"--config={path!r}: no such config file"
-    import importlib.util
+    from train.experiment import load_config
 
-    spec = importlib.util.spec_from_file_location("_experiment_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    try:
+        config = load_config(_config_path(argv))
+    except ValueError as error:
+        return str(error)
     for dotted in overrides:
         node, walked = config, []
         for part in dotted.split("."):

@@ -133,19 +133,27 @@ def _quiet_libtpu(topology: Topology) -> None:
     it initialises. It also takes /tmp/libtpu_lockfile, which any other process that loaded libtpu (a jax
     program run without JAX_PLATFORMS=cpu) may hold; compiling needs no chip, so let several load it.
     A real TPU VM keeps its own settings."""
-    try:
-        from jax._src import hardware_utils
-
-        attached = hardware_utils.num_available_tpu_chips_and_device_id()[0]
-    except Exception:  # noqa: BLE001 - a private helper; without it, assume no chips (the AOT use case)
-        attached = 0
-    if attached:
+    if _tpu_chips_attached():
         return
     per = 2 if topology.chip.slice_counts_cores else 1
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", f"{topology.chip.slice_prefix}-{topology.num_chips * per}")
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+
+def _tpu_chips_attached() -> bool:
+    """Whether this host has TPU chips: a PCI device of Google's vendor id (0x1ae0), as libtpu itself looks for."""
+    import glob
+
+    for vendor in glob.glob("/sys/bus/pci/devices/*/vendor"):
+        try:
+            with open(vendor) as f:
+                if f.read().strip().lower() == "0x1ae0":
+                    return True
+        except OSError:
+            continue
+    return False
 
 
 def topology_devices(topology: Topology | str) -> list:
@@ -226,8 +234,7 @@ def compile_train_step(config, topology: Topology | str, *, mesh: str | None = N
     total it needed), `measured` is False, and arguments / outputs / alias come from the shapes and shardings
     while temp and code are None.
     """
-    from configs.axis_rules import resolve_rules
-    from train import experiment, objectives, optim, partitioning
+    from train import experiment, partitioning
     from train import state as state_lib
     from train import step as step_lib
 
@@ -238,18 +245,16 @@ def compile_train_step(config, topology: Topology | str, *, mesh: str | None = N
             config.mesh = mesh
         if batch_size is not None:
             config.batch_size = batch_size
-    model_dict = experiment.validate(config)
-    objective = objectives.get_objective(experiment.to_dict(config.objective))
+    exp = experiment.resolve(config)
     devices = topology_devices(topology)
 
     import jax
     import jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec
 
-    rules = resolve_rules(config.axis_rules)  # as train/loop.py
-    device_mesh = partitioning.make_mesh(config.mesh, devices)
-    module = state_lib.build_model(model_dict, dtype=config.dtype, remat=config.remat)
-    tx, schedule = optim.from_config(config)
+    rules, tx, schedule, objective = exp.rules, exp.tx, exp.schedule, exp.objective  # exactly as train/loop.py
+    device_mesh = exp.make_mesh(devices)
+    module = exp.build_module(device_mesh)
     shardings = state_lib.state_shardings(module, tx, device_mesh, rules)
     state = state_lib.abstract_state(shardings, module, tx)
     batch_sharding = partitioning.batch_sharding(device_mesh, rules)

@@ -22,9 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs.axis_rules import resolve_rules
 from train import checkpoint as checkpoint_lib
-from train import data, distributed, experiment, metrics as metrics_lib, objectives, optim, partitioning
+from train import data, distributed, experiment, metrics as metrics_lib, partitioning
 from train import state as state_lib
 from train import step as step_lib
 
@@ -69,8 +68,8 @@ def unigram_entropy(source, processor) -> float:
 
 def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]:
     """Trains `config` in `workdir` (resuming when it holds checkpoints) and returns a summary dict."""
-    model_dict = experiment.validate(config)
-    objective = objectives.get_objective(experiment.to_dict(config.objective))
+    exp = experiment.resolve(config)
+    model_dict, objective, tx, schedule, rules = exp.model, exp.objective, exp.tx, exp.schedule, exp.rules
     num_shards = config.data.shards or jax.process_count()
     if num_shards % jax.process_count() or config.batch_size % num_shards:
         raise ValueError(f"config.data.shards={config.data.shards}: the data shards ({num_shards}) must be a multiple "
@@ -78,10 +77,8 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
     primary = distributed.is_primary()
     workdir = os.path.abspath(os.path.expanduser(workdir))
     os.makedirs(workdir, exist_ok=True)
-    mesh = partitioning.make_mesh(config.mesh)
-    rules = resolve_rules(config.axis_rules)
-    module = state_lib.build_model(model_dict, dtype=config.dtype, remat=config.remat)
-    tx, schedule = optim.from_config(config)
+    mesh = exp.make_mesh()
+    module = exp.build_module(mesh)
     init_key, train_key, eval_key = _seed_keys(config)
 
     data_dir = config.data.data_dir or None
@@ -256,15 +253,14 @@ def generate_sample(module, params, processor, config) -> str:
         from jaxmodels import generation
     except ImportError:
         return "(no sample: jaxmodels.generation is not available in this checkout)"
+    import jaxmodels
+
     prompt = processor.encode(config.sample_prompt)
     ids = jnp.asarray([prompt], jnp.int32)
     key = jax.random.key(config.seed)
-    kwargs = {}
-    model_config = module.config
-    if "lsh" in getattr(model_config, "attn_layers", ()) and getattr(model_config, "hash_seed", 0) is None:
-        # Decoding has no "lsh" rng stream: draw one set of hashing rotations for the whole sample.
-        shape = model_config.rotations_shape(len(prompt) + config.sample_tokens)
-        kwargs["lsh_rotations"] = jax.random.normal(jax.random.fold_in(key, 1), shape, jnp.float32)
+    family = jaxmodels.family(type(module.config).model_type)
+    # Arrays the family's decoder needs on every call (Reformer: one set of LSH rotations for the whole sample).
+    kwargs = family.generation_kwargs(module.config, len(prompt) + config.sample_tokens, jax.random.fold_in(key, 1))
     try:
         out = generation.generate(module, params, ids, max_new_tokens=config.sample_tokens, do_sample=True,
                                   temperature=0.8, top_k=40, rng=jax.random.fold_in(key, 0), **kwargs)

@@ -147,8 +147,14 @@ def frame_sentence_order(batch: Mapping[str, Array], rng: Array) -> dict[str, Ar
 
 
 def _apply(module, params, inputs: Mapping[str, Array], rng: Array, deterministic: bool):
-    # "lsh": Reformer's random hashing rotations, drawn afresh each step (HF draws them on every forward).
-    rngs = {"dropout": jax.random.fold_in(rng, 0), "lsh": jax.random.fold_in(rng, 1)}
+    # Dropout, plus the streams the family draws from in a forward pass (Reformer's "lsh" hashing rotations, drawn
+    # afresh each step as HF draws them on every forward).
+    from jaxmodels import registry
+
+    model_type = getattr(type(getattr(module, "config", None)), "model_type", None)
+    extra = registry.get(model_type).rng_streams if model_type in registry.model_types() else ()
+    streams = ("dropout",) + extra
+    rngs = {name: jax.random.fold_in(rng, i) for i, name in enumerate(streams)}
     return module.apply({"params": params}, **inputs, deterministic=deterministic, rngs=rngs)
 
 

@@ -4,9 +4,15 @@
     with activate(mesh, rules):                     # what nn.with_logical_constraint inside modules needs
         state = jax.jit(init, out_shardings=state_shardings(abstract, mesh, rules))(rng)
 
-Shardings come from the logical names modules attach to their params (`nn.with_logical_partitioning`), mapped
-through rules from `configs/axis_rules.py`. Optimizer moments shaped like the params get the params'
-shardings; anything else (counts, factored Adafactor statistics) is replicated. One device is just a 1x1x1 mesh.
+Shardings come from the logical names modules attach to their params (`nn.with_logical_partitioning`) and
+activations (`nn.with_logical_constraint`), mapped through rules (`RULE_SETS` here, or pairs a config gives as
+`config.axis_rules`). Optimizer moments shaped like the params get the params' shardings; anything else (counts,
+factored Adafactor statistics) is replicated. One device is just a 1x1x1x1 mesh.
+
+The mesh axes and the rule sets are defined here and nowhere else. Modules know only logical names
+(`layers/axes.py`: params `embed`, `heads`, `kv`, `mlp`, `vocab`, `layers`, `positions`, `candidates`;
+activations `act_batch`, `act_length`, `act_embed`, ...). Rules are tried in order; flax skips a mesh axis
+already used by an earlier dimension of the same array.
 """
 
 from __future__ import annotations
@@ -20,11 +26,75 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from configs.axis_rules import DEFAULT_RULES
+from layers import axes
+from layers.sequence_parallel import SequenceSharding
 
 # `sequence` splits the length of activations (families with sequence-parallel layers use it through
 # shard_map; for the others XLA gathers what a layer needs). Size 1 unless a config asks for it.
 MESH_AXES = ("data", "fsdp", "sequence", "tensor")
+SEQUENCE_AXIS = "sequence"
+
+# Kernels: `embed` inputs on fsdp (ZeRO-3 style), `mlp` / `heads` / `vocab` outputs on tensor (Megatron style).
+# Activations: batch over data and fsdp, length over sequence, the tensor-parallel widths over tensor.
+DEFAULT_RULES = (
+    (axes.EMBED, "fsdp"),
+    (axes.HEADS, "tensor"),
+    (axes.KV, None),
+    (axes.MLP, "tensor"),
+    (axes.VOCAB, "tensor"),
+    (axes.LAYERS, None),
+    (axes.POSITIONS, None),
+    (axes.CANDIDATES, ("data", "fsdp")),
+    (axes.ACT_BATCH, ("data", "fsdp")),
+    (axes.ACT_LENGTH, SEQUENCE_AXIS),
+    (axes.ACT_EMBED, None),
+    (axes.ACT_HEADS, "tensor"),
+    (axes.ACT_KV, None),
+    (axes.ACT_MLP, "tensor"),
+    (axes.ACT_VOCAB, "tensor"),
+)
+
+# Params replicated, only the batch (and length) split: plain data parallelism, the baseline to compare with.
+DATA_PARALLEL_RULES = (
+    (axes.ACT_BATCH, ("data", "fsdp")),
+    (axes.ACT_LENGTH, SEQUENCE_AXIS),
+)
+
+RULE_SETS = {"default": DEFAULT_RULES, "data_parallel": DATA_PARALLEL_RULES}
+
+
+def resolve_rules(value) -> tuple[tuple[str, object], ...]:
+    """`config.axis_rules` -> rules: a name from `RULE_SETS`, or pairs `(logical_name, mesh_axis | tuple | None)`.
+
+    Logical names a set leaves out are replicated. Raises `ValueError` naming `config.axis_rules`.
+    """
+    if isinstance(value, str):
+        if value not in RULE_SETS:
+            raise ValueError(f"config.axis_rules={value!r}: unknown rule set (known: {sorted(RULE_SETS)})")
+        return RULE_SETS[value]
+    try:
+        rules = tuple((str(name), tuple(axis) if isinstance(axis, (list, tuple)) else axis) for name, axis in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"config.axis_rules={value!r}: expected a rule-set name or (logical_name, mesh_axis) "
+                         "pairs") from None
+    for name, axis in rules:
+        if name not in axes.ALL:
+            raise ValueError(f"config.axis_rules: {name!r} is not a logical axis name (names: {list(axes.ALL)})")
+        for a in (axis if isinstance(axis, tuple) else (axis,)):
+            if a is not None and a not in MESH_AXES:
+                raise ValueError(f"config.axis_rules: rule {name!r} -> {a!r} names no mesh axis "
+                                 f"(axes: {list(MESH_AXES)})")
+    return rules
+
+
+def sequence_sharding(mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> SequenceSharding | None:
+    """What a sequence-parallel module is given (its `sequence_sharding` field): the mesh, its `sequence` axis and
+    the mesh axes the rules put the batch on; None when the mesh does not split the length."""
+    if mesh.shape.get(SEQUENCE_AXIS, 1) <= 1:
+        return None
+    spec = nn.logical_to_mesh_axes((axes.ACT_BATCH,), rules)[0]
+    names = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
+    return SequenceSharding(mesh, SEQUENCE_AXIS, tuple(a for a in names if a in mesh.shape and a != SEQUENCE_AXIS))
 
 
 def parse_mesh(spec: str, num_devices: int) -> dict[str, int]:
@@ -127,5 +197,5 @@ def like_params_shardings(tree, params_abstract, params_shardings, mesh: Mesh):
 
 
 def batch_sharding(mesh: Mesh, rules=DEFAULT_RULES) -> NamedSharding:
-    """`[batch, length]` inputs: the batch over the axes the `batch` rule names."""
-    return nn.logical_to_mesh_sharding(PartitionSpec("batch", "length"), mesh, rules)
+    """`[batch, length]` inputs: the batch over the axes the `act_batch` rule names (the length over `act_length`'s)."""
+    return nn.logical_to_mesh_sharding(PartitionSpec(axes.ACT_BATCH, axes.ACT_LENGTH), mesh, rules)

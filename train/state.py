@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import optax
 
 import jaxmodels
-from configs.axis_rules import DEFAULT_RULES
 from train import partitioning
+from train.partitioning import DEFAULT_RULES
 
 
 @flax.struct.dataclass
@@ -34,11 +34,16 @@ class TrainState:
     opt_state: Any
 
 
-def build_model(model: dict, *, dtype: str = "float32", remat: bool = False) -> nn.Module:
-    """The module for an HF-style config dict, computing in `dtype`; `remat` recomputes layers in backward."""
+def build_model(model: dict, *, dtype: str = "float32", remat: bool = False,
+                sequence_sharding=None) -> nn.Module:
+    """The module for an HF-style config dict, computing in `dtype`; `remat` recomputes layers in backward (every
+    family has the knob, `layers.stacked`); `sequence_sharding` (`partitioning.sequence_sharding(mesh, rules)`)
+    is given to a family that runs sequence-parallel."""
     module = jaxmodels.from_config(model, dtype=jnp.dtype(dtype))
-    if remat and "remat" in {f for f in getattr(module, "__dataclass_fields__", {})}:
+    if remat:
         module = module.clone(remat=True)
+    if sequence_sharding is not None and jaxmodels.family(model["model_type"]).sequence_parallel:
+        module = module.clone(sequence_sharding=sequence_sharding)
     return module
 
 

@@ -16,6 +16,7 @@ from jaxmodels.albert.modeling import (
     AlbertModel,
 )
 from jaxmodels.albert.tokenization import AlbertTokenizer
+from jaxmodels.albert.presets import PRESETS
 from jaxmodels.registry import Family
 
 
@@ -33,7 +34,7 @@ def check_training_length(config: AlbertConfig, length: int) -> None:
 FAMILY = Family(
     model_type="albert", config_class=AlbertConfig, architectures=ARCHITECTURES, default_architecture="AlbertModel",
     base_model_prefix=BASE_MODEL_PREFIX, key_fn=key_fn, dummy_inputs=dummy_inputs, tied_keys=TIED_KEYS,
-    tokenizer=AlbertTokenizer.from_pretrained, check_training_length=check_training_length,
+    tokenizer=AlbertTokenizer.from_pretrained, check_training_length=check_training_length, presets=PRESETS,
 )
 
 __all__ = [

@@ -40,11 +40,13 @@ from layers.embeddings import TokenEmbeddings
 from layers.heads import MaskedLMHead, Pooler, flatten_choices, split_span_logits
 from layers.losses import IGNORE_INDEX, cross_entropy, sequence_classification_loss, span_loss
 from layers.norms import LayerNorm
+from layers import stacked as layers_stack
 from layers.stacked import (
     check_scan_residuals,
     checkpoint_layer,
     index_stacked,
     init_stacked,
+    resolve_residuals,
 )
 
 Array = jax.Array
@@ -140,7 +142,7 @@ class AlbertLayer(nn.Module):
         h = get_activation(c.hidden_act)(h)
         h = Dense(c.hidden_size, (axes.MLP, axes.EMBED), dtype=self.dtype, name="ffn_output")(h)
         y = LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="full_layer_layer_norm")(h + a)
-        y = nn.with_logical_constraint(y, (axes.BATCH, axes.LENGTH, axes.EMBED))
+        y = nn.with_logical_constraint(y, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
         return y, weights
 
 
@@ -185,39 +187,31 @@ class AlbertTransformer(nn.Module):
         )
         use_dropout = not deterministic and (c.hidden_dropout_prob > 0 or c.attention_probs_dropout_prob > 0)
         dropout_key = self.make_rng("dropout") if use_dropout else None
-        group_of_layer = jnp.asarray([c.group_of_layer(i) for i in range(c.num_hidden_layers)], jnp.int32)
+        residuals = resolve_residuals(self.remat, self.scan_residuals)
 
-        def run_layer(h, params, layer_index, inner_index):
-            rngs = {}
-            if dropout_key is not None:
-                # One key per (layer, inner layer): layers that share params still draw independent masks.
-                rngs["dropout"] = jax.random.fold_in(jax.random.fold_in(dropout_key, layer_index), inner_index)
-            return layer.apply({"params": params}, h, mask, deterministic, rngs=rngs)
+        def run_layer(params, h, *, key, cache=None, index=None):
+            rngs = {} if key is None else {"dropout": key}
+            h, weights = layer.apply({"params": params}, h, mask, deterministic, rngs=rngs)
+            return h, (weights if output_attentions else None), None
 
-        def outer(h, xs):
-            layer_index, group = xs
-            if c.num_hidden_groups == 1 and c.inner_group_num == 1:
-                # The common case (every released ALBERT): one shared layer. Static indexing and no inner loop
-                # let XLA keep the params loop-invariant instead of slicing them every iteration.
-                h, weights = run_layer(h, index_stacked(groups, (0, 0)), layer_index, 0)
-                return h, (h if output_hidden_states else None, weights[None] if output_attentions else None)
-            group_params = index_stacked(groups, group)  # [inner_group_num, ...]
+        def run_group(group_params, h, *, key, cache=None, index=None):
+            """Layer ``index``: every inner layer of its group ``[inner_group_num, ...]``; inner layer i is keyed
+            ``fold_in(key, i)``, so layers that share params still draw independent dropout masks."""
+            if c.inner_group_num == 1:
+                # The common case (every released ALBERT): no inner loop.
+                h, weights, _ = run_layer(index_stacked(group_params, 0), h, key=layers_stack.layer_key(key, 0))
+                weights = None if weights is None else weights[None]
+            else:
+                inner = layers_stack.scan_layers(run_layer, group_params, h, key=key)
+                h = inner.carry
+                weights = jnp.stack(inner.outputs) if output_attentions else None
+            return h, (h if output_hidden_states else None, weights), None
 
-            def inner(h, ys):
-                params, inner_index = ys
-                h, weights = run_layer(h, params, layer_index, inner_index)
-                return h, (weights if output_attentions else None)
-
-            h, weights = jax.lax.scan(inner, h, (group_params, jnp.arange(c.inner_group_num)))
-            return h, (h if output_hidden_states else None, weights)
-
-        residuals = "inputs" if self.remat else self.scan_residuals
-        outer = checkpoint_layer(outer, residuals)
+        groups_of_layers = [c.group_of_layer(i) for i in range(c.num_hidden_layers)]
         if selected_rows is None:
-            h_out, (hiddens, weights) = jax.lax.scan(
-                outer, h, (jnp.arange(c.num_hidden_layers), group_of_layer), unroll=self.scan_unroll
-            )
-            rows = None
+            stack = layers_stack.scan_layers(run_group, groups, h, key=dropout_key, residuals=residuals,
+                                             unroll=self.scan_unroll, param_index=groups_of_layers)
+            h_out, per_layer, rows = stack.carry, stack.outputs, None
         else:
             if c.inner_group_num != 1 or use_dropout or output_hidden_states or output_attentions:
                 raise ValueError("selected_rows needs inner_group_num == 1, no active dropout and no returned "
@@ -229,21 +223,21 @@ class AlbertTransformer(nn.Module):
             if isinstance(row_capacity, bool) or not isinstance(row_capacity, int) or row_capacity < 1:
                 raise ValueError(f"row_capacity={row_capacity!r}; expected a positive int (rows per example)")
             last = c.num_hidden_layers - 1
-            h_in, _ = jax.lax.scan(outer, h, (jnp.arange(last), group_of_layer[:last]),
-                                   unroll=min(self.scan_unroll, max(last, 1)))
+            h_in = h
+            if last:
+                h_in = layers_stack.scan_layers(run_group, groups, h, residuals=residuals, unroll=self.scan_unroll,
+                                                param_index=groups_of_layers[:last]).carry
             last_params = index_stacked(groups, (c.group_of_layer(last), 0))
-            h_out = checkpoint_layer(lambda h: run_layer(h, last_params, last, 0)[0], residuals)(h_in)
+            h_out = checkpoint_layer(lambda h: run_layer(last_params, h, key=None)[0], residuals)(h_in)
             rows = select_last_layer_rows(
                 lambda h, positions: layer.apply({"params": last_params}, h, mask, deterministic, positions)[0],
                 h_in, selected_rows, row_capacity, residuals)
-            hiddens = weights = None
+            per_layer = None
         all_hidden = all_weights = None
         if output_hidden_states:
-            all_hidden = (h,) + tuple(hiddens[i] for i in range(c.num_hidden_layers))
+            all_hidden = (h,) + tuple(hidden for hidden, _ in per_layer)
         if output_attentions:
-            all_weights = tuple(
-                weights[l, i] for l in range(c.num_hidden_layers) for i in range(c.inner_group_num)
-            )
+            all_weights = tuple(weights[i] for _, weights in per_layer for i in range(c.inner_group_num))
         return h_out, all_hidden, all_weights, rows
 
 

@@ -24,20 +24,13 @@ whose visible keys are all padding); cached decoding equals the full pass for ev
 chunking (HF's laplace/relu2 decoding normalises by the wrong count and its chunked decoding crashes); a decoder
 honours ``truncation`` in its full pass (HF ignores it whenever ``use_cache`` is on, i.e. by default).
 
-Sequence parallelism: a full (uncached) pass traced while a mesh with a ``sequence`` axis of size S > 1 is in
-scope (``with jax.set_mesh(mesh):``, or the legacy ``with mesh:`` that ``train.partitioning.activate`` uses) runs
-every layer's EMA through ``layers.sequence_parallel.sharded_damped_ema``: the length is split into S contiguous
-shards under ``shard_map`` and only the EMA states cross shards (one all-gather; ppermutes for ``truncation``).
-Everything else stays with the automatic partitioner, which propagates the inputs' sharding (flax 0.12 applies
-the logical constraints under ``jax.set_mesh`` only, not under the legacy context). The shard_map splits the batch
-over the mesh axes the current ``batch`` logical rule names (those of size > 1). ``sharded_damped_ema`` takes a
-single ``batch_axis``, so two or more adjacent ones, e.g. ``("data", "fsdp")``, are merged into one axis of a mesh
-over the same devices in the same order (the same layout: no resharding). No rule, a batch they do not divide, or
-non-adjacent axes: the batch is replicated inside the shard_map (correct, with redundant work). The mesh is read
-from the context once per call in ``MegaModel`` (``sequence_parallel_layout``) and passed down explicitly as
-``ema_mesh`` / ``ema_batch_axis`` of ``MegaBlock`` / ``MegaGatedAttention``. A length that S does not divide
-raises ``ValueError`` (pad the input) rather than silently gathering the sequence. Always unsharded: init (its
-dummy input has length 1), cached decoding (``cache=``), and calls already inside a ``shard_map``.
+Sequence parallelism: given ``sequence_sharding`` (a ``layers.sequence_parallel.SequenceSharding``: mesh, its
+length axis and the mesh axes of the batch; ``train/state.py`` sets it from the run's mesh and rules), a full
+(uncached) pass whose length axis has size S > 1 runs every layer's EMA through ``sharded_damped_ema``: the length
+is split into S contiguous shards under ``shard_map`` and only the EMA states cross shards (one all-gather;
+ppermutes for ``truncation``). Everything else stays with the automatic partitioner, which propagates the inputs'
+sharding. A length that S does not divide raises ``ValueError`` (pad the input). Always unsharded: init (its dummy
+input has length 1) and cached decoding (``cache=``).
 
 Decoding protocol (shared with ``jaxmodels.generation``): ``module.apply(v, B, T, method="init_cache")`` gives a
 ``MegaCache``; calling the module with ``cache=`` treats ``input_ids [B, t]`` as the next t tokens and returns the
@@ -46,16 +39,12 @@ updated cache in the output's ``cache`` field.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax._src import mesh as jax_mesh
-from jax.sharding import Mesh
 
 from jaxmodels.input_checks import check_range
 from jaxmodels.mega.config import NORM_EPS, MegaConfig
@@ -70,7 +59,7 @@ from layers import axes
 from layers.activations import get_activation
 from layers.dense import Dense
 from layers.dropout import Dropout
-from layers.ema import damped_ema, damped_ema_step
+from layers.ema import MultiDimensionDampedEma
 from layers.embeddings import Embed
 from layers.gated_attention import gated_attention_weights
 from layers.heads import Pooler, flatten_choices, split_span_logits
@@ -78,8 +67,8 @@ from layers.losses import cross_entropy, sequence_classification_loss, span_loss
 from layers.norms import LayerNorm
 from layers.relative_bias import rotary_relative_bias, simple_relative_bias
 from layers.scale_norm import RMSNorm, ScaleNorm
-from layers.sequence_parallel import sharded_damped_ema
-from layers.stacked import init_stacked
+from layers.sequence_parallel import SequenceSharding
+from layers.stacked import check_scan_unroll, init_stacked, resolve_residuals, scan_layers
 
 Array = jax.Array
 
@@ -165,79 +154,6 @@ def validate_inputs(config: MegaConfig, input_ids, attention_mask, token_type_id
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Sequence parallelism: which mesh (if any) the full-pass EMA is sharded over.
-# ---------------------------------------------------------------------------------------------------------------
-SEQUENCE_AXIS = "sequence"  # the mesh axis that splits ``length`` (train.partitioning.MESH_AXES)
-
-
-def context_mesh() -> Mesh | None:
-    """The concrete ``Mesh`` in scope, also while tracing under ``jax.jit``; None if there is none.
-
-    JAX 0.10 has no public getter for this inside a trace (``jax.sharding.get_mesh`` refuses under jit and
-    ``get_abstract_mesh`` carries no devices, which ``shard_map`` needs from a ``Mesh``, and is empty under the
-    legacy ``with mesh:``). So this reads the two private slots JAX's own ``experimental.mosaic.gpu`` reads, in the
-    same order: ``jax.set_mesh`` first, then the legacy ``with mesh:`` resource env. Inside a ``shard_map`` (some
-    axes already manual) there is nothing to shard again: None.
-    """
-    abstract = jax.sharding.get_abstract_mesh()
-    if not abstract.empty and abstract.manual_axes:
-        return None
-    mesh = jax_mesh.get_concrete_mesh()
-    if mesh is None or mesh.empty:
-        mesh = jax_mesh.thread_resources.env.physical_mesh
-    return None if mesh is None or mesh.empty else mesh
-
-
-def _batch_axes(mesh: Mesh) -> tuple[str, ...]:
-    """Mesh axes (size > 1, not ``sequence``) the current ``batch`` logical rule splits the batch over."""
-    spec = nn.logical_to_mesh_axes((axes.BATCH,))[0]
-    names = () if spec is None else (spec,) if isinstance(spec, str) else tuple(spec)
-    return tuple(a for a in names if a in mesh.shape and a != SEQUENCE_AXIS and mesh.shape[a] > 1)
-
-
-def sequence_parallel_layout(batch: int, length: int, mesh: Mesh | None = None) -> tuple[Mesh | None, str | None]:
-    """``(mesh, batch_axis)`` for ``sharded_damped_ema`` on ``[batch, length, D]`` activations, ``(None, None)`` when
-    the EMA runs unsharded (no mesh in scope, or its ``sequence`` axis has size 1).
-
-    ``mesh`` defaults to ``context_mesh()``. Several adjacent batch axes are merged into one axis of a mesh with the
-    same devices in the same order (so the same layout, no resharding). Raises ValueError when ``length`` is not a
-    multiple of the ``sequence`` axis size.
-    """
-    mesh = context_mesh() if mesh is None else mesh
-    if mesh is None or mesh.shape.get(SEQUENCE_AXIS, 1) <= 1:
-        return None, None
-    shards = mesh.shape[SEQUENCE_AXIS]
-    if length % shards:
-        raise ValueError(f"input length {length} is not a multiple of the {SEQUENCE_AXIS!r} mesh axis size {shards} "
-                         "(MEGA's EMA is sequence-parallel over it); pad the input")
-    names = tuple(mesh.axis_names)
-    batch_axes = _batch_axes(mesh)
-    if not batch_axes or batch % int(np.prod([mesh.shape[a] for a in batch_axes])):
-        return mesh, None
-    if len(batch_axes) == 1:
-        return mesh, batch_axes[0]
-    first = names.index(batch_axes[0])
-    if names[first:first + len(batch_axes)] != batch_axes:
-        return mesh, None
-    # Adjacent axes, major to minor as in the spec: merging them keeps every device's batch slice.
-    last = first + len(batch_axes)
-    merged = "+".join(batch_axes)
-    sizes = [mesh.shape[a] for a in names]
-    shape = (*sizes[:first], int(np.prod(sizes[first:last])), *sizes[last:])
-    return Mesh(mesh.devices.reshape(shape), (*names[:first], merged, *names[last:])), merged
-
-
-def _abstract_mesh_of(mesh: Mesh):
-    """Context in which ``shard_map`` accepts ``mesh``: under ``jax.set_mesh`` it must equal the context's abstract
-    mesh, which a merged-batch mesh (same devices, fewer axes) does not; ``use_abstract_mesh`` swaps it for the call
-    (same size, so allowed inside jit). Nothing to do under the legacy ``with mesh:`` (no abstract mesh)."""
-    current = jax.sharding.get_abstract_mesh()
-    if current.empty or current == mesh.abstract_mesh:
-        return contextlib.nullcontext()
-    return jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Layers
 # ---------------------------------------------------------------------------------------------------------------
 class SequenceNorm(nn.Module):
@@ -254,40 +170,6 @@ class SequenceNorm(nn.Module):
         if c.normalization_type == "rmsnorm":
             return RMSNorm(NORM_EPS, c.norm_affine, c.hf_rmsnorm_identity_bug, dtype=self.dtype, name="norm")(x)
         return LayerNorm(NORM_EPS, c.norm_affine, c.norm_affine, dtype=self.dtype, name="norm")(x)
-
-
-def _ema_beta_init(std: float):
-    """HF init of beta: N(0, std) plus +1, -1, +1, ... along ndim; shape ``[D', N, 1]``."""
-
-    def init(key, shape, dtype=jnp.float32):
-        signs = jnp.where(jnp.arange(shape[1]) % 2 == 0, 1.0, -1.0)[:, None]
-        return (std * jax.random.normal(key, shape, jnp.float32) + signs).astype(dtype)
-
-    return init
-
-
-class DampedEmaParams(nn.Module):
-    """The EMA params in HF's layout (``[D', N, 1]`` for delta, alpha, beta; ``[D', N]`` gamma; ``[D]`` omega), so the
-    checkpoint converts by name alone; returns them in ``layers.ema``'s layout (``[D', N]``)."""
-
-    config: MegaConfig
-
-    @nn.compact
-    def __call__(self) -> dict:
-        c = self.config
-        channels = 2 * c.hidden_size if c.bidirectional else c.hidden_size
-        n = c.ema_projection_size
-        normal = nn.initializers.normal
-        part = nn.with_logical_partitioning
-        names3 = (axes.EMBED, None, None)
-        delta = self.param("damping_factor", part(normal(c.ema_delta_alpha_range), names3), (channels, n, 1))
-        alpha = self.param("decay_factor", part(normal(c.ema_delta_alpha_range), names3), (channels, n, 1))
-        beta = self.param("ema_expansion_matrix", part(_ema_beta_init(c.ema_beta_range), names3), (channels, n, 1))
-        gamma = self.param("kernel_projection_matrix", part(normal(c.ema_gamma_omega_range), (axes.EMBED, None)),
-                           (channels, n))
-        omega = self.param("residual_weight", part(normal(c.ema_gamma_omega_range), (axes.EMBED,)), (c.hidden_size,))
-        return {"damping_factor": delta[..., 0], "decay_factor": alpha[..., 0], "ema_expansion_matrix": beta[..., 0],
-                "kernel_projection_matrix": gamma, "residual_weight": omega}
 
 
 class RelativeBias(nn.Module):
@@ -314,15 +196,13 @@ class MegaGatedAttention(nn.Module):
 
     Full pass (``ctx`` None): attention in blocks of ``min(chunk_size, l)`` (or l). Cached (``ctx`` from
     ``MegaModel._cache_context``): the new tokens attend to the cached slots and to each other, and the layer returns
-    its updated ``(key, value, ema_state)``. ``ema_mesh`` / ``ema_batch_axis`` (from ``sequence_parallel_layout``):
-    the full-pass EMA runs sharded over ``ema_mesh``'s ``sequence`` axis; cached calls ignore them.
+    its updated ``(key, value, ema_state)``. ``sequence_sharding``: the full-pass EMA runs sequence-parallel.
     """
 
     config: MegaConfig
     dtype: Any = jnp.float32
     ema_algorithm: str = "fft"
-    ema_mesh: Mesh | None = None
-    ema_batch_axis: str | None = None
+    sequence_sharding: SequenceSharding | None = None
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None, ctx: dict | None = None, layer_cache=None,
@@ -338,30 +218,17 @@ class MegaGatedAttention(nn.Module):
             x = norm(x)
         value = act(Dense(c.intermediate_size, (axes.EMBED, axes.MLP), dtype=self.dtype, kernel_init=dense_init,
                           name="v_proj")(x))
-        ema_params = DampedEmaParams(c, name="ema_gate")()
-        new_state = None
+        ema = MultiDimensionDampedEma(
+            c.hidden_size, c.ema_projection_size, c.bidirectional, c.truncation,
+            # Mega-chunk runs its EMA in its own chunks; without chunking, 64-position chunks (any lengths they do
+            # not divide run the FFT form).
+            algorithm=self.ema_algorithm, chunk_size=c.chunk_size if c.use_chunking else 64, dtype=self.dtype,
+            delta_alpha_range=c.ema_delta_alpha_range, beta_range=c.ema_beta_range,
+            gamma_omega_range=c.ema_gamma_omega_range, sequence_sharding=self.sequence_sharding, name="ema_gate")
         if layer_cache is None:
-            ema_chunk = c.chunk_size if c.use_chunking else 64
-            shards = 1 if self.ema_mesh is None else self.ema_mesh.shape[SEQUENCE_AXIS]
-            # The algorithms are equal; `chunked` needs whole chunks (per shard), so other lengths (init's dummy
-            # input, a sequence shorter than a chunk) take `fft`.
-            local = x.shape[1] // shards
-            algorithm = "fft" if self.ema_algorithm == "chunked" and local % ema_chunk else self.ema_algorithm
-            options = {"bidirectional": c.bidirectional, "truncation": c.truncation, "algorithm": algorithm,
-                       "chunk_size": ema_chunk, "dtype": self.dtype}
-            if shards > 1:
-                with _abstract_mesh_of(self.ema_mesh):
-                    ema_out, _ = sharded_damped_ema(ema_params, x, mask, mesh=self.ema_mesh, axis=SEQUENCE_AXIS,
-                                                    batch_axis=self.ema_batch_axis, **options)
-            else:
-                ema_out, _ = damped_ema(ema_params, x, mask, **options)
-        elif x.shape[1] == 1:
-            ema_out, new_state = damped_ema_step(ema_params, x[:, 0], layer_cache[2],
-                                                 None if mask is None else mask[:, 0], dtype=self.dtype)
-            ema_out = ema_out[:, None]
+            ema_out, new_state = ema(x, mask)
         else:
-            ema_out, new_state = damped_ema(ema_params, x, mask, state=layer_cache[2], return_state=True,
-                                            dtype=self.dtype)
+            ema_out, new_state = ema(x, mask, state=layer_cache[2], use_cache=True)
         ema_out = Dropout(c.dropout_prob, broadcast_dims=feature_dims)(ema_out, deterministic=deterministic)
 
         z, inter, d = c.shared_representation_size, c.intermediate_size, c.hidden_size
@@ -445,17 +312,16 @@ class MegaBlock(nn.Module):
     config: MegaConfig
     dtype: Any = jnp.float32
     ema_algorithm: str = "fft"
-    ema_mesh: Mesh | None = None
-    ema_batch_axis: str | None = None
+    sequence_sharding: SequenceSharding | None = None
 
     @nn.compact
     def __call__(self, x, mask=None, ctx=None, layer_cache=None, deterministic: bool = True):
-        y, weights, new_cache = MegaGatedAttention(self.config, self.dtype, self.ema_algorithm, self.ema_mesh,
-                                                   self.ema_batch_axis, name="mega_layer")(
+        y, weights, new_cache = MegaGatedAttention(self.config, self.dtype, self.ema_algorithm,
+                                                   self.sequence_sharding, name="mega_layer")(
             x, mask, ctx, layer_cache, deterministic)
         if self.config.use_normalized_ffn:
             y = NormalizedFeedForward(self.config, self.dtype, name="nffn")(y, deterministic)
-        y = nn.with_logical_constraint(y, (axes.BATCH, axes.LENGTH, axes.EMBED))
+        y = nn.with_logical_constraint(y, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
         return y, weights, new_cache
 
 
@@ -513,7 +379,9 @@ class MegaModel(nn.Module):
     ``hidden_states`` (on request) has L + 1 entries (embeddings first); ``attentions`` L entries
     ``[b, chunks, block, block]`` (full pass only). ``ema_algorithm`` picks ``layers.ema``'s full-pass algorithm
     (``fft``, ``scan`` or ``chunked``; all equal; ``chunked`` runs on lengths that are multiples of ``chunk_size``,
-    or of 64 without chunking, and other lengths take ``fft``); ``remat`` recomputes each layer in the backward pass.
+    or of 64 without chunking, and other lengths take ``fft``). ``remat`` / ``scan_residuals`` / ``scan_unroll``:
+    what the backward keeps of each layer and how many layers a scan step unrolls (``layers.stacked``);
+    ``sequence_sharding``: see the module docstring.
 
     Cached calls (``cache=``, decoders only): ``input_ids [b, t]`` are the t tokens after ``cache.index``;
     ``attention_mask [b, t]`` (1 = token) covers those new tokens only. The caller keeps ``index + t`` within the
@@ -525,6 +393,9 @@ class MegaModel(nn.Module):
     add_pooling_layer: bool = True
     ema_algorithm: str = "fft"
     remat: bool = False
+    scan_residuals: str = "all"
+    scan_unroll: int = 1
+    sequence_sharding: SequenceSharding | None = None
 
     def setup(self):
         c = self.config
@@ -592,29 +463,30 @@ class MegaModel(nn.Module):
             p > 0 for p in (c.dropout_prob, c.hidden_dropout_prob, c.attention_probs_dropout_prob,
                             c.nffn_activation_dropout_prob))
         dropout_key = self.make_rng("dropout") if use_dropout else None
+        residuals = resolve_residuals(self.remat, self.scan_residuals)
+        check_scan_unroll(self.scan_unroll)
         # Init's dummy input (length 1) and cached decoding run the EMA unsharded; see the module docstring.
-        ema_mesh, ema_batch_axis = (None, None) if cache is not None or self.is_initializing() else \
-            sequence_parallel_layout(batch, length)
-        block = MegaBlock(c, self.dtype, self.ema_algorithm, ema_mesh, ema_batch_axis, parent=None)
+        sharding = None if cache is not None or self.is_initializing() else self.sequence_sharding
+        if sharding is not None:
+            sharding.layout(batch, length)  # a length the shards do not divide fails here, naming the rule
+        block = MegaBlock(c, self.dtype, self.ema_algorithm, sharding, parent=None)
 
-        def body(h, xs):
-            params, layer_index, layer_cache = xs
-            rngs = {} if dropout_key is None else {"dropout": jax.random.fold_in(dropout_key, layer_index)}
-            h, weights, new_layer_cache = block.apply({"params": params}, h, mask, ctx, layer_cache, deterministic,
+        def layer(params, h, *, key, cache, index):
+            rngs = {} if key is None else {"dropout": key}
+            h, weights, new_layer_cache = block.apply({"params": params}, h, mask, ctx, cache, deterministic,
                                                       rngs=rngs)
-            return h, (h if output_hidden_states else None, weights if output_attentions else None, new_layer_cache)
+            return h, (h if output_hidden_states else None, weights if output_attentions else None), new_layer_cache
 
-        if self.remat:
-            body = jax.checkpoint(body, prevent_cse=False)
         layer_caches = None if cache is None else (cache.key, cache.value, cache.ema_state)
-        h, (hiddens, weights, new_caches) = jax.lax.scan(
-            body, x, (self.layers, jnp.arange(c.num_hidden_layers), layer_caches))
+        stack = scan_layers(layer, self.layers, x, key=dropout_key, residuals=residuals, unroll=self.scan_unroll,
+                            cache=layer_caches)
+        h, new_caches = stack.carry, stack.cache
         new_cache = None
         if cache is not None:
             new_cache = MegaCache(key=new_caches[0], value=new_caches[1], ema_state=new_caches[2], mask=new_mask,
                                   index=cache.index + length)
-        all_hidden = None if not output_hidden_states else (x,) + tuple(hiddens[i] for i in range(c.num_hidden_layers))
-        all_weights = None if not output_attentions else tuple(weights[i] for i in range(c.num_hidden_layers))
+        all_hidden = None if not output_hidden_states else (x,) + tuple(hidden for hidden, _ in stack.outputs)
+        all_weights = None if not output_attentions else tuple(weights for _, weights in stack.outputs)
         pooled = self.pooler(h) if self.add_pooling_layer else None
         return MegaModelOutput(h, pooled, all_hidden, all_weights, new_cache)
 
@@ -634,13 +506,19 @@ class _Bias(nn.Module):
 
 
 class _MegaHead(nn.Module):
+    """Fields every head passes to its ``MegaModel`` (see there)."""
+
     config: MegaConfig
     dtype: Any = jnp.float32
     ema_algorithm: str = "fft"
     remat: bool = False
+    scan_residuals: str = "all"
+    scan_unroll: int = 1
+    sequence_sharding: SequenceSharding | None = None
 
     def _backbone(self, add_pooling_layer: bool = False) -> MegaModel:
-        return MegaModel(self.config, self.dtype, add_pooling_layer, self.ema_algorithm, self.remat, name="mega")
+        return MegaModel(self.config, self.dtype, add_pooling_layer, self.ema_algorithm, self.remat,
+                         self.scan_residuals, self.scan_unroll, self.sequence_sharding, name="mega")
 
     def _lm_logits(self, mega: MegaModel, h: Array, head_name: str) -> Array:
         """Optional ``dense`` + tanh, then the tied vocabulary projection plus ``<head_name>.bias``."""

@@ -19,6 +19,7 @@ from jaxmodels.reformer.modeling import (
     init_reformer_cache,
 )
 from jaxmodels.reformer.tokenization import ByteTokenizer, ReformerTokenizer
+from jaxmodels.reformer.presets import PRESETS
 from jaxmodels.registry import Family
 
 
@@ -49,7 +50,8 @@ FAMILY = Family(
     model_type="reformer", config_class=ReformerConfig, architectures=ARCHITECTURES,
     default_architecture="ReformerModel", base_model_prefix=BASE_MODEL_PREFIX, key_fn=key_fn,
     dummy_inputs=dummy_inputs, tied_keys=TIED_KEYS, tokenizer=ReformerTokenizer.from_pretrained,
-    check_training_length=check_training_length, rng_streams=("lsh",), generation_kwargs=generation_kwargs,
+    check_training_length=check_training_length, presets=PRESETS, rng_streams=("lsh",), generation_kwargs=generation_kwargs,
+    sequence_parallel=True,
 )
 
 __all__ = [

@@ -64,7 +64,8 @@ from layers.lsh import SELF_MASK_VALUE as LSH_SELF_MASK_VALUE
 from layers.lsh import LSHSelfAttention, key_normalize, lsh_hash
 from layers.norms import LayerNorm, layer_norm
 from layers.reversible import reversible_stack
-from layers.stacked import init_stacked
+from layers.sequence_parallel import SequenceSharding
+from layers.stacked import check_scan_unroll, init_stacked, resolve_residuals, scan_layers
 
 Array = jax.Array
 
@@ -160,7 +161,7 @@ class _LearnedPositionEmbeddings(nn.Module):
     @nn.compact
     def __call__(self, position_ids: Array, deterministic: bool = True) -> Array:
         c = self.config
-        x = Embed(c.max_position_embeddings, c.hidden_size, dtype=self.dtype, axes=(None, axes.EMBED),
+        x = Embed(c.max_position_embeddings, c.hidden_size, dtype=self.dtype, axes=(axes.POSITIONS, axes.EMBED),
                   embedding_init=_normal(c), name="embedding")(position_ids)
         return Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic)
 
@@ -217,6 +218,7 @@ class ReformerAttention(nn.Module):
     config: ReformerConfig
     kind: str
     dtype: Any = jnp.float32
+    sequence_sharding: SequenceSharding | None = None  # local layers split the length over its mesh axis
 
     @nn.compact
     def __call__(self, x, attention_mask=None, *, rotations=None, buckets=None, num_hashes=None,
@@ -239,7 +241,7 @@ class ReformerAttention(nn.Module):
                 chunk_length=c.local_attn_chunk_length, num_chunks_before=c.local_num_chunks_before,
                 num_chunks_after=c.local_num_chunks_after, causal=c.is_decoder,
                 dropout_rate=c.local_attention_probs_dropout_prob, dtype=self.dtype, kernel_init=_normal(c),
-                name="self_attention",
+                sequence_sharding=self.sequence_sharding, name="self_attention",
             )(h, attention_mask, deterministic=deterministic, return_probs=return_probs)
             buckets = None
         out = _Output(c.hidden_size, axes.HEADS, False, c.hidden_dropout_prob, _normal(c), self.dtype,
@@ -286,14 +288,6 @@ class ReformerLayer(nn.Module):
     def __call__(self, x):
         a, _, _ = ReformerAttention(self.config, self.kind, self.dtype, name="attention")(x)
         return ReformerFeedForward(self.config, self.dtype, name="feed_forward")(x + a)
-
-
-def _layer_keys(key, layer):
-    # Same folding as layers.reversible so the plain path draws the masks the reversible path draws.
-    if key is None:
-        return None, None
-    layer_key = jax.random.fold_in(key, layer)
-    return jax.random.fold_in(layer_key, 0), jax.random.fold_in(layer_key, 1)
 
 
 def cached_attention(config: ReformerConfig, kind: str, params, x_new, states, buckets, mask, index, rotations,
@@ -369,6 +363,10 @@ class ReformerEncoder(nn.Module):
     # The feed-forward runs in chunks of at least this many positions (a multiple of chunk_size_feed_forward;
     # layers.chunked.chunked_apply's min_chunk): HF's 64 is an eager-PyTorch size that costs XLA 20% at 4K.
     ff_min_chunk: int = 4096
+    remat: bool = False
+    scan_residuals: str = "all"
+    scan_unroll: int = 1
+    sequence_sharding: SequenceSharding | None = None
 
     @nn.compact
     def __call__(self, x, attention_mask=None, *, lsh_rotations=None, num_hashes=None, deterministic: bool = True,
@@ -419,7 +417,9 @@ class ReformerEncoder(nn.Module):
         rates = (c.hidden_dropout_prob, c.local_attention_probs_dropout_prob, c.lsh_attention_probs_dropout_prob)
         key = self.make_rng("dropout") if not deterministic and any(r > 0 for r in rates) else None
 
-        attn_modules = [ReformerAttention(c, kind, self.dtype) for kind in kinds]
+        residuals = resolve_residuals(self.remat, self.scan_residuals)
+        check_scan_unroll(self.scan_unroll)
+        attn_modules = [ReformerAttention(c, kind, self.dtype, self.sequence_sharding) for kind in kinds]
         ff_module = ReformerFeedForward(c, self.dtype)
         positions = jnp.arange(length, dtype=jnp.int32)[None]
 
@@ -447,48 +447,53 @@ class ReformerEncoder(nn.Module):
         plain = output_hidden_states or output_attentions
         new_cache = None
         if cache is not None:
-            index, t_new = cache["index"], x.shape[1]
+            fill, t_new = cache["index"], x.shape[1]
             new_mask = jnp.ones((batch, t_new), jnp.int32) if attention_mask is None else attention_mask
-            mask = jax.lax.dynamic_update_slice(cache["mask"], new_mask.astype(cache["mask"].dtype), (0, index))
+            mask = jax.lax.dynamic_update_slice(cache["mask"], new_mask.astype(cache["mask"].dtype), (0, fill))
 
-            def cached_group(carry, xs):
-                y1, y2 = carry
-                fps, gps, states, buckets = xs
-                states, buckets = list(states), list(buckets)
-                for k in range(period):
-                    out, states[k], buckets[k] = cached_attention(
-                        c, kinds[k], fps[k]["params"], y2, states[k], buckets[k], mask, index,
-                        fps[k].get("rotations"), self.dtype)
+            def cached_layer(k):
+                def layer(params, carry, *, key, cache, index):
+                    fp, gp = params
+                    y1, y2 = carry
+                    out, states, buckets = cached_attention(c, kinds[k], fp["params"], y2, cache[0], cache[1], mask,
+                                                            fill, fp.get("rotations"), self.dtype)
                     y1 = y1 + out.astype(y1.dtype)
-                    y2 = y2 + ff_module.apply({"params": gps[k]}, y1, True).astype(y2.dtype)
-                return (y1, y2), (tuple(states), tuple(buckets))
+                    y2 = y2 + ff_module.apply({"params": gp}, y1, True).astype(y2.dtype)
+                    return (y1, y2), None, (states, buckets)
+                return layer
 
-            (y1, y2), (states, buckets) = jax.lax.scan(
-                cached_group, (x, x), (f_params, g_params, cache["states"], cache["buckets"]))
-            new_cache = {"index": index + t_new, "mask": mask, "states": states, "buckets": buckets}
+            stack = scan_layers(tuple(cached_layer(k) for k in range(period)),
+                                tuple(zip(f_params, g_params)), (x, x),
+                                cache=tuple(zip(cache["states"], cache["buckets"])))
+            y1, y2 = stack.carry
+            states = tuple(layer_cache[0] for layer_cache in stack.cache)
+            buckets = tuple(layer_cache[1] for layer_cache in stack.cache)
+            new_cache = {"index": fill + t_new, "mask": mask, "states": states, "buckets": buckets}
             all_hidden = all_probs = None
         elif not plain:
             y1, y2, _ = reversible_stack(tuple(make_f(k) for k in range(period)), (feed_forward,) * period,
                                          f_params, g_params, x, x, key=key, context=attention_mask, has_aux=True)
             all_hidden = all_probs = None
         else:
-            def group(carry, xs):
-                y1, y2 = carry
-                fps, gps, index = xs
-                states, probs = [], []
-                for k in range(period):
-                    f_key, g_key = _layer_keys(key, index * period + k)
-                    states.append(y2)
-                    out, _, pr = attend(k, fps[k], y2, f_key, attention_mask, None, return_probs=output_attentions)
-                    y1 = y1 + out.astype(y1.dtype)
-                    y2 = y2 + feed_forward(gps[k], y1, g_key).astype(y2.dtype)
-                    probs.append(pr)
-                return (y1, y2), (tuple(states), tuple(probs))
+            def plain_layer(k):
+                def layer(params, carry, *, key, cache, index):
+                    fp, gp = params
+                    y1, y2 = carry
+                    # The reversible stack's keys: F and G of layer l fold 0 and 1 into the layer's key.
+                    f_key, g_key = (None, None) if key is None else (jax.random.fold_in(key, 0),
+                                                                     jax.random.fold_in(key, 1))
+                    out, _, probs = attend(k, fp, y2, f_key, attention_mask, None, return_probs=output_attentions)
+                    new_y1 = y1 + out.astype(y1.dtype)
+                    new_y2 = y2 + feed_forward(gp, new_y1, g_key).astype(y2.dtype)
+                    # HF's hidden_states hold the second stream *before* each layer.
+                    return (new_y1, new_y2), (y2, probs), None
+                return layer
 
-            (y1, y2), (states, probs) = jax.lax.scan(group, (x, x), (f_params, g_params, jnp.arange(rows)))
-            layers = range(c.num_hidden_layers)
-            all_hidden = tuple(states[l % period][l // period] for l in layers) + (y2,) if output_hidden_states else None
-            all_probs = tuple(probs[l % period][l // period] for l in layers) if output_attentions else None
+            stack = scan_layers(tuple(plain_layer(k) for k in range(period)), tuple(zip(f_params, g_params)),
+                                (x, x), key=key, residuals=residuals, unroll=self.scan_unroll)
+            y1, y2 = stack.carry
+            all_hidden = tuple(state for state, _ in stack.outputs) + (y2,) if output_hidden_states else None
+            all_probs = tuple(probs for _, probs in stack.outputs) if output_attentions else None
 
         h = jnp.concatenate([y1, y2], axis=-1)
         h = LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="layer_norm")(h)
@@ -517,14 +522,26 @@ def init_reformer_cache(config: ReformerConfig, batch_size: int, max_length: int
 
 
 class ReformerModel(nn.Module):
-    """Bare Reformer: ``ReformerModelOutput`` with ``last_hidden_state [batch, length, 2 * hidden_size]``."""
+    """Bare Reformer: ``ReformerModelOutput`` with ``last_hidden_state [batch, length, 2 * hidden_size]``.
+
+    ``remat`` / ``scan_residuals`` / ``scan_unroll`` (``layers.stacked``, the knobs every family has) apply where
+    the layers run as a plain scan (when per-layer outputs are asked for); the training path is the reversible
+    stack, which keeps no per-layer activations at all. ``sequence_sharding``: local-attention layers run
+    sequence-parallel (``layers.local.LocalSelfAttention``); LSH layers sort over the whole length and are left to
+    the automatic partitioner.
+    """
 
     config: ReformerConfig
     dtype: Any = jnp.float32
+    remat: bool = False
+    scan_residuals: str = "all"
+    scan_unroll: int = 1
+    sequence_sharding: SequenceSharding | None = None
 
     def setup(self):
         self.embeddings = ReformerEmbeddings(self.config, self.dtype)
-        self.encoder = ReformerEncoder(self.config, self.dtype)
+        self.encoder = ReformerEncoder(self.config, self.dtype, remat=self.remat, scan_residuals=self.scan_residuals,
+                                       scan_unroll=self.scan_unroll, sequence_sharding=self.sequence_sharding)
 
     def init_cache(self, batch_size: int, max_length: int) -> dict:
         """Decoding cache (see ``jaxmodels.generation``); needs no params."""
@@ -616,8 +633,14 @@ class _DenseParams(nn.Module):
 
 
 class _ReformerHead(nn.Module):
+    """Fields every head passes to its ``ReformerModel`` (see there)."""
+
     config: ReformerConfig
     dtype: Any = jnp.float32
+    remat: bool = False
+    scan_residuals: str = "all"
+    scan_unroll: int = 1
+    sequence_sharding: SequenceSharding | None = None
 
     def init_cache(self, batch_size: int, max_length: int) -> dict:
         """Decoding cache (see ``jaxmodels.generation``); needs no params."""
@@ -625,7 +648,8 @@ class _ReformerHead(nn.Module):
 
     def _backbone(self, input_ids, attention_mask, position_ids, inputs_embeds, num_hashes, lsh_rotations,
                   deterministic, output_hidden_states, output_attentions, cache=None) -> ReformerModelOutput:
-        return ReformerModel(self.config, self.dtype, name="reformer")(
+        return ReformerModel(self.config, self.dtype, self.remat, self.scan_residuals, self.scan_unroll,
+                             self.sequence_sharding, name="reformer")(
             input_ids, attention_mask, position_ids, inputs_embeds, num_hashes, lsh_rotations, cache,
             deterministic=deterministic, output_hidden_states=output_hidden_states,
             output_attentions=output_attentions)

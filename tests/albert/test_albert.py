@@ -13,7 +13,7 @@ import pytest
 from jax.sharding import Mesh
 
 import jaxmodels
-from configs.axis_rules import DEFAULT_RULES
+from train.partitioning import DEFAULT_RULES
 from jaxmodels.albert import (
     AlbertConfig,
     AlbertForMaskedLM,
@@ -54,7 +54,7 @@ def test_golden_logical_axes():
     module = AlbertForMaskedLM(tiny(num_hidden_groups=1, inner_group_num=2))
     boxed = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), jnp.zeros((1, 4), jnp.int32)))["params"]
     specs = jax.tree.map(tuple, nn.get_partition_spec(boxed), is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
-    L, E, H, M, V, T = "layers", "embed", "heads", "mlp", "vocab", "length"
+    L, E, H, M, V, T = "layers", "embed", "heads", "mlp", "vocab", "positions"
     golden = {
         "albert": {
             "embeddings": {

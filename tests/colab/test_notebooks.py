@@ -60,6 +60,7 @@ def execute(name: str, tmp_path, env: dict[str, str]) -> tuple[list, str]:
         "JAX_PLATFORMS": "cpu",
         # The checkout under test first (an editable install predating a package would miss it).
         "PYTHONPATH": os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p),
+        "JAXMODELS_NOTEBOOK_REPO": ROOT,  # the checkout whose configs/ the notebook reads
         # Keep TFDS data, tokenizers and compiled programs out of the home directory.
         "TFDS_DATA_DIR": str(tmp_path / "tfds"),
         "XDG_CACHE_HOME": str(tmp_path / "cache"),

@@ -258,17 +258,28 @@ def _module(embed, ndim, **kw):
     return ema.MultiDimensionDampedEma(embed_dim=embed, ndim=ndim, **kw)
 
 
+def _module_layout(params: dict) -> dict:
+    """The functions' ``[D', N]`` params in the module's (HF's) layout: delta, alpha, beta carry a trailing 1."""
+    return {k: v[..., None] if k in ema.PARAM_NAMES[:3] else v for k, v in params.items()}
+
+
+def _function_layout(params: dict) -> dict:
+    return {k: v[..., 0] if k in ema.PARAM_NAMES[:3] else v for k, v in params.items()}
+
+
 def test_module_params_shapes_axes_and_init():
     module = _module(16, 8, bidirectional=True)
     x = jnp.zeros((1, 4, 16))
     boxed = jax.jit(module.init)(jax.random.PRNGKey(0), x)["params"]
     specs = nn.get_partition_spec(boxed)
     params = nn.unbox(boxed)
-    for name in ema.PARAM_NAMES[:4]:
-        assert params[name].shape == (32, 8) and params[name].dtype == jnp.float32
-        assert tuple(specs[name]) == (axes.EMBED, None)
+    for name in ema.PARAM_NAMES[:3]:  # HF's layout, so a checkpoint converts by name alone
+        assert params[name].shape == (32, 8, 1) and params[name].dtype == jnp.float32
+        assert tuple(specs[name]) == (axes.EMBED, None, None)
+    assert params["kernel_projection_matrix"].shape == (32, 8)
+    assert tuple(specs["kernel_projection_matrix"]) == (axes.EMBED, None)
     assert params["residual_weight"].shape == (16,) and tuple(specs["residual_weight"]) == (axes.EMBED,)
-    beta = np.asarray(params["ema_expansion_matrix"])
+    beta = np.asarray(params["ema_expansion_matrix"])[..., 0]
     # HF init: beta ~ N(+-1, 0.02) alternating along ndim; delta/alpha ~ N(0, 0.2).
     np.testing.assert_allclose(beta.mean(0), np.tile([1.0, -1.0], 4), atol=0.02)
     assert 0.1 < float(np.std(params["damping_factor"])) < 0.3
@@ -288,7 +299,7 @@ def test_module_prefill_then_step_decoding_equals_full_pass():
     params = nn.unbox(jax.jit(_CHUNKED.init)(jax.random.PRNGKey(1), x))
     full, no_state = _chunked_apply(params, x, mask)
     assert no_state is None
-    _assert_close(full, ema.damped_ema_reference(params["params"], x, mask))
+    _assert_close(full, ema.damped_ema_reference(_function_layout(params["params"]), x, mask))
     # Prefill four positions (chunked pass returning the state), then decode one at a time (the step path).
     prefix, state = _chunked_apply(params, x[:, :4], mask[:, :4], use_cache=True)
     outs = [prefix]
@@ -355,7 +366,7 @@ def test_parity_with_hf_incremental_decoding():
     x = rng.normal(size=(batch, length + 1, embed)).astype(np.float32)
     mask = np.asarray(_mask(rng, batch, length + 1, "random"))
     hf = _hf_module(embed, ndim, False, None, params)
-    variables = {"params": params}
+    variables = {"params": _module_layout(params)}
     with torch.no_grad():
         hf_prefix, hf_state = hf(torch.from_numpy(x[:, :length]).permute(1, 0, 2),
                                  attention_mask=torch.tensor(mask[:, :length]), use_cache=True)

@@ -1,7 +1,8 @@
-"""MEGA with sequence parallelism: under a mesh with a ``sequence`` axis the full-pass EMA runs through
-``sharded_damped_ema`` (length split over the mesh), giving the outputs and gradients of the unsharded model; the
-mesh is picked up from the context (``jax.set_mesh`` and the trainer's legacy ``with mesh:``); init, cached decoding
-and meshes without a sequence axis stay unsharded; a length the axis does not divide is refused."""
+"""MEGA with sequence parallelism: given ``sequence_sharding`` (a ``SequenceSharding`` over a mesh with a
+``sequence`` axis) the full-pass EMA runs through ``sharded_damped_ema`` (length split over the mesh), giving the
+outputs and gradients of the unsharded model, with or without a mesh in the context; a module without the field
+never shards, whatever mesh is in scope; init, cached decoding and a size-1 axis stay unsharded; a length the axis
+does not divide is refused."""
 
 from __future__ import annotations
 
@@ -16,9 +17,8 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from configs.axis_rules import DEFAULT_RULES
 from jaxmodels.mega import MegaConfig, MegaForCausalLM, MegaForMaskedLM
-from jaxmodels.mega.modeling import context_mesh, sequence_parallel_layout
+from layers.sequence_parallel import SequenceSharding
 
 OUT_TOL = 1e-5
 GRAD_TOL = 1e-4
@@ -28,7 +28,7 @@ BASE = dict(vocab_size=V, hidden_size=16, num_hidden_layers=2, intermediate_size
             shared_representation_size=8, nffn_hidden_size=20, max_positions=32, dropout_prob=0.0,
             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, nffn_activation_dropout_prob=0.0,
             pad_token_id=PAD)
-RULES_2D = (("batch", "data"), ("length", "sequence"))
+RULES_2D = (("act_batch", "data"), ("act_length", "sequence"))
 # Compiles dominate this file; LLVM's optimisation level changes how fast the tiny programs run, not the HLO
 # (collectives included) nor the arithmetic.
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
@@ -42,12 +42,14 @@ MODELS = {
 }
 MESH_2D = (("data", "sequence"), (2, 4))
 MESH_4D = (("data", "fsdp", "sequence", "tensor"), (2, 2, 2, 1))  # the trainer's axes; batch over data*fsdp
-# (model, mesh, rules, context): both mesh contexts JAX has (the trainer's `train.partitioning.activate` uses the
-# legacy `with mesh:`); on the trainer's mesh the batch axes (data, fsdp) are merged into one shard_map axis.
+TRAINER_RULES = (("act_batch", ("data", "fsdp")), ("act_length", "sequence"))
+# (model, mesh, batch axes, context): with no mesh in the context, and under the trainer's `jax.set_mesh` (with
+# its rules, so the modules' activation constraints apply too); on the trainer's mesh the batch axes (data, fsdp)
+# are merged into one shard_map axis.
 CASES = {
-    "causal-2x4-legacy": ("causal", MESH_2D, RULES_2D, "legacy"),
-    "bidirectional-2x4-set_mesh": ("bidirectional", MESH_2D, RULES_2D, "set_mesh"),
-    "causal-2x2x2-set_mesh-merged_batch": ("causal", MESH_4D, DEFAULT_RULES, "set_mesh"),
+    "causal-2x4-no_context": ("causal", MESH_2D, ("data",), None),
+    "bidirectional-2x4-set_mesh": ("bidirectional", MESH_2D, ("data",), RULES_2D),
+    "causal-2x2x2-set_mesh-merged_batch": ("causal", MESH_4D, ("data", "fsdp"), TRAINER_RULES),
 }
 
 
@@ -56,9 +58,11 @@ def _mesh(names, shape) -> Mesh:
 
 
 @contextlib.contextmanager
-def _in_scope(mesh: Mesh, rules, how: str):
-    scope = mesh if how == "legacy" else jax.set_mesh(mesh)
-    with scope, nn.logical_axis_rules(rules):
+def _in_scope(mesh: Mesh, rules):
+    if rules is None:
+        yield
+        return
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         yield
 
 
@@ -110,11 +114,11 @@ def _model(name: str):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_sharded_equals_unsharded(case):
-    name, (names, shape), rules, how = CASES[case]
+    name, (names, shape), batch_axes, rules = CASES[case]
     module, params, inputs, want = _model(name)
-    run = _loss_and_grads(module)
     mesh = _mesh(names, shape)
-    with _in_scope(mesh, rules, how):
+    run = _loss_and_grads(module.clone(sequence_sharding=SequenceSharding(mesh, "sequence", batch_axes)))
+    with _in_scope(mesh, rules):
         batch_axes = tuple(a for a in ("data", "fsdp") if a in names)
         seq = NamedSharding(mesh, P(batch_axes, "sequence"))
         args = (params, *(jax.device_put(a, seq) for a in inputs))
@@ -134,34 +138,36 @@ def test_sharded_equals_unsharded(case):
                  got[2], want[2])
 
 
-def test_layout_from_context():
-    # No mesh, or no (or a size-1) sequence axis: unsharded.
-    assert context_mesh() is None and sequence_parallel_layout(B, L) == (None, None)
-    with _mesh(("data",), (8,)):
-        assert sequence_parallel_layout(B, L) == (None, None)
-    with _mesh(("data", "sequence"), (8, 1)):
-        assert sequence_parallel_layout(B, L) == (None, None)
+def test_layout():
     mesh2d = _mesh(("data", "sequence"), (2, 4))
-    with jax.set_mesh(mesh2d), nn.logical_axis_rules(RULES_2D):
-        assert context_mesh() is mesh2d
-        assert sequence_parallel_layout(B, L) == (mesh2d, "data")
-        assert sequence_parallel_layout(3, L) == (mesh2d, None)  # batch not divisible: replicated in the shard_map
-        with pytest.raises(ValueError, match="'sequence' mesh axis size 4"):
-            sequence_parallel_layout(B, 10)
-    with mesh2d:  # legacy context, no rules: batch replicated
-        assert context_mesh() is mesh2d and sequence_parallel_layout(B, L) == (mesh2d, None)
+    assert SequenceSharding(mesh2d, "sequence", ("data",)).layout(B, L) == (mesh2d, "data")
+    assert SequenceSharding(mesh2d, "sequence", ("data",)).layout(3, L) == (mesh2d, None)  # batch replicated
+    assert SequenceSharding(mesh2d).layout(B, L) == (mesh2d, None)  # no batch axes: replicated in the shard_map
+    with pytest.raises(ValueError, match="'sequence' mesh axis size 4"):
+        SequenceSharding(mesh2d).layout(B, 10)
+    with pytest.raises(ValueError, match="batch_axes"):
+        SequenceSharding(mesh2d, "sequence", ("fsdp",))
+    with pytest.raises(ValueError, match="axis='length'"):
+        SequenceSharding(mesh2d, "length")
     # The trainer's mesh: data and fsdp merged into one axis over the same devices in the same order.
     mesh4d = _mesh(("data", "fsdp", "sequence", "tensor"), (2, 2, 2, 1))
-    with mesh4d, nn.logical_axis_rules(DEFAULT_RULES):
-        merged, axis = sequence_parallel_layout(B, L)
+    merged, axis = SequenceSharding(mesh4d, "sequence", ("data", "fsdp")).layout(B, L)
     assert axis == "data+fsdp" and merged.axis_names == ("data+fsdp", "sequence", "tensor")
     assert merged.shape["data+fsdp"] == 4 and list(merged.devices.flat) == list(mesh4d.devices.flat)
 
 
-def test_init_and_decoding_stay_unsharded_and_bad_length_is_refused():
-    module = MegaForCausalLM(MegaConfig(**BASE, is_decoder=True, bidirectional=False))
+def test_without_the_field_a_mesh_in_scope_changes_nothing():
+    module, params, inputs, _ = _model("causal")
     mesh = _mesh(("data", "sequence"), (2, 4))
-    with mesh, nn.logical_axis_rules(RULES_2D):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(RULES_2D):
+        assert "shard_map" not in str(jax.make_jaxpr(_loss_and_grads(module))(params, *inputs))
+
+
+def test_init_and_decoding_stay_unsharded_and_bad_length_is_refused():
+    mesh = _mesh(("data", "sequence"), (2, 4))
+    module = MegaForCausalLM(MegaConfig(**BASE, is_decoder=True, bidirectional=False),
+                             sequence_sharding=SequenceSharding(mesh, "sequence", ("data",)))
+    with jax.set_mesh(mesh), nn.logical_axis_rules(RULES_2D):
         # Init's dummy input has length 1, which 4 shards do not divide: init must stay unsharded.
         params = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32))["params"]
         cache = module.init_cache(B, 8)

@@ -11,14 +11,14 @@ import os
 import numpy as np
 import pytest
 
-from configs import tiny_albert_mlm
+from train.experiment import load_config
 from train import loop
 
 MESHES = ["data=8", "data=2,fsdp=2,tensor=2", "data=2,sequence=2,tensor=2"]
 
 
 def _config(mesh):
-    config = tiny_albert_mlm.get_config()
+    config = load_config(os.path.join(os.path.dirname(__file__), "..", "..", "configs", "tiny_albert_mlm.py"))
     config.mesh = mesh
     config.batch_size = 8          # divisible by the data x fsdp axes of every mesh above
     config.total_steps = 4

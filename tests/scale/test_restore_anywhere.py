@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import presets
+from jaxmodels.registry import preset
 from train import checkpoint as checkpoint_lib
 from train import optim, partitioning
 from train import state as state_lib
@@ -12,7 +12,7 @@ from train import state as state_lib
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    module = state_lib.build_model(dict(presets.MODELS["albert-tiny"]))
+    module = state_lib.build_model(preset("albert-tiny"))
     tx, _ = optim.build_optimizer("adamw", learning_rate=1e-3, total_steps=10)
     mesh = partitioning.make_mesh("data=2,fsdp=2,tensor=2")
     state, _ = state_lib.init_train_state(module, tx, jax.random.key(3, impl="rbg"), mesh)

@@ -20,9 +20,9 @@ TOPOLOGY = "v5e:2x2"
 
 
 def tiny_config():
-    from configs import tiny_albert_mlm
+    from train.experiment import load_config
 
-    config = tiny_albert_mlm.get_config()
+    config = load_config(TINY)
     config.batch_size = 32
     return config
 

@@ -1,7 +1,6 @@
 """Every experiment file in configs/ parses, validates and builds its model; bad keys and values name the key."""
 
 import glob
-import importlib
 import os
 
 import jax
@@ -9,6 +8,7 @@ import pytest
 
 import jaxmodels
 from train import experiment, optim
+from train.experiment import load_config
 from train import state as state_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -20,7 +20,7 @@ EXPERIMENTS = sorted(
 
 
 def _load(name):
-    return importlib.import_module(f"configs.{name}").get_config()
+    return load_config(os.path.join(ROOT, "configs", f"{name}.py"))
 
 
 def test_every_config_file_is_covered():

@@ -121,9 +121,9 @@ def test_registry_rejects_unknown_names_and_options():
 
 def test_albert_pretraining_objective_runs_on_the_real_model():
     import jaxmodels
-    from configs import presets
+    from jaxmodels.registry import preset
 
-    module = jaxmodels.from_config({**presets.MODELS["albert-tiny"], "architectures": ["AlbertForPreTraining"]})
+    module = jaxmodels.from_config({**preset("albert-tiny"), "architectures": ["AlbertForPreTraining"]})
     params = jaxmodels.init_params(module, jax.random.PRNGKey(0))
     batch = _batch(length=16, batch=2)
     loss, metrics = objectives.get_objective({"name": "mlm_sop", "max_predictions": 3})(

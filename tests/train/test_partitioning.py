@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from configs import presets
+from jaxmodels.registry import preset
 from train import optim, partitioning
 from train import state as state_lib
 
@@ -30,7 +30,7 @@ def test_bad_mesh_names_the_key(spec, message):
 
 
 def test_sharded_init_follows_logical_rules():
-    module = state_lib.build_model(dict(presets.MODELS["albert-tiny"]))
+    module = state_lib.build_model(preset("albert-tiny"))
     tx, _ = optim.build_optimizer("adamw", learning_rate=1e-3, total_steps=10)
     mesh = partitioning.make_mesh("data=2,fsdp=2,tensor=2")
     state, shardings = state_lib.init_train_state(module, tx, jax.random.key(0, impl="rbg"), mesh)
@@ -56,7 +56,7 @@ def test_activation_constraints_apply_under_activate():
 
     import jaxmodels
 
-    module = state_lib.build_model(dict(presets.MODELS["albert-tiny"]))
+    module = state_lib.build_model(preset("albert-tiny"))
     params = jax.eval_shape(lambda: jaxmodels.init_params(module, jax.random.key(0, impl="rbg")))
     ids = jax.ShapeDtypeStruct((8, 16), jnp.int32)
 

@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 
 import jaxmodels
-from configs import presets
+from jaxmodels.registry import preset
 from train import checkpoint, optim, partitioning
 from train import state as state_lib
 
 
 @pytest.fixture(scope="module")
 def setup():
-    module = state_lib.build_model(dict(presets.MODELS["albert-tiny"]))
+    module = state_lib.build_model(preset("albert-tiny"))
     tx, _ = optim.build_optimizer("lamb", learning_rate=1e-3, total_steps=10, grad_clip_norm=1.0)
     mesh = partitioning.make_mesh("data=-1", jax.devices()[:1])
     return module, tx, mesh
@@ -30,7 +30,7 @@ def test_init_from_hf_directory(setup, tmp_path):
 
 def test_init_from_mismatched_model_names_the_key(setup, tmp_path):
     module, tx, mesh = setup
-    other = state_lib.build_model({**presets.MODELS["albert-tiny"], "hidden_size": 32})
+    other = state_lib.build_model({**preset("albert-tiny"), "hidden_size": 32})
     jaxmodels.save_pretrained(other, jaxmodels.init_params(other, jax.random.PRNGKey(0)), str(tmp_path / "hf"))
     with pytest.raises(ValueError, match=r"config.init_from="):
         state_lib.init_train_state(module, tx, jax.random.key(0, impl="rbg"), mesh, init_from=str(tmp_path / "hf"))

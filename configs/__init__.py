@@ -1,1 +1,0 @@
-"""Experiment configs (one ``get_config()`` file each) and the logical-axis rules."""
