@@ -196,8 +196,9 @@ class SentencePieceVocab:
     """A `sentencepiece` model as the vocabulary of a `Tokenizer`.
 
     Args:
-        model_file: path of the SentencePiece model; `save` writes it back under the same base name
-            (`spiece.model`, `sentencepiece.model`, ...).
+        model_file: path of the SentencePiece model.
+        file_name: the name `save` writes it under; None keeps the model file's name when it is one transformers
+            reads (`spiece.model`, `sentencepiece.model`, `sentencepiece.bpe.model`), else `spiece.model`.
         pieces: the family's text hook, `(processor, text) -> pieces` for text holding no special token; None is plain
             `processor.encode(text, out_type=str)` (Reformer, RemBERT). It must pickle (a module-level function or a
             frozen dataclass instance); if it has a `config()` method, its entries go into `tokenizer_config.json`.
@@ -211,6 +212,7 @@ class SentencePieceVocab:
         self,
         model_file: str,
         *,
+        file_name: Optional[str] = None,
         pieces: Optional[Callable[[spm.SentencePieceProcessor, str], list[str]]] = None,
         special_decoding: str = "verbatim",
         sp_model_kwargs: Optional[Mapping[str, Any]] = None,
@@ -218,6 +220,10 @@ class SentencePieceVocab:
         if special_decoding not in ("verbatim", "spaced", "model"):
             raise ValueError(f"`special_decoding` must be 'verbatim', 'spaced' or 'model', got {special_decoding!r}.")
         self.model_file = os.fspath(model_file)
+        if file_name is None:
+            file_name = os.path.basename(self.model_file)
+            file_name = file_name if file_name in SENTENCEPIECE_FILE_NAMES else SENTENCEPIECE_FILE_NAMES[0]
+        self.file_name = file_name
         self.pieces = pieces
         self.special_decoding = special_decoding
         self.sp_model_kwargs = dict(sp_model_kwargs or {})
@@ -270,7 +276,7 @@ class SentencePieceVocab:
         return {**extra, "sp_model_kwargs": self.sp_model_kwargs}
 
     def save(self, directory: str) -> list[str]:
-        path = os.path.join(directory, os.path.basename(self.model_file))
+        path = os.path.join(directory, self.file_name)
         if os.path.isfile(self.model_file):
             if os.path.abspath(self.model_file) != os.path.abspath(path):
                 shutil.copyfile(self.model_file, path)
@@ -1364,8 +1370,8 @@ def _open_vocabulary(directory: str, saved: _SavedConfig, options: dict) -> tupl
     tokenizer_json = os.path.join(directory, TOKENIZER_JSON_FILE_NAME)
     if os.path.isfile(tokenizer_json):
         vocab = LibraryVocab.from_file(tokenizer_json)
-        model_kind = json.loads(vocab.tokenizer.model.to_str()).get("type", "")
-        return vocab, {"BPE": "bpe", "WordPiece": "wordpiece"}.get(model_kind, model_kind.lower() or "json")
+        model_kind = type(vocab.tokenizer.model).__name__  # BPE, WordPiece, Unigram, WordLevel
+        return vocab, {"BPE": "bpe", "WordPiece": "wordpiece"}.get(model_kind, model_kind.lower())
     raise ValueError(
         f"No tokenizer files in {directory!r}: looked for {' / '.join(SENTENCEPIECE_FILE_NAMES)}, "
         f"{' + '.join(BPE_FILE_NAMES)}, {WORDPIECE_FILE_NAME} and {TOKENIZER_JSON_FILE_NAME}."
@@ -1398,5 +1404,8 @@ def tokenizer_from_pretrained(directory: str):
         if model_type in registry.model_types():
             factory = registry.get(model_type).tokenizer
             if factory is not None:
-                return factory(directory)
+                try:
+                    return factory(directory)
+                except FileNotFoundError as error:  # one kind of error for "nothing usable here"
+                    raise ValueError(str(error)) from error
     return Tokenizer.from_pretrained(directory)

@@ -116,7 +116,8 @@ class AlbertTokenizer(Tokenizer):
         if not isinstance(vocab_file, (str, os.PathLike)) or not os.path.isfile(vocab_file):
             raise ValueError(f"`vocab_file` must be the path of a SentencePiece model file, got {vocab_file!r}.")
         text = AlbertText(bool(remove_space), bool(keep_accents), bool(do_lower_case))
-        vocab = SentencePieceVocab(vocab_file, pieces=text, special_decoding="spaced", sp_model_kwargs=sp_model_kwargs)
+        vocab = SentencePieceVocab(vocab_file, file_name=self.vocab_file_name, pieces=text, special_decoding="spaced",
+                                   sp_model_kwargs=sp_model_kwargs)
         mask_token = special_token(mask_token, "mask_token", lstrip=True)
         super().__init__(vocab, BERT, bos_token=bos_token, eos_token=eos_token, unk_token=unk_token,
                          sep_token=sep_token, pad_token=pad_token, cls_token=cls_token, mask_token=mask_token,

@@ -36,8 +36,8 @@ class ReformerTokenizer(Tokenizer):
                  sp_model_kwargs: dict | None = None, **options: Any):
         if not os.path.isfile(vocab_file):
             raise ValueError(f"vocab_file={vocab_file!r} is not a SentencePiece model file")
-        super().__init__(SentencePieceVocab(vocab_file, sp_model_kwargs=sp_model_kwargs), NONE, eos_token=eos_token,
-                         unk_token=unk_token, pad_token=pad_token,
+        vocab = SentencePieceVocab(vocab_file, file_name=self.vocab_file_name, sp_model_kwargs=sp_model_kwargs)
+        super().__init__(vocab, NONE, eos_token=eos_token, unk_token=unk_token, pad_token=pad_token,
                          additional_special_tokens=additional_special_tokens, tokenizer_class="ReformerTokenizer",
                          **options)
 
