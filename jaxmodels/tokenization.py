@@ -189,7 +189,14 @@ GPT2_SPECIAL_TOKENS = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Vocabularies: the libraries
+# Vocabularies: the libraries. Both answer the same few questions for `Tokenizer`:
+#   size                          tokens in the library's vocabulary (special tokens appended after it not counted)
+#   unknown_id                    id of a token the vocabulary lacks (None: the tokenizer's `unk_token`)
+#   lookup(token), to_token(id)   token <-> id within the vocabulary (None when absent)
+#   prepare(text)                 whole-text step before special tokens are cut out (RoBERTa's prefix space)
+#   tokenize(segments)            plain texts (no special token inside) -> their tokens, one list each
+#   detokenize(tokens, specials)  tokens -> text, as the family's slow `convert_tokens_to_string`
+#   config(), save(directory)     the `tokenizer_config.json` entries and the files of the vocabulary
 
 
 class SentencePieceVocab:
@@ -237,12 +244,8 @@ class SentencePieceVocab:
         return self.sp_model.GetPieceSize()
 
     def lookup(self, token: str) -> Optional[int]:
-        """Id of `token` when it is a piece of the model, else None."""
-        index = self.sp_model.PieceToId(token)
+        index = self.sp_model.PieceToId(token)  # unk's id for a string that is no piece
         return index if index != self.unknown_id or self.sp_model.IdToPiece(index) == token else None
-
-    def to_id(self, token: str) -> int:
-        return self.sp_model.PieceToId(token)
 
     def to_token(self, index: int) -> str:
         return self.sp_model.IdToPiece(index)
@@ -396,9 +399,6 @@ class LibraryVocab:
     def lookup(self, token: str) -> Optional[int]:
         return self.tokenizer.token_to_id(token)
 
-    def to_id(self, token: str) -> Optional[int]:
-        return self.tokenizer.token_to_id(token)
-
     def to_token(self, index: int) -> Optional[str]:
         return self.tokenizer.id_to_token(index)
 
@@ -549,7 +549,8 @@ class Tokenizer:
         self._special_pattern = re.compile("|".join(re.escape(c) for c in alternatives)) if alternatives else None
         # Lowercasing skips special tokens trying them in declaration order (transformers' regex), which differs
         # from the split above only when one special token is a prefix of another.
-        self._keep_case_pattern = re.compile("(" + "|".join(re.escape(c) for c in self._special_by_content) + ")")
+        self._keep_case_pattern = re.compile("(" + "|".join(re.escape(c) for c in self._special_by_content) + ")"
+                                             if self._special_by_content else "(?!)")
         # Additional special tokens outside the vocabulary are written apart, between spaces, when decoding
         # (transformers' "legacy added tokens").
         additional = {t.content for t in self._additional}
@@ -690,7 +691,7 @@ class Tokenizer:
         special = self._special_to_id.get(token)
         if special is not None:
             return special
-        index = self.vocab.to_id(token)
+        index = self.vocab.lookup(token)
         if index is None:
             index = self.vocab.unknown_id if self.vocab.unknown_id is not None else self.unk_token_id
         if index is None:
@@ -1211,14 +1212,15 @@ class Tokenizer:
                 f"{directory!r} holds a {kind} vocabulary for {saved.tokenizer_class or 'no named class'}: pass "
                 "`template=` (and the family's `vocab_options`), or load it through the family's tokenizer."
             )
-        class_defaults = {}
-        if defaults is not None:
-            class_defaults.update(defaults.special_tokens)
-            class_defaults["clean_up_tokenization_spaces"] = defaults.clean_up_tokenization_spaces
-        if kind in ("wordpiece", "sentencepiece"):
-            # The slow classes with this flag lowercase outside special tokens (WordPiece: BERT's default True).
-            class_defaults["do_lower_case"] = bool(saved.config.get("do_lower_case", kind == "wordpiece"))
-        kwargs = {"tokenizer_class": saved.tokenizer_class, **saved.constructor_kwargs((), class_defaults)}
+        class_defaults = {} if defaults is None else {
+            **defaults.special_tokens,
+            "do_lower_case": defaults.do_lower_case,
+            "clean_up_tokenization_spaces": defaults.clean_up_tokenization_spaces,
+        }
+        # Byte-level BPE classes have no lowercasing; the WordPiece and SentencePiece ones lowercase (when asked)
+        # outside special tokens before the vocabulary sees the text.
+        flags = () if kind == "bpe" else ("do_lower_case",)
+        kwargs = {"tokenizer_class": saved.tokenizer_class, **saved.constructor_kwargs(flags, class_defaults)}
         return saved.adopt_ids(cls(vocab, template, **{**kwargs, **overrides}))
 
     @classmethod
@@ -1261,13 +1263,14 @@ class _ClassDefaults:
 
     template: Template
     special_tokens: Mapping[str, Any]
+    do_lower_case: bool = False
     clean_up_tokenization_spaces: bool = False
 
 
 # Tokenizer classes no family owns: the shared tokenizer reproduces them with a template. Family classes are
 # found through the registry (`tokenizer_from_pretrained`).
 _GENERIC_CLASSES = {
-    "BertTokenizer": _ClassDefaults(BERT, BERT_SPECIAL_TOKENS, clean_up_tokenization_spaces=True),
+    "BertTokenizer": _ClassDefaults(BERT, BERT_SPECIAL_TOKENS, do_lower_case=True, clean_up_tokenization_spaces=True),
     "RobertaTokenizer": _ClassDefaults(ROBERTA, ROBERTA_SPECIAL_TOKENS),
     "GPT2Tokenizer": _ClassDefaults(NONE, GPT2_SPECIAL_TOKENS),
 }
@@ -1353,8 +1356,8 @@ def _open_vocabulary(directory: str, saved: _SavedConfig, options: dict) -> tupl
             return SentencePieceVocab(path, **options), "sentencepiece"
     vocab_json, merges = (os.path.join(directory, n) for n in BPE_FILE_NAMES)
     if os.path.isfile(vocab_json) and os.path.isfile(merges):
-        if config.get("errors", "replace") != "replace":
-            raise ValueError(f"{saved.path}: errors={config['errors']!r} is not supported (only 'replace').")
+        if config.get("errors", "replace") != "replace" or config.get("add_bos_token"):
+            raise ValueError(f"{saved.path}: errors other than 'replace' and GPT-2's add_bos_token are not supported.")
         options.setdefault("add_prefix_space", bool(config.get("add_prefix_space", False)))
         return LibraryVocab.byte_level_bpe(vocab_json, merges, **options), "bpe"
     vocab_txt = os.path.join(directory, WORDPIECE_FILE_NAME)

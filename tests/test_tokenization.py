@@ -6,7 +6,8 @@ CJK, emoji, punctuation, odd whitespace and control characters. Fuzz corpora dra
 special tokens mixed in (glued, spaced, lowercased), are then tokenized by both sides: tokens, ids, token types,
 attention masks, padding, truncation and decoding must be equal.
 
-- BPE: ours against `BartTokenizer`, `LongformerTokenizer`, `RobertaTokenizer` (also with `add_prefix_space`).
+- BPE: ours against `BartTokenizer`, `LongformerTokenizer`, `RobertaTokenizer` (also with `add_prefix_space`) and
+  `GPT2Tokenizer` (no template).
 - WordPiece: ours against `BertTokenizer` (lowercase or not, accents, Chinese characters) and `RealmTokenizer`.
 - SentencePiece: ours (BERT template, RemBERT's options) against `RemBertTokenizer` (slow).
 - Files: HF-saved directories load here; ours load in transformers; `tokenizer_from_pretrained` picks the class.
@@ -146,6 +147,8 @@ CASES = {
     "roberta": ("RobertaTokenizer", {}, Tokenizer.from_pretrained, _BPE_SPECIALS),
     "roberta_prefix_space": ("RobertaTokenizer", {"add_prefix_space": True}, Tokenizer.from_pretrained,
                              _BPE_SPECIALS),
+    # No special token added around sequences; <|endoftext|> is new (after the vocabulary).
+    "gpt2": ("GPT2Tokenizer", {}, Tokenizer.from_pretrained, _BPE_SPECIALS + ["<|endoftext|>", " <|endoftext|>"]),
     "bert_uncased": ("BertTokenizer", {}, Tokenizer.from_pretrained, _BERT_SPECIALS),
     "bert_cased": ("BertTokenizer", {"do_lower_case": False}, Tokenizer.from_pretrained, _BERT_SPECIALS),
     "bert_uncased_accents": ("BertTokenizer", {"strip_accents": False}, Tokenizer.from_pretrained, _BERT_SPECIALS),
@@ -166,7 +169,7 @@ CASES = {
 def _vocabulary_files(name, bpe_files, wordpiece_file, sentencepiece_file):
     """The files the transformers class of `CASES[name]` is built from."""
     class_name = CASES[name][0]
-    if class_name in ("BartTokenizer", "LongformerTokenizer", "RobertaTokenizer"):
+    if class_name in ("BartTokenizer", "LongformerTokenizer", "RobertaTokenizer", "GPT2Tokenizer"):
         return bpe_files
     return (wordpiece_file,) if class_name in ("BertTokenizer", "RealmTokenizer") else (sentencepiece_file,)
 
