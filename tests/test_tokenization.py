@@ -14,6 +14,7 @@ attention masks, padding, truncation and decoding must be equal.
 """
 
 import itertools
+import json
 import os
 import pickle
 import random
@@ -340,6 +341,7 @@ def test_save_pretrained_round_trips_and_loads_in_transformers(T, pairs, name, t
 def test_tokenizer_json_only_directory(T, bpe_files, tmp_path):
     """A fast tokenizer's directory without the slow files: `tokenizer.json` is read through the library."""
     T.RobertaTokenizerFast(*bpe_files).save_pretrained(str(tmp_path))
+    assert Tokenizer.from_pretrained(str(tmp_path)).vocab.kind == "bpe"  # the slow files win while they are there
     for name in ("vocab.json", "merges.txt"):
         os.remove(tmp_path / name)
     ours = Tokenizer.from_pretrained(str(tmp_path))
@@ -353,6 +355,21 @@ def test_tokenizer_json_only_directory(T, bpe_files, tmp_path):
     ours.save_pretrained(str(tmp_path / "again"))
     assert "tokenizer.json" in os.listdir(tmp_path / "again")
     assert Tokenizer.from_pretrained(str(tmp_path / "again")).encode(texts[0]) == hf.encode(texts[0])
+
+
+def test_older_directory_without_added_tokens_decoder(T, bpe_files, tmp_path):
+    """Before `added_tokens_decoder`, special_tokens_map.json held the tokens and their stripping rules."""
+    mask = T.AddedToken("<mask>", lstrip=False, rstrip=True)
+    T.RobertaTokenizer(*bpe_files, mask_token=mask, pad_token="<unk>").save_pretrained(str(tmp_path))
+    config_path = tmp_path / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config = {k: v for k, v in config.items() if k != "added_tokens_decoder" and not k.endswith("_token")}
+    config_path.write_text(json.dumps(config))
+    ours, hf = Tokenizer.from_pretrained(str(tmp_path)), T.RobertaTokenizer.from_pretrained(str(tmp_path))
+    assert ours.special_tokens["mask_token"] == SpecialToken("<mask>", rstrip=True)
+    assert ours.pad_token_id == hf.pad_token_id == ours.unk_token_id
+    for text in ["a <mask>   b", "a   <mask>b", "<mask> <mask>  x"] + _corpus(30, seed=9, specials=_BPE_SPECIALS):
+        assert ours(text) == dict(hf(text)), text
 
 
 def test_pickle_round_trip(pairs):
