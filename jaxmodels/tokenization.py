@@ -514,7 +514,7 @@ class Tokenizer:
             name: special_token(value, name) for name, value in given.items() if value is not None
         }
         self._additional = [special_token(t, "additional_special_tokens") for t in additional_special_tokens]
-        for item, _ in template.parts(pair=True):
+        for item, _ in template.parts(pair=False) + template.parts(pair=True):
             if item not in ("A", "B") and f"{item}_token" not in self._special:
                 raise ValueError(f"Template {template.name!r} needs `{item}_token`, which is None.")
         self._assign_ids({})
@@ -1200,9 +1200,14 @@ class Tokenizer:
             vocab_options: extra arguments of the vocabulary's builder, e.g. `{"nfc": False}` for REALM's WordPiece
                 or `{"special_decoding": "model"}` for RemBERT's SentencePiece.
             overrides: constructor arguments that win over the directory's config.
+
+        A family subclass (`AlbertTokenizer`) has its own template and vocabulary: it builds `cls(vocab file, **the
+        config's flags and special tokens, **overrides)`.
         """
         saved = _SavedConfig(directory)
         if cls.vocab_file_name is not None:
+            if template is not None or vocab_options is not None:
+                raise ValueError(f"{cls.__name__} has its own template and vocabulary; pass neither.")
             return cls._from_vocab_file(directory, saved, overrides)
         vocab, kind = _open_vocabulary(directory, saved, dict(vocab_options or {}))
         defaults = _GENERIC_CLASSES.get(saved.tokenizer_class) or _GENERIC_CLASSES.get(_CLASS_OF_KIND.get(kind))
