@@ -1,4 +1,6 @@
-"""MEGA family: config, modules for every HF head (encoder and decoder), checkpoint names, decoding cache."""
+"""MEGA family: config, modules for every HF head (encoder and decoder), checkpoint names, decoding cache, tokenizer."""
+
+import functools
 
 import jax.numpy as jnp
 
@@ -19,6 +21,7 @@ from jaxmodels.mega.modeling import (
     init_cache,
 )
 from jaxmodels.registry import Family
+from jaxmodels.tokenization import ROBERTA, Tokenizer
 
 
 def dummy_inputs(config: MegaConfig, architecture: str) -> dict:
@@ -39,6 +42,8 @@ def check_training_length(config: MegaConfig, length: int) -> None:
 FAMILY = Family(
     model_type="mega", config_class=MegaConfig, architectures=ARCHITECTURES, default_architecture="MegaModel",
     base_model_prefix=BASE_MODEL_PREFIX, key_fn=key_fn, dummy_inputs=dummy_inputs, tied_keys=TIED_KEYS,
+    # MEGA's checkpoints (mnaylor/mega-*) ship RoBERTa's byte-level BPE tokenizer.
+    tokenizer=functools.partial(Tokenizer.from_pretrained, template=ROBERTA),
     check_training_length=check_training_length, sequence_parallel=True,
 )
 
