@@ -4,6 +4,7 @@
     out = module.apply({"params": params}, input_ids=ids, attention_mask=mask, deterministic=True)
     jaxmodels.save_pretrained(module, params, "out_dir")                  # HF from_pretrained loads it
     hf_tensors = jaxmodels.params_to_hf(module, grads)                    # {hf_name: np.ndarray}
+    tokenizer = jaxmodels.tokenizer_from_pretrained("path/to/hf_dir")      # the family's tokenizer
 
 Each family describes itself with one ``jaxmodels.registry.Family`` record (its ``FAMILY``); the class is chosen
 from ``model_type`` + ``architectures[0]``. Families are imported lazily, so using one never imports the others.
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 
 from jaxmodels import hf_io, registry
 from jaxmodels.registry import Family
+from jaxmodels.tokenization import tokenizer_from_pretrained
 
 
 def family(model_type: str) -> Family:
@@ -96,5 +98,5 @@ def save_pretrained(module: nn.Module, params: dict, path: str) -> None:
     hf_io.save_directory(path, config, params_to_hf(module, params))
 
 
-__all__ = ["Family", "from_pretrained", "from_config", "save_pretrained", "params_to_hf", "init_params",
+__all__ = ["Family", "tokenizer_from_pretrained", "from_pretrained", "from_config", "save_pretrained", "params_to_hf", "init_params",
            "abstract_params", "family"]
