@@ -1,5 +1,5 @@
-"""Scale-only normalisations of MEGA: ScaleNorm, RMSNorm (correct, plus HF's buggy variant behind a flag), and an
-inference-time BatchNorm over the feature axis. All compute in fp32 and return ``dtype``.
+"""Scale-only normalisations of MEGA: ScaleNorm and RMSNorm (correct, plus HF's buggy variant behind a flag). Both
+compute in fp32 and return ``dtype``.
 
     scale_norm(x)  = s * x * rsqrt(mean(x^2) + eps)            s: one scalar, param ``scalar [1]`` (HF name)
     rms_norm(x)    = w * x * rsqrt(mean(x^2) + eps)            w: ``[d]``, param ``weight`` (HF name ``weight``)
@@ -10,8 +10,8 @@ it normalises nothing. Models trained with ``normalization_type="rmsnorm"`` in `
 identity-times-weight layer, so loading such a checkpoint needs the same function; everything else should use the
 correct form. The flag exists only for that purpose and must be asked for explicitly.
 
-BatchNorm (``batch_norm``) normalises each feature by running statistics: ``(x - mean) * rsqrt(var + eps) * w + b``.
-Only the inference form is provided (torch's eval mode); training-time batch statistics would need mutable state.
+MEGA's batch norms (``normalization_type="batchnorm"``) are not provided: they need mutable running statistics,
+and ``MegaConfig`` refuses them.
 """
 
 from __future__ import annotations
@@ -48,18 +48,6 @@ def rms_norm(x: Array, weight: Array | None, *, epsilon: float, hf_identity_bug:
     x = x.astype(jnp.float32)
     y = x if hf_identity_bug else x * jax.lax.rsqrt(_mean_square(x) + epsilon)
     return y if weight is None else y * weight.astype(jnp.float32)
-
-
-def batch_norm(x: Array, mean: Array, var: Array, weight: Array | None, bias: Array | None, *,
-               epsilon: float) -> Array:
-    """Inference BatchNorm over the last axis: ``x [..., d]``, running ``mean``/``var [d]`` -> ``[..., d]`` fp32."""
-    x = x.astype(jnp.float32)
-    y = (x - mean.astype(jnp.float32)) * jax.lax.rsqrt(var.astype(jnp.float32) + epsilon)
-    if weight is not None:
-        y = y * weight.astype(jnp.float32)
-    if bias is not None:
-        y = y + bias.astype(jnp.float32)
-    return y
 
 
 def scale_norm_reference(x, scalar, *, epsilon):

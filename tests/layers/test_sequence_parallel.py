@@ -205,6 +205,37 @@ def test_two_dimensional_mesh_with_batch_axis_and_no_mask():
     assert out_ema.sharding.spec == P("data", "sequence")
 
 
+def test_sharded_attention_dropout_is_the_unsharded_mask():
+    """Dropout hashes each probability's global index, so every shard draws its block of the unsharded mask: equal
+    values and gradients, with the batch split over a second axis too (the mask offsets of both axes)."""
+    mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ("data", "sequence"))
+    rng = np.random.default_rng(7)
+    query, key, value = (_normal(rng, BATCH, LENGTH, HEADS, HEAD_DIM) for _ in range(3))
+    mask = jnp.asarray(rng.random((BATCH, LENGTH)) < 0.9, jnp.int32)
+    dropout_key = jax.random.PRNGKey(11)
+    options = dict(chunk_length=4, num_chunks_before=1, num_chunks_after=1, causal=False, dropout_rate=0.3,
+                   dropout_rng=dropout_key, deterministic=False, attention_mask=mask, return_probs=True)
+
+    def run(fn):
+        def loss(q, k, v):
+            out, probs = fn(q, k, v, **options)
+            return jnp.sum(out * value) + jnp.sum(probs), (out, probs)
+
+        return jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True), compiler_options=FAST_COMPILE)(
+            query, key, value)
+
+    (grads, (out, probs)) = run(functools.partial(sharded_local_attention, mesh=mesh, batch_axis="data"))
+    (want_grads, (want_out, want_probs)) = run(local_attention)
+    assert float(jnp.mean(want_probs == 0)) > 0.2  # dropout really acted
+    _assert_close(probs, want_probs, what="probs")
+    _assert_close(out, want_out, what="out")
+    _assert_close(grads, want_grads, what="grads")
+    # Another key, another mask: the key really drives the sharded mask.
+    other = sharded_local_attention(query, key, value, mesh=mesh, batch_axis="data",
+                                    **{**options, "dropout_rng": jax.random.PRNGKey(12)})[1]
+    assert not np.allclose(np.asarray(other), np.asarray(want_probs))
+
+
 @pytest.mark.parametrize("call, match", [
     (lambda m, x, q: sharded_damped_ema(_ema_params(np.random.default_rng(0), False, "normal"), x[:, :30], mesh=m),
      "length: 30 must be a multiple"),
