@@ -16,7 +16,7 @@ from layers import axes
 from layers.activations import get_activation
 from layers.dense import Dense
 from layers.norms import LayerNorm
-from layers.vocab_loss import projected_cross_entropy
+from layers.vocab_loss import masked_lm_loss
 
 Array = jax.Array
 
@@ -68,7 +68,7 @@ class MaskedLMHead(nn.Module):
         logits = logits + bias.astype(self.dtype)
         loss = None
         if labels is not None:
-            loss = projected_cross_entropy(h, kernel, bias, labels, chunk=self.loss_chunk)
+            loss = masked_lm_loss(self, h, kernel, bias, labels, chunk=self.loss_chunk)
         return logits, loss
 
 

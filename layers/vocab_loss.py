@@ -15,6 +15,11 @@ in the backward. This primitive gives the same loss and gradients while:
 The model's ``logits`` output is computed separately by the head; in a training step that only reads ``loss``,
 XLA drops it. ``projected_cross_entropy_reference`` is the slow twin: the plain formula, by autodiff.
 
+With ``with_accuracy`` the same loop also counts the labelled rows whose arg-max logit is the label, so a training
+job reports masked-LM accuracy without the full logits either. A head that computes its loss with
+:func:`masked_lm_loss` sows the loss and that accuracy into its ``intermediates`` as ``mlm_loss`` /
+``mlm_accuracy``, which ``train.objectives`` reports.
+
 Shapes: ``h [b, l, e]``, ``kernel [e, vocab]``, ``bias [vocab]``, ``labels [b, l]`` int -> scalar.
 """
 
@@ -39,11 +44,13 @@ def projected_cross_entropy_reference(h: Array, kernel: Array, bias: Array, labe
 
 
 def projected_cross_entropy(h: Array, kernel: Array, bias: Array, labels: Array, *,
-                            ignore_index: int = IGNORE_INDEX, chunk: int = 32) -> Array:
+                            ignore_index: int = IGNORE_INDEX, chunk: int = 32, with_accuracy: bool = False):
     """Mean cross-entropy of ``h @ kernel + bias`` over labels != ``ignore_index`` (torch semantics).
 
     ``chunk`` is how many positions per example one loop step projects. All labels ignored gives NaN (0/0), as
     torch does. The logits are formed in ``h.dtype`` and normalised in float32, as the unfused head + loss do.
+    ``with_accuracy``: returns ``(loss, accuracy)``, accuracy the fraction of labelled rows whose arg-max logit
+    (first on ties, as ``jnp.argmax``) is the label; it carries no gradient.
     """
     if h.ndim != 3 or labels.shape != h.shape[:2]:
         raise ValueError(f"h must be [batch, length, embed] and labels [batch, length]; got {h.shape} and {labels.shape}")
@@ -51,7 +58,18 @@ def projected_cross_entropy(h: Array, kernel: Array, bias: Array, labels: Array,
         raise ValueError(f"kernel must be [embed={h.shape[-1]}, vocab={bias.shape[0]}], got {kernel.shape}")
     if chunk < 1:
         raise ValueError(f"chunk must be positive, got {chunk}")
-    return _projected_ce(h, kernel, bias, labels, ignore_index, min(chunk, h.shape[1]))
+    loss, accuracy = _projected_ce(h, kernel, bias, labels, ignore_index, min(chunk, h.shape[1]))
+    return (loss, accuracy) if with_accuracy else loss
+
+
+def masked_lm_loss(module, h: Array, kernel: Array, bias: Array, labels: Array, *, chunk: int = 32) -> Array:
+    """A masked-LM head's loss (:func:`projected_cross_entropy`); the loss and its accuracy are sown into
+    ``module``'s ``intermediates`` as ``mlm_loss`` and ``mlm_accuracy`` (free unless the caller asks for that
+    collection)."""
+    loss, accuracy = projected_cross_entropy(h, kernel, bias, labels, chunk=chunk, with_accuracy=True)
+    module.sow("intermediates", "mlm_loss", loss)
+    module.sow("intermediates", "mlm_accuracy", accuracy)
+    return loss
 
 
 def _sorted_rows(h, labels, ignore_index, chunk):
@@ -82,7 +100,7 @@ def _forward(h, kernel, bias, labels, ignore_index, chunk):
     b, padded = ls.shape
 
     def body(i, carry):
-        total, lse_all = carry
+        total, correct, lse_all = carry
         start = i * chunk
         _, x = _chunk_logits(hs, kernel, bias, start, chunk)
         lse = jax.nn.logsumexp(x, axis=-1)  # [b, chunk]
@@ -90,11 +108,13 @@ def _forward(h, kernel, bias, labels, ignore_index, chunk):
         picked = jnp.take_along_axis(x, lab[..., None], axis=-1)[..., 0]
         ok = jax.lax.dynamic_slice_in_dim(row_valid, start, chunk, axis=1)
         total = total + jnp.sum(jnp.where(ok, lse - picked, 0.0))
-        return total, jax.lax.dynamic_update_slice_in_dim(lse_all, lse, start, axis=1)
+        correct = correct + jnp.sum(ok & (jnp.argmax(x, axis=-1) == lab))
+        return total, correct, jax.lax.dynamic_update_slice_in_dim(lse_all, lse, start, axis=1)
 
-    total, lse_all = jax.lax.fori_loop(0, steps, body, (jnp.zeros((), jnp.float32), jnp.zeros((b, padded), jnp.float32)))
+    init = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), jnp.zeros((b, padded), jnp.float32))
+    total, correct, lse_all = jax.lax.fori_loop(0, steps, body, init)
     count = jnp.sum(counts).astype(jnp.float32)
-    return total / count, (order, count, hs, ls, row_valid, steps, lse_all)
+    return (total / count, correct / count), (order, count, hs, ls, row_valid, steps, lse_all)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(4, 5))
@@ -107,8 +127,9 @@ def _projected_ce_fwd(h, kernel, bias, labels, ignore_index, chunk):
     return loss, (h, kernel, bias, labels, order, count, hs, ls, row_valid, steps, lse_all)
 
 
-def _projected_ce_bwd(ignore_index, chunk, res, g):
+def _projected_ce_bwd(ignore_index, chunk, res, cotangents):
     h, kernel, bias, labels, order, count, hs, ls, row_valid, steps, lse_all = res
+    g, _ = cotangents  # the accuracy is a count: no gradient
     scale = g / count
     classes = jnp.arange(bias.shape[0], dtype=ls.dtype)
 

@@ -116,7 +116,8 @@ def frame_single(batch: Mapping[str, Array]) -> dict[str, Array]:
     col = lambda v: jnp.full((b, 1), v, ids.dtype)
     input_ids = jnp.concatenate([col(CLS_ID), ids[:, :-2], col(SEP_ID)], axis=1)
     valid = jnp.concatenate([col(1), (seg[:, :-2] > 0).astype(ids.dtype), col(1)], axis=1)
-    return {"input_ids": input_ids, "attention_mask": valid, "token_type_ids": jnp.zeros_like(input_ids)}
+    # No token types: one segment is type 0, every model's default, and some models have no token-type table.
+    return {"input_ids": input_ids, "attention_mask": valid}
 
 
 def frame_sentence_order(batch: Mapping[str, Array], rng: Array) -> dict[str, Array]:
@@ -146,7 +147,9 @@ def frame_sentence_order(batch: Mapping[str, Array], rng: Array) -> dict[str, Ar
             "token_type_ids": token_type, "sentence_order_label": swap.astype(jnp.int32)}
 
 
-def _apply(module, params, inputs: Mapping[str, Array], rng: Array, deterministic: bool):
+def _apply(module, params, inputs: Mapping[str, Array], rng: Array, deterministic: bool, *, metrics: bool = False):
+    """``module.apply`` with the run's PRNG streams; with ``metrics`` also the scalars the heads sowed into
+    ``intermediates`` (``mlm_loss``, ``mlm_accuracy``, ``sop_accuracy``, ...) as a flat ``{name: value}``."""
     # Dropout, plus the streams the family draws from in a forward pass (Reformer's "lsh" hashing rotations, drawn
     # afresh each step as HF draws them on every forward).
     from jaxmodels import registry
@@ -155,7 +158,39 @@ def _apply(module, params, inputs: Mapping[str, Array], rng: Array, deterministi
     extra = registry.get(model_type).rng_streams if model_type in registry.model_types() else ()
     streams = ("dropout",) + extra
     rngs = {name: jax.random.fold_in(rng, i) for i, name in enumerate(streams)}
-    return module.apply({"params": params}, **inputs, deterministic=deterministic, rngs=rngs)
+    if not metrics:
+        return module.apply({"params": params}, **inputs, deterministic=deterministic, rngs=rngs)
+    out, state = module.apply({"params": params}, **inputs, deterministic=deterministic, rngs=rngs,
+                              mutable=["intermediates"])
+    sown = {}
+    for path, value in jax.tree_util.tree_flatten_with_path(state.get("intermediates", {}))[0]:
+        name = next(k.key for k in reversed(path) if isinstance(k, jax.tree_util.DictKey))
+        sown[name] = value  # sow keeps a tuple per call; a head sows each name once
+    return out, sown
+
+
+def masked_lm_forward(module, params, inputs: Mapping[str, Array], labels: Array, rng: Array,
+                      deterministic: bool, **extra_inputs) -> tuple[Any, Array, dict]:
+    """Runs a masked-LM head *with* its labels, so the model computes the loss its own way: the heads project only
+    the labelled rows (``layers.vocab_loss``) and sow ``mlm_accuracy`` from the same rows, and a step that reads
+    only the loss never forms the ``[batch, length, vocab]`` logits.
+
+    Returns ``(output, loss, metrics)``. A batch without a single label (all padding) has loss 0, not torch's
+    0/0: one label is put in for the computation and its loss multiplied by zero, so gradients stay finite.
+    Heads that sow no accuracy get it from their logits.
+    """
+    labelled = labels != IGNORE_INDEX
+    any_label = jnp.any(labelled)
+    first = jnp.where(any_label, labels[0, 0], inputs["input_ids"][0, 0])
+    out, sown = _apply(module, params, {**inputs, **extra_inputs, "labels": labels.at[0, 0].set(first)}, rng,
+                       deterministic, metrics=True)
+    loss = jnp.where(any_label, out.loss, 0.0)
+    if "mlm_accuracy" not in sown:
+        logits = getattr(out, "prediction_logits", None)
+        logits = out.logits if logits is None else logits
+        sown["mlm_accuracy"] = masked_mean_cross_entropy(logits, labels)[1]
+    metrics = {k: jnp.where(any_label, v, 0.0) if k.startswith("mlm_") else v for k, v in sown.items()}
+    return out, loss, metrics
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -184,9 +219,8 @@ class MaskedLM:
     def __call__(self, module, params, batch, rng, *, deterministic: bool):
         k_mask, k_model = jax.random.split(rng)
         inputs, labels = self.corrupt(frame_single(batch), k_mask, module.config.vocab_size)
-        out = _apply(module, params, inputs, k_model, deterministic)
-        loss, accuracy = masked_mean_cross_entropy(out.logits, labels)
-        return loss, {"loss": loss, "mlm_accuracy": accuracy}
+        _, loss, metrics = masked_lm_forward(module, params, inputs, labels, k_model, deterministic)
+        return loss, {"loss": loss, "mlm_accuracy": metrics["mlm_accuracy"]}
 
 
 @register("mlm_sop")
@@ -199,18 +233,13 @@ class MaskedLMSentenceOrder(MaskedLM):
         inputs = frame_sentence_order(batch, k_pair)
         order = inputs.pop("sentence_order_label")
         inputs, labels = self.corrupt(inputs, k_mask, module.config.vocab_size)
-        out = _apply(module, params, inputs, k_model, deterministic)
-        if getattr(out, "sop_logits", None) is None:
-            raise ValueError(f"config.objective.name='mlm_sop' needs a model with sentence-order logits "
+        out, loss, metrics = masked_lm_forward(module, params, inputs, labels, k_model, deterministic,
+                                               sentence_order_label=order)
+        if getattr(out, "sop_logits", None) is None or "sop_loss" not in metrics:
+            raise ValueError(f"config.objective.name='mlm_sop' needs a model with a sentence-order head "
                              f"(AlbertForPreTraining); {type(module).__name__} has none")
-        # HF names the MLM logits `prediction_logits` on the pretraining output.
-        mlm_logits = getattr(out, "prediction_logits", None)
-        mlm_logits = out.logits if mlm_logits is None else mlm_logits
-        mlm_loss, mlm_accuracy = masked_mean_cross_entropy(mlm_logits, labels)
-        sop_loss, sop_accuracy = masked_mean_cross_entropy(out.sop_logits.reshape(-1, 2), order)
-        loss = mlm_loss + sop_loss
-        return loss, {"loss": loss, "mlm_loss": mlm_loss, "mlm_accuracy": mlm_accuracy, "sop_loss": sop_loss,
-                      "sop_accuracy": sop_accuracy}
+        return loss, {"loss": loss, **{k: metrics[k] for k in ("mlm_loss", "mlm_accuracy", "sop_loss",
+                                                                 "sop_accuracy")}}
 
 
 @register("causal_lm")

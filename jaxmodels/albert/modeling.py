@@ -454,7 +454,12 @@ class AlbertForPreTraining(_AlbertHead):
         loss_sop_logits = sop_logits if capacity is None else sop(albert.pool(loss_states), deterministic)
         loss = None
         if with_loss:
-            loss = mlm_loss + cross_entropy(loss_sop_logits.reshape(-1, 2), sentence_order_label.reshape(-1))
+            sop_logits_flat, order = loss_sop_logits.reshape(-1, 2), sentence_order_label.reshape(-1)
+            sop_loss = cross_entropy(sop_logits_flat, order)
+            loss = mlm_loss + sop_loss
+            # For a training job's metrics (read from "intermediates"; the MLM head sows its own).
+            self.sow("intermediates", "sop_loss", sop_loss)
+            self.sow("intermediates", "sop_accuracy", jnp.mean(jnp.argmax(sop_logits_flat, -1) == order))
         return AlbertForPreTrainingOutput(logits, sop_logits, loss, out.hidden_states, out.attentions)
 
 

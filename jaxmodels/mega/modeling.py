@@ -69,6 +69,7 @@ from layers.relative_bias import rotary_relative_bias, simple_relative_bias
 from layers.scale_norm import RMSNorm, ScaleNorm
 from layers.sequence_parallel import SequenceSharding
 from layers.stacked import check_scan_unroll, init_stacked, resolve_residuals, scan_layers
+from layers.vocab_loss import masked_lm_loss
 
 Array = jax.Array
 
@@ -520,14 +521,18 @@ class _MegaHead(nn.Module):
         return MegaModel(self.config, self.dtype, add_pooling_layer, self.ema_algorithm, self.remat,
                          self.scan_residuals, self.scan_unroll, self.sequence_sharding, name="mega")
 
-    def _lm_logits(self, mega: MegaModel, h: Array, head_name: str) -> Array:
-        """Optional ``dense`` + tanh, then the tied vocabulary projection plus ``<head_name>.bias``."""
+    def _lm_head(self, mega: MegaModel, h: Array, head_name: str) -> tuple[Array, Array, Array]:
+        """Optional ``dense`` + tanh, then the tied vocabulary projection plus ``<head_name>.bias``: returns
+        ``(states, kernel [D, vocab], bias)``, the logits being ``states @ kernel + bias``."""
         c = self.config
         if c.add_lm_hidden_dense_layer:
             h = jnp.tanh(Dense(c.hidden_size, (axes.EMBED, axes.MLP), dtype=self.dtype,
                                kernel_init=nn.initializers.normal(c.initializer_range), name="dense")(h))
-        table = mega.word_embedding_table().astype(self.dtype)
-        return jnp.matmul(h, table.T) + _Bias(c.vocab_size, name=head_name)().astype(self.dtype)
+        return h, mega.word_embedding_table().T, _Bias(c.vocab_size, name=head_name)()
+
+    def _lm_logits(self, mega: MegaModel, h: Array, head_name: str) -> Array:
+        h, kernel, bias = self._lm_head(mega, h, head_name)
+        return jnp.matmul(h, kernel.astype(self.dtype)) + bias.astype(self.dtype)
 
     def _dense(self, features: int, name: str) -> Dense:
         return Dense(features, (axes.EMBED, axes.MLP), dtype=self.dtype,
@@ -567,8 +572,10 @@ class MegaForMaskedLM(_MegaHead):
         mega = self._backbone()
         out = mega(input_ids, attention_mask, token_type_ids, inputs_embeds, deterministic=deterministic,
                    output_attentions=output_attentions, output_hidden_states=output_hidden_states)
-        logits = self._lm_logits(mega, out.last_hidden_state, "mlm_head")
-        loss = None if labels is None else cross_entropy(logits, labels)
+        h, kernel, bias = self._lm_head(mega, out.last_hidden_state, "mlm_head")
+        logits = jnp.matmul(h, kernel.astype(self.dtype)) + bias.astype(self.dtype)
+        # The loss projects the labelled rows only (layers.vocab_loss): a loss-only step never forms the logits.
+        loss = None if labels is None else masked_lm_loss(self, h, kernel, bias, labels)
         return MaskedLMOutput(logits, loss, out.hidden_states, out.attentions)
 
 

@@ -66,6 +66,7 @@ from layers.norms import LayerNorm, layer_norm
 from layers.reversible import reversible_stack
 from layers.sequence_parallel import SequenceSharding
 from layers.stacked import check_scan_unroll, init_stacked, resolve_residuals, scan_layers
+from layers.vocab_loss import masked_lm_loss
 
 Array = jax.Array
 
@@ -608,14 +609,19 @@ class ReformerOnlyLMHead(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, h, chunked: bool = True):
+    def __call__(self, h, chunked: bool = True, labels=None):
+        """``logits [b, l, vocab]``; with masked-LM ``labels [b, l]`` also the loss, projected at the labelled rows
+        only (``layers.vocab_loss``): ``(logits, loss)``."""
         c = self.config
         kernel = _DenseParams(c.vocab_size, 2 * c.hidden_size, (axes.EMBED, axes.VOCAB), _normal(c),
                               name="decoder")()
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes.VOCAB,)),
                           (c.vocab_size,))
-        return chunked_apply(lambda t: dense(t, kernel, bias, dtype=self.dtype), h,
-                             chunk_size=c.chunk_size_lm_head if chunked else 0, axis=1)
+        logits = chunked_apply(lambda t: dense(t, kernel, bias, dtype=self.dtype), h,
+                               chunk_size=c.chunk_size_lm_head if chunked else 0, axis=1)
+        if labels is None:
+            return logits
+        return logits, masked_lm_loss(self, h.astype(self.dtype), kernel, bias, labels)
 
 
 class _DenseParams(nn.Module):
@@ -696,8 +702,9 @@ class ReformerForMaskedLM(_ReformerHead):
                              "(is_decoder=False)")
         out = self._backbone(input_ids, attention_mask, position_ids, inputs_embeds, num_hashes, lsh_rotations,
                              deterministic, output_hidden_states, output_attentions)
-        logits = ReformerOnlyLMHead(c, self.dtype, name="lm_head")(out.last_hidden_state)
-        loss = None if labels is None else cross_entropy(logits, labels)
+        head = ReformerOnlyLMHead(c, self.dtype, name="lm_head")
+        logits, loss = (head(out.last_hidden_state), None) if labels is None else \
+            head(out.last_hidden_state, labels=labels)
         return MaskedLMOutput(logits=logits, loss=loss, hidden_states=out.hidden_states, attentions=out.attentions)
 
 

@@ -84,3 +84,21 @@ def test_bad_shapes_are_refused_by_name():
         projected_cross_entropy(h, kernel[:, :-1], bias, labels)
     with pytest.raises(ValueError, match="chunk"):
         projected_cross_entropy(h, kernel, bias, labels, chunk=0)
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 10**6), st.sampled_from([1, 4, 32]), st.floats(0.05, 1.0))
+def test_accuracy_is_the_argmax_of_the_full_logits_at_the_labels(seed, chunk, keep):
+    h, kernel, bias, labels = _problem(seed, keep=keep)
+    logits = np.asarray(jnp.matmul(h, kernel) + bias)
+    valid = np.asarray(labels) != -100
+    # A label that is its row's arg-max, so both outcomes occur.
+    labels = np.where(valid, np.asarray(labels), -100)
+    labels[0, -1] = int(logits[0, -1].argmax())
+    want = float(np.mean(logits.argmax(-1)[labels != -100] == labels[labels != -100]))
+    loss, accuracy = projected_cross_entropy(h, kernel, bias, jnp.asarray(labels), chunk=chunk, with_accuracy=True)
+    assert float(accuracy) == pytest.approx(want)
+    assert float(loss) == pytest.approx(float(projected_cross_entropy(h, kernel, bias, jnp.asarray(labels))))
+    # No gradient flows through the accuracy (it is a count).
+    grad = jax.grad(lambda h: projected_cross_entropy(h, kernel, bias, jnp.asarray(labels), with_accuracy=True)[1])(h)
+    assert not np.any(np.asarray(grad))

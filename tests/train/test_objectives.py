@@ -131,3 +131,83 @@ def test_albert_pretraining_objective_runs_on_the_real_model():
     assert np.isfinite(float(loss))
     assert float(loss) == pytest.approx(float(metrics["mlm_loss"] + metrics["sop_loss"]), rel=1e-6)
     assert float(metrics["sop_loss"]) == pytest.approx(np.log(2), abs=0.2)  # untrained: a coin flip
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The masked-LM objective runs the models' labelled-rows loss: same loss, accuracy and gradients as the
+# full-logits formula, for every family with a masked-LM head, and a step that never forms the logits.
+_MLM_MODELS = {
+    "albert": {"model_type": "albert", "architectures": ["AlbertForMaskedLM"], "vocab_size": 300,
+               "embedding_size": 16, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+               "intermediate_size": 48, "max_position_embeddings": 32, "hidden_dropout_prob": 0.0,
+               "attention_probs_dropout_prob": 0.0},
+    "reformer": {"model_type": "reformer", "architectures": ["ReformerForMaskedLM"], "vocab_size": 300,
+                 "hidden_size": 16, "num_attention_heads": 2, "attention_head_size": 8, "feed_forward_size": 24,
+                 "attn_layers": ["local", "local"], "local_attn_chunk_length": 8, "axial_pos_embds": False,
+                 "max_position_embeddings": 32, "hidden_dropout_prob": 0.0,
+                 "local_attention_probs_dropout_prob": 0.0},
+    "mega": {"model_type": "mega", "architectures": ["MegaForMaskedLM"], "vocab_size": 300, "hidden_size": 16,
+             "num_hidden_layers": 2, "intermediate_size": 24, "ema_projection_size": 4,
+             "shared_representation_size": 8, "nffn_hidden_size": 20, "max_positions": 32, "dropout_prob": 0.0,
+             "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "nffn_activation_dropout_prob": 0.0},
+}
+
+
+def _full_logits_twin(objective, module, params, batch, rng):
+    """The objective's formula on the full [batch, length, vocab] logits (what it computed before)."""
+    k_mask, k_model = jax.random.split(rng)
+    inputs, labels = objective.corrupt(objectives.frame_single(batch), k_mask, module.config.vocab_size)
+    out = objectives._apply(module, params, inputs, k_model, True)
+    return objectives.masked_mean_cross_entropy(out.logits, labels)
+
+
+@pytest.mark.parametrize("family", sorted(_MLM_MODELS))
+def test_mlm_objective_equals_the_full_logits_formula(family):
+    import jaxmodels
+
+    module = jaxmodels.from_config(_MLM_MODELS[family])
+    params = jaxmodels.init_params(module, jax.random.PRNGKey(1))
+    params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(2), p.shape), params)
+    rows = np.random.RandomState(0).randint(objectives.FIRST_ORDINARY_ID, 300, (4, 32)).astype(np.int32)
+    segments = np.ones_like(rows)
+    segments[1, 20:] = 0  # padding in one row
+    batch = {"inputs": jnp.asarray(rows * segments), "segment_ids": jnp.asarray(segments),
+             "positions": jnp.zeros_like(jnp.asarray(rows))}
+    objective = objectives.get_objective({"name": "mlm", "mask_prob": 0.3, "max_predictions": 10})
+    rng = jax.random.key(3)
+
+    (loss, metrics), grads = jax.value_and_grad(
+        lambda p: objective(module, p, batch, rng, deterministic=True), has_aux=True)(params)
+    (want, want_accuracy), want_grads = jax.value_and_grad(
+        lambda p: _full_logits_twin(objective, module, p, batch, rng), has_aux=True)(params)
+    np.testing.assert_allclose(float(loss), float(want), rtol=1e-5)
+    assert float(metrics["mlm_accuracy"]) == pytest.approx(float(want_accuracy))
+    # Relative to the largest gradient: some leaves (a key bias) are zero in exact arithmetic, rounding noise here.
+    scale = max(float(np.abs(w).max()) for w in jax.tree.leaves(want_grads))
+    jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6 * scale), grads, want_grads)
+
+
+def test_mlm_objective_step_never_forms_the_logits_and_survives_an_empty_batch():
+    import jaxmodels
+
+    # The loss loop projects 32 positions per example at a time: rows twice that long show the difference.
+    config = {**_MLM_MODELS["albert"], "vocab_size": 4000, "max_position_embeddings": 64}
+    module = jaxmodels.from_config(config)
+    params = jaxmodels.init_params(module, jax.random.PRNGKey(1))
+    batch = _batch(length=64, batch=4)
+    objective = objectives.get_objective({"name": "mlm", "mask_prob": 0.15, "max_predictions": 4})
+    rng = jax.random.key(0)
+
+    def program(loss_fn):
+        return jax.jit(jax.grad(lambda p: loss_fn(p)[0])).lower(params).compile().as_text()
+
+    logits = "f32[4,64,4000]"  # [batch, length, vocab]: what the full formula materialises
+    assert logits in program(lambda p: _full_logits_twin(objective, module, p, batch, rng))
+    assert logits not in program(lambda p: objective(module, p, batch, rng, deterministic=True))
+
+    # All padding: no label anywhere. The loss is 0 and the gradients finite (torch semantics would give 0/0).
+    empty = {k: jnp.zeros_like(v) for k, v in batch.items()}
+    (loss, metrics), grads = jax.value_and_grad(
+        lambda p: objective(module, p, empty, rng, deterministic=True), has_aux=True)(params)
+    assert float(loss) == 0.0 and float(metrics["mlm_accuracy"]) == 0.0
+    assert all(np.isfinite(np.asarray(g)).all() and not np.any(np.asarray(g)) for g in jax.tree.leaves(grads))
