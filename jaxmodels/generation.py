@@ -8,8 +8,9 @@ Protocol a decoder head module implements (Reformer does; BART, MEGA, RemBERT fo
   ``t`` tokens after those already in the cache and returns the head's usual output (with ``logits [B, t, V]``)
   plus a ``cache`` field holding the updated cache (``None`` when called without a cache).
 
-``generate`` prefills the whole prompt in one call, then runs single-token steps in a ``lax.while_loop`` that
-stops early once every row has emitted ``eos_token_id``; rows that finished emit ``pad_token_id``.
+``generate`` prefills the whole prompt in one call (with the prompt's ``attention_mask``, so left-padded prompts
+decode as their unpadded selves), then runs single-token steps in a ``lax.while_loop`` that stops early once
+every row has emitted ``eos_token_id``; rows that finished emit ``pad_token_id``.
 
     out = generate(module, params, prompt_ids, max_new_tokens=32)                               # greedy
     out = generate(module, params, prompt_ids, max_new_tokens=32, do_sample=True, top_p=0.9,
@@ -72,10 +73,11 @@ def _build(module, batch: int, prompt_len: int, max_new_tokens: int, do_sample: 
            top_k: int, top_p: float, eos_token_id: int | None, pad_token_id: int):
     total = prompt_len + max_new_tokens
 
-    def run(params, input_ids, rng, model_kwargs):
+    def run(params, input_ids, attention_mask, rng, model_kwargs):
         variables = {"params": params}
         cache = module.apply(variables, batch, total, method="init_cache")
-        out = module.apply(variables, input_ids=input_ids, cache=cache, **model_kwargs)
+        prompt_mask = {} if attention_mask is None else {"attention_mask": attention_mask}
+        out = module.apply(variables, input_ids=input_ids, cache=cache, **prompt_mask, **model_kwargs)
         tokens = jnp.full((batch, total), pad_token_id, jnp.int32).at[:, :prompt_len].set(input_ids.astype(jnp.int32))
 
         def cond(state):
@@ -108,14 +110,19 @@ def _build_cached(*args):
 
 def generate(module, params: Any, input_ids: Array, *, max_new_tokens: int, do_sample: bool = False,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, rng: Array | None = None,
-             eos_token_id: int | None = None, pad_token_id: int = 0, **model_kwargs) -> Array:
+             eos_token_id: int | None = None, pad_token_id: int = 0, attention_mask: Array | None = None,
+             **model_kwargs) -> Array:
     """Decodes ``max_new_tokens`` after ``input_ids [batch, prompt]``; returns ``[batch, prompt + max_new_tokens]``.
 
-    ``model_kwargs`` (arrays, e.g. Reformer's ``lsh_rotations``) are passed to every model call. Compiled functions
-    are reused across calls with the same module, shapes and decoding options.
+    ``attention_mask [batch, prompt]`` (1 = token) marks prompt padding (left-pad prompts of unequal length); the
+    generated tokens are real. ``model_kwargs`` (arrays, e.g. Reformer's ``lsh_rotations``) are passed to every
+    model call. Compiled functions are reused across calls with the same module, shapes and decoding options.
     """
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must have shape [batch, prompt_length], got {tuple(input_ids.shape)}")
+    if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; it must match input_ids "
+                         f"{tuple(input_ids.shape)}")
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens!r}: must be a positive int")
     if do_sample and rng is None:
@@ -129,4 +136,4 @@ def generate(module, params: Any, input_ids: Array, *, max_new_tokens: int, do_s
         fn = _build_cached(*args)
     except TypeError:  # an unhashable module (e.g. a config holding a dict): compile for this call only
         fn = _build(*args)
-    return fn(params, input_ids, rng if do_sample else None, model_kwargs)
+    return fn(params, input_ids, attention_mask, rng if do_sample else None, model_kwargs)
