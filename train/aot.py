@@ -12,7 +12,8 @@ optimizer, mesh, logical-axis rules, shardings and donation), so a config that f
 
 Topologies are `<generation>:<chips per dimension>` as libtpu names them (`v5e:4x4`, `v6e:2x2`, `v4:2x2x1`,
 `v5p:2x2x2`) or a Cloud TPU slice name (`v5e-16`, `v5litepod-16`, `v6e-4`, `v4-8`, `v5p-8`). Exit status: 0
-when the step fits, 1 when it does not (the figures are still printed), 2 on a bad flag, config or topology.
+when the step fits, 1 when it does not (the figures are still printed), 2 on a bad flag, config or topology, or
+when libtpu is not installed.
 Nothing here touches the network: libtpu is told the (absent) machine's type instead of asking a metadata
 server for it.
 """
@@ -162,7 +163,8 @@ def topology_devices(topology: Topology | str) -> list:
     try:
         import libtpu  # noqa: F401 - only to fail with the fix rather than jax's generic message
     except ImportError:
-        raise RuntimeError("train.aot needs libtpu to compile for TPUs: pip install -e '.[tpu]'") from None
+        # A setup problem of the user's (exit status 2), not a step that does not fit (1).
+        raise ValueError("train.aot needs libtpu to compile for TPUs: pip install -e '.[tpu]'") from None
     _quiet_libtpu(topology)
     import jax
     from jax.experimental import topologies

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmodels.albert.config import AlbertConfig
-from jaxmodels.input_checks import check_range
+from jaxmodels.input_checks import check_array, check_nonempty
 from jaxmodels.outputs import (
     BaseModelOutputWithPooling,
     MaskedLMOutput,
@@ -34,6 +34,7 @@ from jaxmodels.outputs import (
 from layers import axes
 from layers.activations import get_activation
 from layers.attention import gather_rows, padding_mask, self_attention_block
+from layers.checks import check_range
 from layers.dense import Dense
 from layers.dropout import Dropout
 from layers.embeddings import TokenEmbeddings
@@ -62,6 +63,11 @@ def validate_inputs(config: AlbertConfig, input_ids, attention_mask, token_type_
 
     ``rank`` is 2 for ``[batch, length]`` inputs and 3 for multiple choice ``[batch, choices, length]``.
     """
+    check_array("input_ids", input_ids)
+    check_array("attention_mask", attention_mask)
+    check_array("token_type_ids", token_type_ids)
+    check_array("position_ids", position_ids)
+    check_array("inputs_embeds", inputs_embeds)
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("pass exactly one of input_ids or inputs_embeds")
     if input_ids is not None:
@@ -82,6 +88,7 @@ def validate_inputs(config: AlbertConfig, input_ids, attention_mask, token_type_
             raise ValueError(f"{name} has shape {tuple(x.shape)} but input_ids has shape {shape}; they must match")
     if position_ids is not None and tuple(position_ids.shape) not in (shape, (1,) + shape[1:], shape[-1:]):
         raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}; expected {shape} or {(1,) + shape[1:]}")
+    check_nonempty("input_ids" if input_ids is not None else "inputs_embeds", shape)
     length = shape[-1]
     if length > config.max_position_embeddings:
         raise ValueError(
@@ -398,6 +405,10 @@ class _AlbertHead(nn.Module):
         first, so a pooler on it pools position 0); the labels are permuted as those rows are.
         """
         head = self._mlm_head()
+        vocab = self.config.vocab_size
+        # Checked here, in the caller's order: the selected-rows path permutes the labels before the loss sees them.
+        check_range("labels", labels, vocab, f"token ids must be in [0, vocab_size={vocab}) or {IGNORE_INDEX} "
+                    "(ignored)", ignore=IGNORE_INDEX)
         if capacity is None:
             out = albert(*args, **kwargs)
             logits, loss = head(out.last_hidden_state, albert.word_embedding_table(), labels)

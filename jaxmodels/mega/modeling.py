@@ -46,7 +46,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmodels.input_checks import check_range
+from jaxmodels.input_checks import check_array, check_nonempty, check_range
 from jaxmodels.mega.config import NORM_EPS, MegaConfig
 from jaxmodels.outputs import (
     MaskedLMOutput,
@@ -118,6 +118,10 @@ class CausalLMOutput:
 def validate_inputs(config: MegaConfig, input_ids, attention_mask, token_type_ids, inputs_embeds, *, rank: int = 2,
                     cached: bool = False) -> None:
     """Raises ValueError naming the argument when inputs cannot be run by a model with ``config``."""
+    check_array("input_ids", input_ids)
+    check_array("attention_mask", attention_mask)
+    check_array("token_type_ids", token_type_ids)
+    check_array("inputs_embeds", inputs_embeds)
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("pass exactly one of input_ids or inputs_embeds")
     if input_ids is not None:
@@ -134,9 +138,8 @@ def validate_inputs(config: MegaConfig, input_ids, attention_mask, token_type_id
     for name, x in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
         if x is not None and tuple(x.shape) != shape:
             raise ValueError(f"{name} has shape {tuple(x.shape)} but input_ids has shape {shape}; they must match")
+    check_nonempty("input_ids" if input_ids is not None else "inputs_embeds", shape)
     length = shape[-1]
-    if length == 0:
-        raise ValueError("input_ids must have length >= 1")
     if token_type_ids is not None and not config.add_token_type_embeddings:
         raise ValueError("token_type_ids given but config.add_token_type_embeddings=False (no token type table)")
     if not cached:

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmodels.input_checks import check_range
+from jaxmodels.input_checks import check_array, check_nonempty, check_range
 from jaxmodels.outputs import (
     MaskedLMOutput,
     QuestionAnsweringModelOutput,
@@ -105,6 +105,10 @@ def validate_inputs(config: ReformerConfig, input_ids, attention_mask, position_
                     training: bool) -> tuple[int, int]:
     """Raises ValueError naming the argument or config field; returns ``(batch, length)``."""
     c = config
+    check_array("input_ids", input_ids)
+    check_array("attention_mask", attention_mask)
+    check_array("position_ids", position_ids)
+    check_array("inputs_embeds", inputs_embeds)
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("pass exactly one of input_ids or inputs_embeds")
     if input_ids is not None:
@@ -123,6 +127,7 @@ def validate_inputs(config: ReformerConfig, input_ids, attention_mask, position_
         raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has shape {shape}")
     if position_ids is not None and tuple(position_ids.shape) not in (shape, (1, shape[1])):
         raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}; expected {shape} or {(1, shape[1])}")
+    check_nonempty("input_ids" if input_ids is not None else "inputs_embeds", shape)
     length = shape[1]
     if length > c.max_position_embeddings:
         raise ValueError(f"sequence length {length} exceeds max_position_embeddings={c.max_position_embeddings}")
