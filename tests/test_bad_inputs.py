@@ -183,7 +183,8 @@ def test_classification_labels_are_checked(name, labels, rule):
 
 @pytest.mark.parametrize("problem,labels,rule", [
     (None, [0, -5], r"labels: class ids must be in \[0, 2\).*got -5 at index \[1\]"),
-X
+    # Float labels mean multi-label (HF's rule): one target per label, so [batch] floats are the wrong shape.
+    (None, [0.0, 1.0], r"labels: shape \(2,\) does not match the logits \(2, 2\) \(multi-label"),
     ("multi_label_classification", [[0.0, 2.0], [1.0, 0.0]], r"labels: multi-label targets must be in \[0, 1\]"),
     ("multi_label_classification", [[0.0, 1.0, 0.0]], r"labels: shape \(1, 3\) does not match the logits"),
     ("regression", [[0.5, 1.0, 2.0]], r"labels: shape \(1, 3\) does not match the predictions"),
