@@ -201,10 +201,10 @@ def main():
         print("  done", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
 
     def t(v):
-        return "-" if v is None else f"{v * 1e3:9.1f}"
+        return f"{'-':>9}" if v is None else f"{v * 1e3:9.1f}"  # padded: a skipped cell keeps the columns
 
     def m(v):
-        return "-" if v is None or v != v else f"{v / 2**20:9.1f}"
+        return f"{'-':>9}" if v is None or v != v else f"{v / 2**20:9.1f}"
 
     def ratio(a, b):
         return "-" if a is None or b is None else f"{a / b:6.2f}x"
