@@ -44,12 +44,14 @@ _HOST_MEMORY = flags.DEFINE_enum(
 
 
 def _config_path(argv: list[str]) -> str:
+    """The `--config` file of `argv` (the last one given, as absl takes it), or the quickstart's."""
+    path = os.path.join(_CONFIGS, "quickstart.py")
     for i, arg in enumerate(argv):
         if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
-        if arg == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
-    return os.path.join(_CONFIGS, "quickstart.py")
+            path = arg.split("=", 1)[1]
+        elif arg == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+    return path
 
 
 def check_override_keys(argv: list[str]) -> str | None:
