@@ -170,4 +170,7 @@ def format_summary(summary: dict) -> str:
 
 
 if __name__ == "__main__":
+    from train.platform import skip_absent_tpu
+
+    skip_absent_tpu()  # before anything imports jax
     app.run(main, flags_parser=parse_flags)

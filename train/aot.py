@@ -134,27 +134,15 @@ def _quiet_libtpu(topology: Topology) -> None:
     it initialises. It also takes /tmp/libtpu_lockfile, which any other process that loaded libtpu (a jax
     program run without JAX_PLATFORMS=cpu) may hold; compiling needs no chip, so let several load it.
     A real TPU VM keeps its own settings."""
-    if _tpu_chips_attached():
+    from train.platform import tpu_chips_attached
+
+    if tpu_chips_attached():
         return
     per = 2 if topology.chip.slice_counts_cores else 1
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", f"{topology.chip.slice_prefix}-{topology.num_chips * per}")
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-
-
-def _tpu_chips_attached() -> bool:
-    """Whether this host has TPU chips: a PCI device of Google's vendor id (0x1ae0), as libtpu itself looks for."""
-    import glob
-
-    for vendor in glob.glob("/sys/bus/pci/devices/*/vendor"):
-        try:
-            with open(vendor) as f:
-                if f.read().strip().lower() == "0x1ae0":
-                    return True
-        except OSError:
-            continue
-    return False
 
 
 def topology_devices(topology: Topology | str) -> list:
