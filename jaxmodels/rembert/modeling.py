@@ -35,7 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmodels.input_checks import check_range
+from jaxmodels.input_checks import check_token_inputs
 from jaxmodels.outputs import (
     MaskedLMOutput,
     MultipleChoiceModelOutput,
@@ -96,34 +96,16 @@ def validate_inputs(config: RemBertConfig, input_ids, attention_mask, token_type
     ``rank`` is 2 for ``[batch, length]`` inputs and 3 for multiple choice ``[batch, choices, length]``.
     """
     c = config
-    if (input_ids is None) == (inputs_embeds is None):
-        raise ValueError("pass exactly one of input_ids or inputs_embeds")
-    if input_ids is not None:
-        shape = tuple(input_ids.shape)
-        if len(shape) != rank:
-            raise ValueError(f"input_ids must have rank {rank}, got shape {shape}")
-        if not jnp.issubdtype(input_ids.dtype, jnp.integer):
-            raise ValueError(f"input_ids must be integer, got {input_ids.dtype}")
-    else:
-        shape = tuple(inputs_embeds.shape[:-1])
-        if len(shape) != rank or inputs_embeds.shape[-1] != c.input_embedding_size:
-            raise ValueError(
-                f"inputs_embeds must have shape [{'batch, choices' if rank == 3 else 'batch'}, length, "
-                f"input_embedding_size={c.input_embedding_size}], got {tuple(inputs_embeds.shape)}")
-    for name, x in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
-        if x is not None and tuple(x.shape) != shape:
-            raise ValueError(f"{name} has shape {tuple(x.shape)} but input_ids has shape {shape}; they must match")
-    if position_ids is not None and tuple(position_ids.shape) not in (shape, (1,) + shape[1:], shape[-1:]):
-        raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}; expected {shape} or {(1,) + shape[1:]}")
-    length = shape[-1]
-    if length < 1:
+    shape = check_token_inputs(
+        input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, rank=rank,
+        embedding_field="input_embedding_size", embedding_size=c.input_embedding_size, vocab_size=c.vocab_size,
+        type_vocab_size=c.type_vocab_size, max_position_embeddings=c.max_position_embeddings)
+    if shape[-1] < 1:
         raise ValueError("input_ids must have length >= 1")
-    if length > c.max_position_embeddings:
-        raise ValueError(f"sequence length {length} exceeds max_position_embeddings={c.max_position_embeddings}")
     if cache is not None:
         if not c.is_decoder:
             raise ValueError("cache given but config.is_decoder=False (only a causal decoder decodes)")
-        if tuple(cache.mask.shape[:1]) != shape[:1] or length > cache.mask.shape[1]:
+        if tuple(cache.mask.shape[:1]) != shape[:1] or shape[-1] > cache.mask.shape[1]:
             raise ValueError(f"cache holds {cache.mask.shape[1]} slots for batch {cache.mask.shape[0]}; input_ids "
                              f"has shape {shape}")
     if encoder_hidden_states is not None:
@@ -139,11 +121,6 @@ def validate_inputs(config: RemBertConfig, input_ids, attention_mask, token_type
                              f"[batch, source_length] = {enc[:2]}")
     elif encoder_attention_mask is not None:
         raise ValueError("encoder_attention_mask given without encoder_hidden_states")
-    check_range("input_ids", input_ids, c.vocab_size, f"ids must be in [0, vocab_size={c.vocab_size})")
-    check_range("token_type_ids", token_type_ids, c.type_vocab_size,
-                f"token types must be in [0, type_vocab_size={c.type_vocab_size})")
-    check_range("position_ids", position_ids, c.max_position_embeddings,
-                f"positions must be in [0, max_position_embeddings={c.max_position_embeddings})")
 
 
 def check_labels(name: str, labels, input_ids, inputs_embeds) -> None:
