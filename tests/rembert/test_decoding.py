@@ -1,6 +1,6 @@
 """RemBertForCausalLM decoding through the static cache: prefill then one token at a time equals the full pass
 (ours and HF's) at every position, with and without cross-attention; greedy ``jaxmodels.generation.generate``
-equals HF's greedy ``generate`` token for token (one prompt, and a batch of two)."""
+equals HF's greedy ``generate`` token for token (one prompt, and a batch of two, also cross-attending)."""
 
 from __future__ import annotations
 
@@ -49,17 +49,25 @@ def test_cached_decoding_equals_the_full_pass(cfg):
     assert_close(cached, theirs, 1e-5, "cached vs HF full pass")
 
 
-@pytest.mark.parametrize("batch", [1, 2])
-def test_greedy_generate_equals_hf(batch):
+@pytest.mark.parametrize("batch,cfg", [(1, PLAIN), (2, PLAIN), (2, CROSS)], ids=["1", "2", "2-cross-attention"])
+def test_greedy_generate_equals_hf(batch, cfg):
+    """Encoder states go to every call, as generate passes its model kwargs; the cache keeps the first ones."""
     torch = require_torch()
-    hf_model, module, params = build_pair("RemBertForCausalLM", PLAIN)
-    prompt = np.random.RandomState(batch).randint(3, BASE["vocab_size"], (batch, PROMPT))
+    hf_model, module, params = build_pair("RemBertForCausalLM", cfg)
+    rng = np.random.RandomState(batch)
+    prompt = rng.randint(3, BASE["vocab_size"], (batch, PROMPT))
+    enc = {}
+    if cfg["add_cross_attention"]:
+        enc = dict(encoder_hidden_states=rng.randn(batch, 5, BASE["hidden_size"]).astype(np.float32),
+                   encoder_attention_mask=(np.arange(5) < np.array([[5], [3]])).astype(np.int64))
     new = SLOTS - PROMPT
     ours = np.asarray(generate(module, params, jnp.asarray(prompt), max_new_tokens=new,
-                               eos_token_id=PLAIN["eos_token_id"], pad_token_id=PLAIN["pad_token_id"]))
+                               eos_token_id=cfg["eos_token_id"], pad_token_id=cfg["pad_token_id"],
+                               **{k: jnp.asarray(v) for k, v in enc.items()}))
     theirs = hf_model.generate(torch.tensor(prompt), attention_mask=torch.ones(prompt.shape, dtype=torch.long),
-                               max_new_tokens=new, do_sample=False).numpy()
+                               max_new_tokens=new, do_sample=False,
+                               **{k: torch.tensor(v) for k, v in enc.items()}).numpy()
     # HF stops once every row has emitted eos; the rest is padding in ours.
-    theirs = np.pad(theirs, ((0, 0), (0, ours.shape[1] - theirs.shape[1])), constant_values=PLAIN["pad_token_id"])
+    theirs = np.pad(theirs, ((0, 0), (0, ours.shape[1] - theirs.shape[1])), constant_values=cfg["pad_token_id"])
     np.testing.assert_array_equal(ours, theirs)
     assert len(set(ours[0, PROMPT:].tolist())) > 1  # a non-trivial continuation
