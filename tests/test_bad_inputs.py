@@ -34,6 +34,12 @@ FAMILIES = {
                     axial_pos_embds=False, max_position_embeddings=16, is_decoder=False),
         mlm="ReformerForMaskedLM", cls="ReformerForSequenceClassification", bool_field="axial_pos_embds",
         int_field="hidden_size", float_field="layer_norm_eps", act_field="hidden_act"),
+    "rembert": dict(
+        config=dict(model_type="rembert", vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                    input_embedding_size=8, output_embedding_size=12, intermediate_size=24,
+                    max_position_embeddings=16),
+        mlm="RemBertForMaskedLM", cls="RemBertForSequenceClassification", bool_field="is_decoder",
+        int_field="hidden_size", float_field="layer_norm_eps", act_field="hidden_act"),
     "mega": dict(
         config=dict(model_type="mega", vocab_size=40, hidden_size=8, num_hidden_layers=1, intermediate_size=12,
                     ema_projection_size=2, shared_representation_size=4, nffn_hidden_size=12, max_positions=16),
