@@ -21,6 +21,10 @@ BASE = dict(vocab_size=V, hidden_size=16, retriever_proj_size=8, num_hidden_laye
             searcher_beam_size=4, pad_token_id=0, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 BLOCKS = [b"the cat sat on the mat", b"paris is the capital of france", b"the dog is big", b"a red river",
           b"the small blue city", b"where is paris", b"the green house is red"]
+QUESTIONS = ["where is paris", "who is the cat", "what is the big red tree"]
+# Blocks "the cat sat on the mat" (0), "paris is the capital of france" (1) and "where is paris" (5) are made the
+# best matches of these questions, in the order 1, 0, 5: the reader's top 2 hold the first two answers.
+_BLOCK_PULL = [4.0, 5.0, 0.0, 0.0, 0.0, 3.0, 0.0]
 # Made once per process and reused by every test: HF builds and saves take most of a small test.
 _ROOT = tempfile.TemporaryDirectory(prefix="realm_cases_")
 
@@ -48,7 +52,8 @@ def hf_tokenizer():
 @functools.cache
 def pair(cls: str, config_items: tuple = ()):
     """``(hf_model, saved_dir, module, params)`` for HF class ``cls`` on ``BASE`` + ``config_items``; HF weights
-    random (seeded), ``block_emb`` of RealmForOpenQA ``randn(7, 8)`` (generator seed 4), HF in eval mode."""
+    random (seeded), ``block_emb`` of RealmForOpenQA ``0.3 randn(7, 8)`` (generator seed 4) pulled towards the
+    questions by ``_BLOCK_PULL``, HF in eval mode."""
     torch = require_torch()
     import transformers
 
@@ -64,8 +69,11 @@ def pair(cls: str, config_items: tuple = ()):
     model.eval()
     randomize_(model, seed=1, std=0.3)
     if cls == "RealmForOpenQA":
+        tok, _ = hf_tokenizer()
         with torch.no_grad():
-            model.block_emb.copy_(torch.randn(7, 8, generator=torch.Generator().manual_seed(4)))
+            question = model.embedder(**tok(QUESTIONS, padding=True, return_tensors="pt")).projected_score.mean(0)
+            noise = torch.randn(7, 8, generator=torch.Generator().manual_seed(4)) * 0.3
+            model.block_emb.copy_(noise + torch.tensor(_BLOCK_PULL)[:, None] * question / question.dot(question))
     path = os.path.join(_ROOT.name, f"{cls}-{abs(hash(config_items))}")
     # HF can save only the embedder and the knowledge-augmented encoder as safetensors (shared tensors elsewhere).
     model.save_pretrained(path, safe_serialization=cls in ("RealmEmbedder", "RealmKnowledgeAugEncoder"))
