@@ -56,7 +56,7 @@ def _load_array(path: str) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as error:
-        if "allow_pickle" in str(error) or "Object arrays" in str(error):
+        if any(s in str(error) for s in ("allow_pickle", "Object arrays", "Python objects")):
             raise ValueError(f"{path}: holds pickled Python objects; refused, since unpickling can run arbitrary "
                              f"code. A block store holds plain arrays only; {CONVERT_HINT}") from None
         raise ValueError(f"{path}: not a readable .npy array ({error})") from None

@@ -571,6 +571,9 @@ class RealmForOpenQA(_RealmModule):
         c = self.config
         embedder = self._child(RealmEmbedder, "embedder")
         reader = self._child(RealmReader, "reader")
+        if not self.is_initializing() and not self.has_variable("buffers", "block_emb"):
+            raise ValueError("block_emb: missing; apply with {'params': params, 'buffers': {'block_emb': "
+                             "[num_block_records, retriever_proj_size]}} (jaxmodels.realm.load_block_emb)")
         table = self.variable("buffers", "block_emb", lambda: nn.Partitioned(
             jnp.zeros((c.num_block_records, c.retriever_proj_size), jnp.float32), (axes.CANDIDATES, axes.EMBED)))
         if self.is_initializing():
@@ -580,9 +583,6 @@ class RealmForOpenQA(_RealmModule):
             reader.read(jnp.zeros((1, 1, width), jnp.int32), None, jnp.zeros((1, 1, width), jnp.int32),
                         jnp.zeros((1, 1)), jnp.zeros((1, 1, width), bool))
             return None
-        if not self.has_variable("buffers", "block_emb"):
-            raise ValueError("block_emb: missing; apply with {'params': params, 'buffers': {'block_emb': "
-                             "[num_block_records, retriever_proj_size]}} (jaxmodels.realm.load_block_emb)")
         block_emb = nn.unbox(table.value)
         k = self._check_call(input_ids, answer_ids, blocks, block_emb, beam_size, deterministic)
         read_rows = min(c.reader_beam_size, k)
