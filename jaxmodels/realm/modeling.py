@@ -336,7 +336,10 @@ class _ScorerProjection(nn.Module):
 
 
 class RealmEmbedder(_RealmModule):
-    """``projected_score [b, retriever_proj_size]`` of ``[b, l]`` inputs (questions or evidence blocks)."""
+    """``projected_score [b, retriever_proj_size]`` of ``[b, l]`` inputs (questions or evidence blocks).
+
+    ``prefix`` is put before the argument names of input errors (the scorer embeds its ``candidate_`` inputs here).
+    """
 
     @nn.compact
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
