@@ -49,7 +49,7 @@ def _check_equal(got, want):
     np.testing.assert_array_equal(np.asarray(got.scores), np.asarray(want.scores))
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(st.integers(0, 10**6), st.sampled_from(ROWS), st.sampled_from(CHUNKS), st.sampled_from(KS),
        st.sampled_from(SHARDS), st.integers(1, 4))
 def test_equals_full_topk(seed, rows, chunk, k, shards, queries):

@@ -36,9 +36,9 @@ def test_span_logits_equal_the_loop_twin():
     hidden = jnp.asarray(rng.randn(3, 7, 5), jnp.float32)
     mask = jnp.asarray(rng.rand(3, 7) < 0.7)
     module = SpanReader(span_hidden_size=4, max_width=3, layer_norm_eps=1e-3)
-    params = nn.unbox(module.init(jax.random.PRNGKey(1), hidden, mask)["params"])
+    params = nn.unbox(jax.jit(module.init)(jax.random.PRNGKey(1), hidden, mask)["params"])
     params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.PRNGKey(2), p.shape), params)
-    logits, span_mask = module.apply({"params": params}, hidden, mask)
+    logits, span_mask = jax.jit(module.apply)({"params": params}, hidden, mask)
     want = span_logits_reference(hidden, mask, jax.tree.map(np.asarray, params), 3, 1e-3)
     masked = want == np.finfo(np.float32).min
     np.testing.assert_array_equal(~np.asarray(span_mask), masked)
@@ -66,7 +66,7 @@ def test_correct_spans_and_marginal_loss_equal_the_twins(seed, density):
 def test_no_correct_entry_gives_zero_loss_and_gradient():
     logits = jnp.asarray([[1.0, np.finfo(np.float32).min, 3.0], [0.5, 2.0, -1.0]])
     correct = jnp.asarray([[False, False, False], [False, True, False]])
-    loss, grad = jax.value_and_grad(lambda x: jnp.sum(marginal_log_loss(x, correct)))(logits)
-    assert float(marginal_log_loss(logits, correct)[0]) == 0.0
+    loss, grad = jax.jit(jax.value_and_grad(lambda x: jnp.sum(marginal_log_loss(x, correct))))(logits)
+    assert float(jax.jit(marginal_log_loss)(logits, correct)[0]) == 0.0
     assert np.isfinite(np.asarray(grad)).all() and (np.asarray(grad)[0] == 0).all()
     assert np.isfinite(float(loss))

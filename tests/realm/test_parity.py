@@ -25,13 +25,21 @@ def _torch(inputs):
     return {k: torch.tensor(v) if isinstance(v, np.ndarray) else v for k, v in inputs.items()}
 
 
-def _grads(hf_model, module, params, inputs, objective_hf, objective_ours):
-    """Compares parameter gradients of a scalar objective of the outputs, HF vs ours."""
-    hf_model.zero_grad()
-    objective_hf(hf_model(**_torch(inputs))).backward()
+def _compare(hf_model, module, params, inputs, objective_hf, objective_ours, **flags):
+    """One jitted call for our outputs and the gradients of a scalar objective of them; HF's outputs (with
+    ``flags``) and gradients of the same objective. Returns ``(ours, theirs)`` after comparing the gradients."""
     jin = {k: jnp.asarray(v) for k, v in inputs.items()}
-    grads = jax.jit(jax.grad(lambda p: objective_ours(module.apply({"params": p}, **jin))))(params)
-    return assert_grads_close(jaxmodels.params_to_hf(module, grads), torch_grads(hf_model), GRAD_TOL)
+
+    def objective(p):
+        out = module.apply({"params": p}, **jin, **flags)
+        return objective_ours(out), out
+
+    (_, ours), grads = jax.jit(jax.value_and_grad(objective, has_aux=True))(params)
+    hf_model.zero_grad()
+    theirs = hf_model(**_torch(inputs), **flags)
+    objective_hf(theirs).backward()
+    assert_grads_close(jaxmodels.params_to_hf(module, grads), torch_grads(hf_model), GRAD_TOL)
+    return ours, theirs
 
 
 def test_embedder():
@@ -40,17 +48,15 @@ def test_embedder():
     hf, _, module, params = pair("RealmEmbedder")
     ids, mask = bert_ids(np.random.RandomState(8), 3, 9, pad_tail=(0, 3, 1))
     inputs = dict(input_ids=ids, attention_mask=mask)
-    theirs = hf(**_torch(inputs), output_hidden_states=True, output_attentions=True)
-    ours = jax.jit(lambda p: module.apply({"params": p}, **{k: jnp.asarray(v) for k, v in inputs.items()},
-                                          output_hidden_states=True, output_attentions=True))(params)
+    probe = np.random.RandomState(3).randn(3, 8).astype(np.float32)
+    ours, theirs = _compare(hf, module, params, inputs, lambda o: (o.projected_score * torch.tensor(probe)).sum(),
+                            lambda o: jnp.sum(o.projected_score * probe), output_hidden_states=True,
+                            output_attentions=True)
     assert_close(ours.projected_score, theirs.projected_score, OUT_TOL, "projected_score")
     for name in ("hidden_states", "attentions"):
         assert len(getattr(ours, name)) == len(getattr(theirs, name))
         for i, (a, b) in enumerate(zip(getattr(ours, name), getattr(theirs, name))):
             assert_close(a, b, OUT_TOL, f"{name}[{i}]")
-    probe = np.random.RandomState(3).randn(3, 8).astype(np.float32)
-    _grads(hf, module, params, inputs, lambda o: (o.projected_score * torch.tensor(probe)).sum(),
-           lambda o: jnp.sum(o.projected_score * probe))
 
 
 def test_scorer():
@@ -63,13 +69,11 @@ def test_scorer():
     c, cm = bert_ids(rs, 6, 6, pad_tail=(0, 1, 0, 2, 0, 0))
     inputs = dict(input_ids=q, attention_mask=qm, candidate_input_ids=c.reshape(2, 3, 6),
                   candidate_attention_mask=cm.reshape(2, 3, 6))
-    theirs = hf(**_torch(inputs))
-    ours = module.apply({"params": params}, **{k: jnp.asarray(v) for k, v in inputs.items()})
+    probe = rs.randn(2, 3).astype(np.float32)
+    ours, theirs = _compare(hf, module, params, inputs, lambda o: (o.relevance_score * torch.tensor(probe)).sum(),
+                            lambda o: jnp.sum(o.relevance_score * probe))
     for f in ("relevance_score", "query_score", "candidate_score"):
         assert_close(getattr(ours, f), getattr(theirs, f), OUT_TOL, f)
-    probe = rs.randn(2, 3).astype(np.float32)
-    _grads(hf, module, params, inputs, lambda o: (o.relevance_score * torch.tensor(probe)).sum(),
-           lambda o: jnp.sum(o.relevance_score * probe))
 
 
 @pytest.mark.parametrize("masked", [False, True], ids=["all-positions-denominator", "mlm_mask"])
@@ -88,12 +92,10 @@ def test_knowledge_augmented_encoder(masked):
                   relevance_score=rs.randn(2, c).astype(np.float32), labels=labels)
     if masked:
         inputs["mlm_mask"] = (labels != -100).astype(np.int64)
-    theirs = hf(**_torch(inputs))
-    ours = jax.jit(lambda p: module.apply({"params": p}, **{k: jnp.asarray(v) for k, v in inputs.items()}))(params)
+    ours, theirs = _compare(hf, module, params, inputs, lambda o: o.loss, lambda o: o.loss)
     assert ours.logits.shape == (2 * c, 9, V)
     assert_close(ours.logits, theirs.logits, OUT_TOL, "logits")
     assert_close(ours.loss, theirs.loss, OUT_TOL, "loss")
-    _grads(hf, module, params, inputs, lambda o: o.loss, lambda o: o.loss)
 
 
 def _reader_inputs(no_answer: bool):
@@ -120,17 +122,17 @@ def test_reader(no_answer):
     items = (("max_span_width", 2),) if no_answer else ()
     hf, _, module, params = pair("RealmReader", items)
     inputs = _reader_inputs(no_answer)
-    theirs = hf(**_torch(inputs))
-    run = jax.jit(lambda p: module.apply({"params": p}, **{k: jnp.asarray(v) for k, v in inputs.items()}))
-    ours = run(params)
+    if no_answer:  # HF's loss is 0 times a finite number: its gradients are zeros; ours must be exactly that
+        jin = {k: jnp.asarray(v) for k, v in inputs.items()}
+        (_, ours), grads = jax.jit(jax.value_and_grad(
+            lambda p: (lambda o: (o.loss, o))(module.apply({"params": p}, **jin)), has_aux=True))(params)
+        assert all(np.all(np.asarray(g) == 0) for g in jax.tree.leaves(grads))
+        theirs = hf(**_torch(inputs))
+    else:
+        ours, theirs = _compare(hf, module, params, inputs, lambda o: o.loss, lambda o: o.loss)
     for f in ("block_idx", "candidate", "start_pos", "end_pos", "retriever_correct", "reader_correct"):
         np.testing.assert_array_equal(np.asarray(getattr(ours, f)), getattr(theirs, f).numpy(), err_msg=f)
     for f in ("loss", "retriever_loss", "reader_loss"):
         assert_close(getattr(ours, f), getattr(theirs, f), OUT_TOL, f, floor=1.0)
     if no_answer:
         assert float(ours.loss) == 0.0 == float(theirs.loss.detach())
-        grads = jax.jit(jax.grad(lambda p: module.apply({"params": p}, **{
-            k: jnp.asarray(v) for k, v in inputs.items()}).loss))(params)
-        assert all(np.all(np.asarray(g) == 0) for g in jax.tree.leaves(grads))
-    else:
-        _grads(hf, module, params, inputs, lambda o: o.loss, lambda o: o.loss)
