@@ -7,7 +7,8 @@ ScaNN, side by side in one run, and the per-chip memory of the released index's 
 
 Index: ``--rows`` x ``--dim`` fp32 rows and queries drawn from a standard normal (seeded); every search returns the
 ``k`` best rows of each query of a batch. Columns of the table, queries per second (batch / median wall time of
-``--repeats`` searches after a warm-up):
+``--repeats`` searches after a warm-up; ours on 1 device, faiss and ScaNN run in turn within each round, so a
+loaded host slows them alike; the 8-device column is timed after them, in its own process):
 
   ours 1 dev      ``jax.jit(mips_topk)``: the chunked running top-k (``--chunk`` rows per step, HIGHEST precision)
                   on one CPU device;
@@ -53,65 +54,35 @@ def _data(rows: int, dim: int, queries: int):
     return rng.randn(rows, dim).astype(np.float32), rng.randn(queries, dim).astype(np.float32)
 
 
-def _median_seconds(run, repeats: int) -> float:
-    run()  # compile / warm caches
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
-def ours(args, devices: int) -> dict:
-    """``{(k, batch): (queries/s, ids)}`` of our search on ``devices`` host devices (this process's)."""
+def _our_search(args, devices: int, index: np.ndarray):
+    """``search(queries, k) -> ids`` of our search over ``index`` on ``devices`` host devices (this process's)."""
     import jax
     from jax.sharding import Mesh, NamedSharding
     from jax.sharding import PartitionSpec as P
 
     from layers.retrieval import mips_topk, pad_rows, sharded_mips_topk
 
-    index, queries = _data(args.rows, args.dim, max(args.batches))
     if devices == 1:
         table = jax.device_put(index)
-        search = {k: jax.jit(lambda q, x, k=k: mips_topk(q, x, k, chunk=args.chunk)) for k in args.ks}
+        jitted = {k: jax.jit(lambda q, x, k=k: mips_topk(q, x, k, chunk=args.chunk)) for k in args.ks}
     else:
         mesh = Mesh(np.array(jax.devices()[:devices]), ("rows",))
         table = jax.device_put(pad_rows(index, devices), NamedSharding(mesh, P("rows", None)))
-        search = {k: jax.jit(lambda q, x, k=k: sharded_mips_topk(q, x, k, mesh=mesh, axis="rows", chunk=args.chunk,
+        jitted = {k: jax.jit(lambda q, x, k=k: sharded_mips_topk(q, x, k, mesh=mesh, axis="rows", chunk=args.chunk,
                                                                  num_valid=args.rows)) for k in args.ks}
-    del index
-    out = {}
-    for k in args.ks:
-        for batch in args.batches:
-            q = jax.device_put(queries[:batch])
-            seconds = _median_seconds(lambda: search[k](q, table).ids.block_until_ready(), args.repeats)
-            out[f"{k},{batch}"] = (batch / seconds, np.asarray(search[k](q, table).ids).tolist())
-    return out
+    return lambda q, k: np.asarray(jitted[k](jax.device_put(q), table).ids)
 
 
-def _overlap(ids, exact) -> float:
-    """Mean over queries of the fraction of the exact top-k ids found (recall@k; 1.0: the same rows)."""
-    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(np.asarray(ids), np.asarray(exact))]))
-
-
-def peers(args, exact_ids: dict) -> tuple[dict, dict, list[str]]:
-    """faiss IndexFlatIP and ScaNN: ``({(k, batch): queries/s}, {(k, batch): (queries/s, recall)}, notes)``."""
-    index, queries = _data(args.rows, args.dim, max(args.batches))
-    flat, approx, notes = {}, {}, []
+def _peer_searches(args, index: np.ndarray) -> tuple[dict, list[str]]:
+    """``{name: search(queries, k) -> ids}`` of the peers that are installed, and notes (versions, build time)."""
+    searches, notes = {}, []
     try:
         import faiss
 
         notes.append(f"faiss {faiss.__version__} ({faiss.omp_get_max_threads()} threads)")
-        flat_index = faiss.IndexFlatIP(args.dim)
-        flat_index.add(index)
-        for k in args.ks:
-            for batch in args.batches:
-                q = queries[:batch]
-                seconds = _median_seconds(lambda: flat_index.search(q, k), args.repeats)
-                ids = flat_index.search(q, k)[1]
-                flat[f"{k},{batch}"] = (batch / seconds, _overlap(ids, exact_ids[f"{k},{batch}"]))
-        del flat_index
+        flat = faiss.IndexFlatIP(args.dim)
+        flat.add(index)
+        searches["faiss"] = lambda q, k: flat.search(q, k)[1]
     except ImportError:
         notes.append("faiss: not installed")
     try:
@@ -125,15 +96,34 @@ def peers(args, exact_ids: dict) -> tuple[dict, dict, list[str]]:
                     .score_ah(2, anisotropic_quantization_threshold=0.2).reorder(1000).build())
         notes.append(f"scann {importlib.metadata.version('scann')} (index built in "
                      f"{time.perf_counter() - started:.0f} s)")
-        for k in args.ks:
-            for batch in args.batches:
-                q = queries[:batch]
-                seconds = _median_seconds(lambda: searcher.search_batched(q, final_num_neighbors=k), args.repeats)
-                ids = np.asarray(searcher.search_batched(q, final_num_neighbors=k)[0])
-                approx[f"{k},{batch}"] = (batch / seconds, _overlap(ids, exact_ids[f"{k},{batch}"]))
+        searches["scann"] = lambda q, k: np.asarray(searcher.search_batched(q, final_num_neighbors=k)[0])
     except ImportError:
         notes.append("scann: not installed")
-    return flat, approx, notes
+    return searches, notes
+
+
+def timed(args, searches: dict, queries: np.ndarray) -> dict:
+    """``{name: {"k,batch": (queries/s, ids)}}``: per (k, batch), every search once to warm up, then ``--repeats``
+    rounds in which each runs once in turn (so all see the same machine load); median time per search."""
+    out = {name: {} for name in searches}
+    for k in args.ks:
+        for batch in args.batches:
+            q = queries[:batch]
+            ids = {name: search(q, k) for name, search in searches.items()}
+            times = {name: [] for name in searches}
+            for _ in range(args.repeats):
+                for name, search in searches.items():
+                    start = time.perf_counter()
+                    search(q, k)
+                    times[name].append(time.perf_counter() - start)
+            for name in searches:
+                out[name][f"{k},{batch}"] = (batch / float(np.median(times[name])), np.asarray(ids[name]).tolist())
+    return out
+
+
+def _overlap(ids, exact) -> float:
+    """Mean over queries of the fraction of the exact top-k ids found (recall@k; 1.0: the same rows)."""
+    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(np.asarray(ids), np.asarray(exact))]))
 
 
 def aot_memory(args) -> list[tuple]:
@@ -182,7 +172,8 @@ def main():
     args.batches = [int(b) for b in args.batches.split(",")]
     args.aot_ks = [int(k) for k in args.aot_ks.split(",")]
     if args.worker == "sharded":
-        print(json.dumps(ours(args, 8)))
+        index, queries = _data(args.rows, args.dim, max(args.batches))
+        print(json.dumps(timed(args, {"ours": _our_search(args, 8, index)}, queries)["ours"]))
         return
     if args.worker == "aot":
         print(json.dumps(aot_memory(args)))
@@ -191,7 +182,12 @@ def main():
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     machine.print_header(["jax"])
     print(f"load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
-    one = ours(args, 1)
+    index, queries = _data(args.rows, args.dim, max(args.batches))
+    searches = {"ours": _our_search(args, 1, index)}
+    peer_searches, notes = ({}, ["peers skipped"]) if args.no_peers else _peer_searches(args, index)
+    del index
+    results = timed(args, {**searches, **peer_searches}, queries)
+    one = results["ours"]
 
     def worker(kind: str, extra_env: dict) -> object:
         env = {**os.environ, **extra_env}
@@ -204,8 +200,8 @@ def main():
 
     eight = worker("sharded", {"XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") +
                                             " --xla_force_host_platform_device_count=8").strip()})
-    exact_ids = {key: ids for key, (_, ids) in one.items()}
-    flat, approx, notes = ({}, {}, ["peers skipped"]) if args.no_peers else peers(args, exact_ids)
+    flat = {key: (qps, _overlap(ids, one[key][1])) for key, (qps, ids) in results.get("faiss", {}).items()}
+    approx = {key: (qps, _overlap(ids, one[key][1])) for key, (qps, ids) in results.get("scann", {}).items()}
     print(f"index {args.rows:,} x {args.dim} fp32; peers: {'; '.join(notes)}; load average after: "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}\n")
     print("| k | batch | ours 1 dev q/s | ours 8 dev q/s | faiss IndexFlatIP q/s | ScaNN q/s (recall@k) | ours / faiss |")
