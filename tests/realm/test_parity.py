@@ -136,3 +136,28 @@ def test_reader(no_answer):
         assert_close(getattr(ours, f), getattr(theirs, f), OUT_TOL, f, floor=1.0)
     if no_answer:
         assert float(ours.loss) == 0.0 == float(theirs.loss.detach())
+
+
+@pytest.mark.parametrize("cls", ["RealmScorer", "RealmReader", "RealmForOpenQA"])
+def test_our_safetensors_load_in_hf(cls, tmp_path):
+    """The classes HF can save only as pytorch_model.bin: ours write safetensors with every alias HF's loader needs
+    (the scorer's two embedder names, the heads' two bias names, block_emb beside the params), which HF loads
+    into the same tensors, and which load back here to the same params."""
+    torch = require_torch()
+    import transformers
+
+    from jaxmodels.realm import load_block_emb, save_open_qa_pretrained
+
+    hf, path, module, params = pair(cls)
+    out = str(tmp_path / "ours")
+    if cls == "RealmForOpenQA":
+        save_open_qa_pretrained(module, params, load_block_emb(path), out)
+        np.testing.assert_array_equal(load_block_emb(out), hf.block_emb.numpy())
+    else:
+        jaxmodels.save_pretrained(module, params, out)
+    reloaded = getattr(transformers, cls).from_pretrained(out)
+    theirs = dict(hf.state_dict())
+    for name, tensor in reloaded.state_dict().items():
+        assert torch.equal(tensor, theirs[name]), name
+    module2, params2 = jaxmodels.from_pretrained(out)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, params2)
