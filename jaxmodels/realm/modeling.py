@@ -631,9 +631,11 @@ class RealmForOpenQA(_RealmModule):
         padded = -(-c.num_block_records // shards) * shards
         if block_emb.ndim != 2 or block_emb.shape[1] != c.retriever_proj_size or \
                 block_emb.shape[0] not in (c.num_block_records, padded):
-            raise ValueError(f"block_emb has shape {tuple(block_emb.shape)}; expected [num_block_records="
-                             f"{c.num_block_records}{f' (or {padded}, padded for {shards} shards)' if padded != c.num_block_records else ''}"
-                             f", retriever_proj_size={c.retriever_proj_size}]")
+            rows = f"num_block_records={c.num_block_records}"
+            if padded != c.num_block_records:
+                rows += f" (or {padded}, padded for {shards} shards)"
+            raise ValueError(f"block_emb has shape {tuple(block_emb.shape)}; expected [{rows}, "
+                             f"retriever_proj_size={c.retriever_proj_size}]")
         if not jnp.issubdtype(block_emb.dtype, jnp.floating):
             raise ValueError(f"block_emb must be floating point (fp32 or bf16), got {block_emb.dtype}")
         rows = block_emb.shape[0]
