@@ -189,10 +189,9 @@ def prefixed_names(names, prefix: str, want_prefix: bool) -> dict[str, str]:
 def sharded_params(source: LazyStateDict, shapes: dict, key_fn: KeyFn, lookup: dict[str, str] | None = None,
                    ) -> tuple[dict, list[str], list[str]]:
     """Like ``state_dict_to_params``, but every leaf is made on its devices as it is read: ``shapes`` holds
-    ``ShapeDtypeStruct``s with shardings, and ``jax.make_array_from_callback`` asks the checkpoint for each
-    device's block only (for a stacked leaf, only the layers in the block; for a kernel, the transposed slice of
-    the torch matrix), so the host holds one block at a time. ``lookup``: ``prefixed_names`` (default: names as
-    they are)."""
+    ``ShapeDtypeStruct``s with shardings, and the checkpoint is asked for each device's block only (for a stacked
+    leaf, only the layers in the block; for a kernel, the transposed slice of the torch matrix), so the host holds
+    one block at a time. ``lookup``: ``prefixed_names`` (default: names as they are)."""
     import jax
 
     lookup = {name: name for name in source.keys()} if lookup is None else lookup
@@ -226,7 +225,11 @@ def sharded_params(source: LazyStateDict, shapes: dict, key_fn: KeyFn, lookup: d
                 out[position] = part.T if leaf == "kernel" and part.ndim == 2 else part
             return out
 
-        flat[path] = jax.make_array_from_callback(tuple(spec.shape), spec.sharding, block)
+        # One device's block at a time, sent to its device before the next is read (make_array_from_callback would
+        # hold every device's host block of the leaf at once: a whole stacked leaf of host memory).
+        blocks = [jax.device_put(block(index), device) for device, index in
+                  spec.sharding.addressable_devices_indices_map(tuple(spec.shape)).items()]
+        flat[path] = jax.make_array_from_single_device_arrays(tuple(spec.shape), spec.sharding, blocks)
     unexpected = sorted(set(lookup) - used)
     return unflatten(flat), missing, unexpected
 
