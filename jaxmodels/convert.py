@@ -8,7 +8,8 @@ The direction is the one whose source exists: ``--hf`` an HF directory or Hub id
 an Orbax checkpoint (a converted directory, a run directory or ``RUN/checkpoints/<step>``) and ``--hf`` new (or
 ``--to``). The Orbax output is what ``python -m train --config.init_from=...`` starts from, on any mesh. Outputs are
 written into a temporary directory and renamed when complete; an output that exists and is not empty is refused.
-Errors are one ``error:`` line and exit status 2.
+Errors are one ``error:`` line and exit status 2. Params only: a buffer a family keeps outside its params (REALM's
+``block_emb`` index, read by ``jaxmodels.realm.load_block_emb``) is not carried over.
 """
 
 from __future__ import annotations
