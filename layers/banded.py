@@ -1,0 +1,314 @@
+"""Sliding-window attention with global tokens (Longformer's), in blocked form with static shapes.
+
+Every position has a *key mode* (HF's merged mask): 0 padding, 1 local, 2 global. With one-sided window ``w``:
+
+- a **local or padded query** ``i`` attends to the local keys ``j`` with ``|i - j| <= w`` and to every global key
+  (each key once: a global key inside the band is counted in its global column only), with the local ``key`` and
+  ``value`` projections; padded queries return 0;
+- a **global query** (slot ``g``, the g-th global token in position order) attends to every non-padded key, with
+  its own projections ``global_query`` / ``global_key`` / ``global_value``; its output replaces the local one.
+
+Blocked band: the length is cut into blocks of ``w``; block ``c`` attends to the keys of blocks ``c - 1, c, c + 1``
+(an invalid block beyond each end, no wrap), one dense einsum giving ``[w, 3w]`` scores per block, of which the
+band ``|i - j| <= w`` is kept by a mask: ``3w / (2w + 1)``, about 1.5x the band's products, against HF's ~2x
+(overlapping 2w-chunks) and its copies. Global tokens live in ``G`` static *slots* (``GlobalTokens``: position of
+each slot, validity, and each position's slot), so nothing has a data-dependent shape; ``G = 0`` compiles the
+purely local path. Softmax is fp32; masked scores are the finite ``finfo(float32).min``, so a padded row (no valid
+key) is finite before it is zeroed and carries no NaN into the gradient.
+
+Layouts: ``query/key/value/global_key/global_value [batch, length, heads, head_dim]``, ``global_query [batch, G,
+heads, head_dim]`` (the global projection of the slots' rows), ``key_mode [batch, length]`` int. Returned
+probabilities, as HF returns them: ``probs [batch, heads, length, G + 2w + 1]`` (weights to the global slots, then
+the band at offsets ``-w .. w``; zero on global and padded rows) and ``global_probs [batch, heads, length, G]``
+(slot g's weights over the keys; an unused slot holds the uniform ``1 / length``, as HF).
+
+The same body runs on a whole sequence or, under ``shard_map``, on one shard of it (:class:`ShardContext`; see
+``layers.sequence_parallel.sharded_banded_attention``): the neighbouring blocks come from the adjacent shards, the
+slots' local keys and values are gathered with a ``psum``, and the global rows' softmax is combined across shards.
+
+``banded_attention_reference`` is the slow twin: dense ``[length, length]`` masks through
+``layers.attention.dot_product_attention``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from layers.attention import dot_product_attention
+from layers.dropout import keep_mask_block, mask_seeds
+
+Array = jax.Array
+
+PAD, LOCAL, GLOBAL = 0, 1, 2  # key modes
+MASK_VALUE = float(jnp.finfo(jnp.float32).min)
+
+
+class GlobalTokens(NamedTuple):
+    """The static slots of the global tokens (see :func:`global_tokens`).
+
+    ``index [batch, G]`` int32: position of slot g (0 where unused); ``valid [batch, G]`` bool: slot g is used;
+    ``slot [batch, length]`` int32: the slot of each global position, -1 elsewhere.
+    """
+
+    index: Array
+    valid: Array
+    slot: Array
+
+
+class BandedAttentionOutput(NamedTuple):
+    """``out [batch, length, heads, head_dim]``; ``probs`` and ``global_probs`` (HF's layouts, see the module
+    docstring) or None when not asked for (``global_probs`` is also None with no slots)."""
+
+    out: Array
+    probs: Array | None = None
+    global_probs: Array | None = None
+
+
+def global_tokens(key_mode: Array, max_global: int) -> GlobalTokens:
+    """Slots of the global positions (``key_mode == 2``) in position order, ``max_global`` of them per row.
+
+    A row with more global tokens than slots keeps the first ``max_global`` (its callers check counts first).
+    ``key_mode [batch, length]`` -> :class:`GlobalTokens`.
+    """
+    batch, length = key_mode.shape
+    is_global = key_mode == GLOBAL
+    rank = jnp.cumsum(is_global, axis=1, dtype=jnp.int32) - 1
+    slot = jnp.where(is_global & (rank < max_global), rank, -1)
+    rows = jnp.arange(batch)[:, None]
+    index = jnp.zeros((batch, max_global), jnp.int32).at[rows, jnp.where(slot >= 0, slot, max_global)].set(
+        jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length)), mode="drop")
+    valid = jnp.arange(max_global)[None, :] < jnp.sum(is_global, axis=1)[:, None]
+    return GlobalTokens(index, valid, slot)
+
+
+def check_banded_inputs(query_shape: tuple[int, ...], key_mode_shape: tuple[int, ...], one_sided_window: int,
+                        local_length: int | None = None) -> None:
+    """Static checks (before tracing): ValueError naming the argument and the rule."""
+    if len(query_shape) != 4:
+        raise ValueError(f"query: expected rank 4 [batch, length, heads, head_dim], got shape {query_shape}")
+    if isinstance(one_sided_window, bool) or not isinstance(one_sided_window, int) or one_sided_window < 1:
+        raise ValueError(f"one_sided_window: must be a positive int, got {one_sided_window!r}")
+    if tuple(key_mode_shape) != tuple(query_shape[:2]):
+        raise ValueError(f"key_mode: expected shape {tuple(query_shape[:2])} [batch, length], got "
+                         f"{tuple(key_mode_shape)}")
+    length = query_shape[1] if local_length is None else local_length
+    if length % one_sided_window:
+        what = "length" if local_length is None else "the local length (length / shards)"
+        raise ValueError(f"one_sided_window: {what} {length} must be a multiple of one_sided_window="
+                         f"{one_sided_window} (the block size); pad the sequence")
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardContext:
+    """Where the body of :func:`banded_attention_shard` runs: on the whole sequence (``axis`` None), or inside a
+    ``shard_map`` on shard ``axis_index(axis)`` of ``shards`` contiguous pieces of the length (and, with
+    ``batch_axis``, on a piece of the batch)."""
+
+    axis: str | None = None
+    shards: int = 1
+    batch_axis: str | None = None
+
+    def position_offset(self, local_length: int):
+        return 0 if self.axis is None else lax.axis_index(self.axis) * local_length
+
+    def batch_offset(self, local_batch: int):
+        return 0 if self.batch_axis is None else lax.axis_index(self.batch_axis) * local_batch
+
+    def neighbour_blocks(self, blocks: Array) -> tuple[Array, Array]:
+        """``blocks [batch, n, w, ...]`` -> the block before the first and after the last, ``[batch, 1, w, ...]``
+        each: from the adjacent shards, zeros (padding) beyond the ends of the sequence."""
+        first, last = blocks[:, :1], blocks[:, -1:]
+        if self.axis is None or self.shards == 1:
+            return jnp.zeros_like(last), jnp.zeros_like(first)
+        # ppermute leaves a device nobody sends to with zeros: shard 0 gets no left block, the last no right one.
+        left = lax.ppermute(last, self.axis, [(i, i + 1) for i in range(self.shards - 1)])
+        right = lax.ppermute(first, self.axis, [(i + 1, i) for i in range(self.shards - 1)])
+        return left, right
+
+    def take_positions(self, t: Array, index: Array) -> Array:
+        """``t [batch, local_length, ...]`` at the global positions ``index [batch, G]`` -> ``[batch, G, ...]``:
+        each shard contributes the rows it holds (zeros for the others), summed over the shards."""
+        local = t.shape[1]
+        at = index - self.position_offset(local)
+        inside = (at >= 0) & (at < local)
+        rows = jnp.take_along_axis(t, jnp.clip(at, 0, local - 1).reshape(at.shape + (1,) * (t.ndim - 2)), axis=1)
+        if self.axis is None:
+            return rows
+        rows = jnp.where(inside.reshape(inside.shape + (1,) * (t.ndim - 2)), rows, jnp.zeros((), t.dtype))
+        return lax.psum(rows, self.axis)
+
+    def sum(self, x: Array) -> Array:
+        return x if self.axis is None else lax.psum(x, self.axis)
+
+    def max(self, x: Array) -> Array:
+        return x if self.axis is None else lax.pmax(x, self.axis)
+
+
+def _blocks(t: Array, w: int) -> Array:
+    """``[batch, length, ...]`` -> ``[batch, length / w, w, ...]``."""
+    return t.reshape((t.shape[0], t.shape[1] // w, w) + t.shape[2:])
+
+
+def _windows(blocks: Array, shard: ShardContext) -> Array:
+    """``[batch, n, w, ...]`` -> ``[batch, n, 3w, ...]``: blocks ``c - 1, c, c + 1`` side by side for every c."""
+    left, right = shard.neighbour_blocks(blocks)
+    ext = jnp.concatenate([left, blocks, right], axis=1)
+    n = blocks.shape[1]
+    return jnp.concatenate([ext[:, :n], ext[:, 1:n + 1], ext[:, 2:]], axis=2)
+
+
+def _dropout(probs: Array, rate: float, seeds: Array, global_shape: tuple[int, ...], offset: tuple) -> Array:
+    keep = keep_mask_block(seeds, probs.shape, rate, global_shape=global_shape, offset=offset)
+    return jnp.where(keep, probs / (1.0 - rate), 0.0)
+
+
+def banded_attention_shard(
+    query: Array, key: Array, value: Array, key_mode: Array, *, one_sided_window: int,
+    slots: GlobalTokens | None = None, global_query: Array | None = None, global_key: Array | None = None,
+    global_value: Array | None = None, dropout_rate: float = 0.0, seeds: Array | None = None,
+    return_probs: bool = False, dtype: Any = None, shard: ShardContext = ShardContext(),
+    global_shape: tuple[int, int] | None = None,
+) -> BandedAttentionOutput:
+    """The body of :func:`banded_attention` on a piece of the sequence (``shard``); arguments as there, except
+    ``seeds [2, 2]`` uint32 (local and global dropout mask seeds, None: no dropout) and ``global_shape`` (the whole
+    ``(batch, length)``, for the dropout masks' global indices; default the arguments' own)."""
+    batch, local, heads, head_dim = query.shape
+    w = one_sided_window
+    dtype = dtype or query.dtype
+    g = 0 if slots is None else slots.index.shape[1]
+    total_batch, total_length = global_shape or (batch, local)
+    # Scaled before the products, as HF does.
+    qb = _blocks((query / math.sqrt(head_dim)).astype(dtype), w)  # [B, n, w, H, d]
+    kw = _windows(_blocks(key.astype(dtype), w), shard)  # [B, n, 3w, H, d]
+    vw = _windows(_blocks(value.astype(dtype), w), shard)
+    mode_w = _windows(_blocks(key_mode, w), shard)  # [B, n, 3w]
+    r, j = jnp.arange(w)[:, None], jnp.arange(3 * w)[None, :]
+    in_band = (j >= r) & (j <= r + 2 * w)  # query r of a block, key j of its window: |i - j| <= w
+    valid = in_band & (mode_w == LOCAL)[:, :, None, None, :]  # [B, n, 1, w, 3w]
+    scores = jnp.einsum("bcqhd,bckhd->bchqk", qb, kw, preferred_element_type=jnp.float32)
+    scores = jnp.where(valid, scores, MASK_VALUE)
+    if g:
+        key_g, value_g = shard.take_positions(key.astype(dtype), slots.index), \
+            shard.take_positions(value.astype(dtype), slots.index)  # [B, G, H, d]: local projections
+        scores_g = jnp.einsum("bcqhd,bghd->bchqg", qb, key_g, preferred_element_type=jnp.float32)
+        scores_g = jnp.where(slots.valid[:, None, None, None, :], scores_g, MASK_VALUE)
+        scores = jnp.concatenate([scores_g, scores], axis=-1)
+    probs = jax.nn.softmax(scores, axis=-1)  # [B, n, H, w, G + 3w]
+    probs = jnp.where(_blocks(key_mode != PAD, w)[:, :, None, :, None], probs, 0.0)  # padded queries: 0
+    dropped = probs
+    if seeds is not None:
+        blocks_total = total_length // w
+        dropped = _dropout(probs, dropout_rate, seeds[0], (total_batch, blocks_total, heads, w, g + 3 * w),
+                           (shard.batch_offset(batch), shard.position_offset(local) // w, 0, 0, 0))
+    dropped = dropped.astype(dtype)
+    out = jnp.einsum("bchqk,bckhd->bcqhd", dropped[..., g:], vw, preferred_element_type=jnp.float32)
+    if g:
+        out = out + jnp.einsum("bchqg,bghd->bcqhd", dropped[..., :g], value_g, preferred_element_type=jnp.float32)
+    out = out.reshape(batch, local, heads, head_dim)
+
+    global_probs = None
+    if g and global_query is not None:
+        qg = (global_query / math.sqrt(head_dim)).astype(dtype)
+        scores = jnp.einsum("bghd,blhd->bhgl", qg, global_key.astype(dtype), preferred_element_type=jnp.float32)
+        # An unused slot masks its whole row (uniform weights, as HF), a used one the padded keys.
+        ok = (key_mode != PAD)[:, None, None, :] & slots.valid[:, None, :, None]
+        scores = jnp.where(ok, scores, MASK_VALUE)
+        top = lax.stop_gradient(shard.max(jnp.max(scores, axis=-1, keepdims=True)))
+        e = jnp.exp(scores - top)
+        global_probs = e / shard.sum(jnp.sum(e, axis=-1, keepdims=True))  # [B, H, G, L]
+        dropped_g = global_probs
+        if seeds is not None:
+            dropped_g = _dropout(global_probs, dropout_rate, seeds[1], (total_batch, heads, g, total_length),
+                                 (shard.batch_offset(batch), 0, 0, shard.position_offset(local)))
+        out_g = shard.sum(jnp.einsum("bhgl,blhd->bghd", dropped_g.astype(dtype), global_value.astype(dtype),
+                                     preferred_element_type=jnp.float32))  # [B, G, H, d]
+        rows = jnp.take_along_axis(out_g, jnp.maximum(slots.slot, 0)[:, :, None, None], axis=1)  # [B, L, H, d]
+        out = jnp.where((slots.slot >= 0)[:, :, None, None], rows, out)
+    out = out.astype(dtype)
+    if not return_probs:
+        return BandedAttentionOutput(out)
+    band = jnp.take_along_axis(probs[..., g:], (r + jnp.arange(2 * w + 1)[None, :])[None, None, None], axis=-1)
+    local_probs = jnp.concatenate([probs[..., :g], band], axis=-1)  # [B, n, H, w, G + 2w + 1]
+    local_probs = jnp.swapaxes(local_probs, 1, 2).reshape(batch, heads, local, g + 2 * w + 1)
+    if global_probs is not None:
+        # A global row's output came from its global attention: its local weights are reported as 0 (HF).
+        local_probs = jnp.where((slots.slot >= 0)[:, None, :, None], 0.0, local_probs)
+        global_probs = jnp.swapaxes(global_probs, 2, 3)
+    return BandedAttentionOutput(out, local_probs, global_probs)
+
+
+def banded_attention(
+    query: Array, key: Array, value: Array, key_mode: Array, *, one_sided_window: int,
+    slots: GlobalTokens | None = None, global_query: Array | None = None, global_key: Array | None = None,
+    global_value: Array | None = None, dropout_rate: float = 0.0, dropout_rng: Array | None = None,
+    deterministic: bool = True, return_probs: bool = False, dtype: Any = None,
+) -> BandedAttentionOutput:
+    """Sliding-window attention with global tokens (module docstring).
+
+    Args:
+      query, key, value: ``[batch, length, heads, head_dim]``, the local projections (unscaled: queries are divided
+        by ``sqrt(head_dim)`` here, as HF does); ``length`` a multiple of ``one_sided_window``.
+      key_mode: ``[batch, length]`` int, 0 padding / 1 local / 2 global.
+      one_sided_window: ``w`` (HF's ``attention_window // 2``): keys at distance at most w are in the band.
+      slots: the global slots (:func:`global_tokens` of ``key_mode``); None (or zero slots) for no global token.
+      global_query: ``[batch, G, heads, head_dim]``, the global query projection of the slots' rows;
+        global_key, global_value: ``[batch, length, heads, head_dim]``, the global key / value projections of
+        every row. None (all three) computes only the local rows (a global row then keeps its local output).
+      dropout_rate / dropout_rng / deterministic: attention-probability dropout (``layers.dropout``'s hashed masks).
+      return_probs: also return the probabilities in HF's layouts.
+      dtype: compute dtype of the products (default the query's); softmax is fp32.
+    Returns:
+      :class:`BandedAttentionOutput`.
+    """
+    check_banded_inputs(tuple(query.shape), tuple(key_mode.shape), one_sided_window)
+    return banded_attention_shard(
+        query, key, value, key_mode, one_sided_window=one_sided_window, slots=slots, global_query=global_query,
+        global_key=global_key, global_value=global_value, dropout_rate=dropout_rate,
+        seeds=dropout_seeds(dropout_rate, dropout_rng, deterministic), return_probs=return_probs, dtype=dtype)
+
+
+def dropout_seeds(rate: float, rng: Array | None, deterministic: bool) -> Array | None:
+    """``[2, 2]`` uint32 mask seeds (local probs, global probs) when dropout is active, else None."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout_rate: must be in [0, 1), got {rate!r}")
+    if deterministic or rate == 0.0:
+        return None
+    if rng is None:
+        raise ValueError("dropout_rng: required when deterministic=False and dropout_rate > 0")
+    return jnp.stack([mask_seeds(jax.random.fold_in(rng, i)) for i in range(2)])
+
+
+def banded_attention_reference(query, key, value, key_mode, *, one_sided_window: int, slots=None,
+                               global_query=None, global_key=None, global_value=None):
+    """Slow twin (tests only): dense ``[length, length]`` masks through ``dot_product_attention``.
+
+    Returns ``(out [batch, length, heads, head_dim], probs [batch, heads, length, length] (the local rows' weights
+    over every key; zero on global and padded rows), global_probs [batch, heads, G, length] or None)``.
+    """
+    batch, length = key_mode.shape
+    position = jnp.arange(length)
+    near = jnp.abs(position[:, None] - position[None, :]) <= one_sided_window
+    is_global = key_mode == GLOBAL
+    allowed = (near[None] & (key_mode == LOCAL)[:, None, :]) | is_global[:, None, :]  # [B, L, L]
+    out, probs = dot_product_attention(query, key, value, mask=allowed[:, None])
+    is_row = key_mode != PAD
+    out = jnp.where(is_row[:, :, None, None], out, 0.0)
+    probs = jnp.where(is_row[:, None, :, None], probs, 0.0)
+    if slots is None or global_query is None:
+        return out, probs, None
+    g = slots.index.shape[1]
+    out_g, global_probs = dot_product_attention(global_query, global_key, global_value,
+                                                mask=(key_mode != PAD)[:, None, None, :])
+    global_probs = jnp.where(slots.valid[:, None, :, None], global_probs, 1.0 / length)
+    rank = jnp.cumsum(is_global, axis=1) - 1  # the g-th global token (position order) is slot g
+    owner = (rank[:, :, None] == jnp.arange(g)) & is_global[:, :, None]  # [B, L, G]
+    rows = jnp.einsum("blg,bghd->blhd", owner.astype(out.dtype), out_g)
+    out = jnp.where(is_global[:, :, None, None], rows, out)
+    probs = jnp.where(is_global[:, None, :, None], 0.0, probs)
+    return out, probs, global_probs
