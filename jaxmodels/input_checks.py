@@ -4,6 +4,8 @@ the argument named instead of a deep XLA error or a silently clamped index."""
 
 from __future__ import annotations
 
+import jax.numpy as jnp
+
 from layers.checks import check_range as _check_range
 from layers.checks import is_concrete
 
@@ -27,3 +29,32 @@ def check_nonempty(name: str, shape: tuple[int, ...]) -> None:
     if any(int(d) == 0 for d in shape):
         raise ValueError(f"{name}: shape {tuple(shape)} has an empty dimension; a batch and a sequence need at "
                          "least one element")
+
+
+def check_token_inputs(input_ids, inputs_embeds, *, width: int, rank: int = 2, width_field: str = "hidden_size",
+                       **same_shape) -> tuple[int, ...]:
+    """The ``[batch, (choices,) length]`` shape of a model's token inputs (exactly one of ``input_ids`` (integer) and
+    ``inputs_embeds`` (``[..., width]``)), after checking it and that every array of ``same_shape`` (name -> array
+    or None) has that shape too. Raises ValueError naming the argument."""
+    for name, x in (("input_ids", input_ids), ("inputs_embeds", inputs_embeds), *same_shape.items()):
+        check_array(name, x)
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids or inputs_embeds")
+    layout = "[batch, choices, length]" if rank == 3 else "[batch, length]"
+    if input_ids is not None:
+        shape = tuple(input_ids.shape)
+        if len(shape) != rank:
+            raise ValueError(f"input_ids must have rank {rank} {layout}, got shape {shape}")
+        if not jnp.issubdtype(input_ids.dtype, jnp.integer):
+            raise ValueError(f"input_ids must be integer, got {input_ids.dtype}")
+    else:
+        shape = tuple(inputs_embeds.shape[:-1])
+        if len(shape) != rank or inputs_embeds.shape[-1] != width:
+            raise ValueError(f"inputs_embeds must have shape {layout[:-1]}, {width_field}={width}], got "
+                             f"{tuple(inputs_embeds.shape)}")
+    for name, x in same_shape.items():
+        if x is not None and tuple(x.shape) != shape:
+            raise ValueError(f"{name} has shape {tuple(x.shape)} but the inputs have shape {shape} {layout}; "
+                             "they must match")
+    check_nonempty("input_ids" if input_ids is not None else "inputs_embeds", shape)
+    return shape
