@@ -18,7 +18,7 @@ key) is finite before it is zeroed and carries no NaN into the gradient.
 
 Layouts: ``query/key/value/global_key/global_value [batch, length, heads, head_dim]``, ``global_query [batch, G,
 heads, head_dim]`` (the global projection of the slots' rows), ``key_mode [batch, length]`` int. Returned
-probabilities, as HF returns them: ``probs [batch, heads, length, G + 2w + 1]`` (weights to the global slots, then
+probabilities, as HF returns them (after dropout): ``probs [batch, heads, length, G + 2w + 1]`` (weights to the global slots, then
 the band at offsets ``-w .. w``; zero on global and padded rows) and ``global_probs [batch, heads, length, G]``
 (slot g's weights over the keys; an unused slot holds the uniform ``1 / length``, as HF).
 
@@ -219,7 +219,7 @@ def banded_attention_shard(
         # An unused slot masks its whole row (uniform weights, as HF), a used one the padded keys.
         ok = (key_mode != PAD)[:, None, None, :] & slots.valid[:, None, :, None]
         scores = jnp.where(ok, scores, MASK_VALUE)
-        top = lax.stop_gradient(shard.max(jnp.max(scores, axis=-1, keepdims=True)))
+        top = shard.max(lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True)))
         e = jnp.exp(scores - top)
         global_probs = e / shard.sum(jnp.sum(e, axis=-1, keepdims=True))  # [B, H, G, L]
         dropped_g = global_probs
@@ -233,13 +233,15 @@ def banded_attention_shard(
     out = out.astype(dtype)
     if not return_probs:
         return BandedAttentionOutput(out)
+    # As HF returns them: after dropout.
+    probs = dropped.astype(jnp.float32)
     band = jnp.take_along_axis(probs[..., g:], (r + jnp.arange(2 * w + 1)[None, :])[None, None, None], axis=-1)
     local_probs = jnp.concatenate([probs[..., :g], band], axis=-1)  # [B, n, H, w, G + 2w + 1]
     local_probs = jnp.swapaxes(local_probs, 1, 2).reshape(batch, heads, local, g + 2 * w + 1)
     if global_probs is not None:
         # A global row's output came from its global attention: its local weights are reported as 0 (HF).
         local_probs = jnp.where((slots.slot >= 0)[:, None, :, None], 0.0, local_probs)
-        global_probs = jnp.swapaxes(global_probs, 2, 3)
+        global_probs = jnp.swapaxes(dropped_g, 2, 3)
     return BandedAttentionOutput(out, local_probs, global_probs)
 
 
