@@ -39,6 +39,11 @@ FAMILIES = {
                     ema_projection_size=2, shared_representation_size=4, nffn_hidden_size=12, max_positions=16),
         mlm="MegaForMaskedLM", cls="MegaForSequenceClassification", bool_field="bidirectional",
         int_field="hidden_size", float_field="dropout_prob", act_field="activation"),
+    "longformer": dict(
+        config=dict(model_type="longformer", vocab_size=40, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                    intermediate_size=12, attention_window=4, max_position_embeddings=16),
+        mlm="LongformerForMaskedLM", cls="LongformerForSequenceClassification", bool_field=None,
+        int_field="hidden_size", float_field="layer_norm_eps", act_field="hidden_act"),
 }
 NAMES = sorted(FAMILIES)
 B, L, V = 2, 8, 40
