@@ -47,6 +47,9 @@ Array = jax.Array
 
 PAD, LOCAL, GLOBAL = 0, 1, 2  # key modes
 MASK_VALUE = float(jnp.finfo(jnp.float32).min)
+# Query positions per step of the local rows: longer sequences run as a scan over steps whose scores are recomputed
+# in the backward pass, so the [positions, heads, 3w] scores and their gradients live one step at a time.
+CHUNK_LENGTH = 2048
 
 
 class GlobalTokens(NamedTuple):
@@ -155,9 +158,9 @@ def _blocks(t: Array, w: int) -> Array:
     return t.reshape((t.shape[0], t.shape[1] // w, w) + t.shape[2:])
 
 
-def _windows(blocks: Array, shard: ShardContext) -> Array:
-    """``[batch, n, w, ...]`` -> ``[batch, n, 3w, ...]``: blocks ``c - 1, c, c + 1`` side by side for every c."""
-    left, right = shard.neighbour_blocks(blocks)
+def _windows(blocks: Array, left: Array, right: Array) -> Array:
+    """``[batch, n, w, ...]`` with the blocks before and after (``[batch, 1, w, ...]``) -> ``[batch, n, 3w, ...]``:
+    blocks ``c - 1, c, c + 1`` side by side for every c."""
     ext = jnp.concatenate([left, blocks, right], axis=1)
     n = blocks.shape[1]
     return jnp.concatenate([ext[:, :n], ext[:, 1:n + 1], ext[:, 2:]], axis=2)
@@ -168,12 +171,22 @@ def _dropout(probs: Array, rate: float, seeds: Array, global_shape: tuple[int, .
     return jnp.where(keep, probs / (1.0 - rate), 0.0)
 
 
+def _blocks_per_step(blocks: int, w: int, chunk_length: int | None) -> int:
+    """The largest divisor of ``blocks`` that keeps a step at most ``chunk_length`` positions (at least one)."""
+    if chunk_length is None or blocks * w <= chunk_length:
+        return blocks
+    per = max(1, chunk_length // w)
+    while blocks % per:
+        per -= 1
+    return per
+
+
 def banded_attention_shard(
     query: Array, key: Array, value: Array, key_mode: Array, *, one_sided_window: int,
     slots: GlobalTokens | None = None, global_query: Array | None = None, global_key: Array | None = None,
     global_value: Array | None = None, dropout_rate: float = 0.0, seeds: Array | None = None,
-    return_probs: bool = False, dtype: Any = None, shard: ShardContext = ShardContext(),
-    global_shape: tuple[int, int] | None = None,
+    return_probs: bool = False, dtype: Any = None, chunk_length: int | None = CHUNK_LENGTH,
+    shard: ShardContext = ShardContext(), global_shape: tuple[int, int] | None = None,
 ) -> BandedAttentionOutput:
     """The body of :func:`banded_attention` on a piece of the sequence (``shard``); arguments as there, except
     ``seeds [2, 2]`` uint32 (local and global dropout mask seeds, None: no dropout) and ``global_shape`` (the whole
@@ -184,32 +197,57 @@ def banded_attention_shard(
     g = 0 if slots is None else slots.index.shape[1]
     total_batch, total_length = global_shape or (batch, local)
     # Scaled before the products, as HF does.
-    qb = _blocks((query / math.sqrt(head_dim)).astype(dtype), w)  # [B, n, w, H, d]
-    kw = _windows(_blocks(key.astype(dtype), w), shard)  # [B, n, 3w, H, d]
-    vw = _windows(_blocks(value.astype(dtype), w), shard)
-    mode_w = _windows(_blocks(key_mode, w), shard)  # [B, n, 3w]
-    r, j = jnp.arange(w)[:, None], jnp.arange(3 * w)[None, :]
-    in_band = (j >= r) & (j <= r + 2 * w)  # query r of a block, key j of its window: |i - j| <= w
-    valid = in_band & (mode_w == LOCAL)[:, :, None, None, :]  # [B, n, 1, w, 3w]
-    scores = jnp.einsum("bcqhd,bckhd->bchqk", qb, kw, preferred_element_type=jnp.float32)
-    scores = jnp.where(valid, scores, MASK_VALUE)
-    if g:
-        key_g, value_g = shard.take_positions(key.astype(dtype), slots.index), \
-            shard.take_positions(value.astype(dtype), slots.index)  # [B, G, H, d]: local projections
-        scores_g = jnp.einsum("bcqhd,bghd->bchqg", qb, key_g, preferred_element_type=jnp.float32)
-        scores_g = jnp.where(slots.valid[:, None, None, None, :], scores_g, MASK_VALUE)
-        scores = jnp.concatenate([scores_g, scores], axis=-1)
-    probs = jax.nn.softmax(scores, axis=-1)  # [B, n, H, w, G + 3w]
-    probs = jnp.where(_blocks(key_mode != PAD, w)[:, :, None, :, None], probs, 0.0)  # padded queries: 0
-    dropped = probs
-    if seeds is not None:
-        blocks_total = total_length // w
-        dropped = _dropout(probs, dropout_rate, seeds[0], (total_batch, blocks_total, heads, w, g + 3 * w),
-                           (shard.batch_offset(batch), shard.position_offset(local) // w, 0, 0, 0))
-    dropped = dropped.astype(dtype)
-    out = jnp.einsum("bchqk,bckhd->bcqhd", dropped[..., g:], vw, preferred_element_type=jnp.float32)
-    if g:
-        out = out + jnp.einsum("bchqg,bghd->bcqhd", dropped[..., :g], value_g, preferred_element_type=jnp.float32)
+    blocks = (_blocks((query / math.sqrt(head_dim)).astype(dtype), w), _blocks(key.astype(dtype), w),
+              _blocks(value.astype(dtype), w), _blocks(key_mode, w))  # [B, n, w, ...] each
+    halos = tuple(shard.neighbour_blocks(t) for t in blocks[1:])
+    key_g = value_g = None
+    if g:  # [B, G, H, d]: the slots' local keys and values
+        key_g, value_g = (shard.take_positions(t.astype(dtype), slots.index) for t in (key, value))
+    r = jnp.arange(w)[:, None]
+    first_block = shard.position_offset(local) // w
+
+    def rows(q, k, v, mode, halos, start):
+        """Blocks ``start ..`` of the shard: queries ``q [B, m, w, H, d]``, keys / values / modes of the same
+        blocks and the blocks around them -> (out ``[B, m, w, H, d]`` fp32, probs ``[B, m, H, w, G + 3w]``)."""
+        k, v, mode = (_windows(t, *halo) for t, halo in zip((k, v, mode), halos))  # [B, m, 3w, ...]
+        j = jnp.arange(3 * w)[None, :]
+        in_band = (j >= r) & (j <= r + 2 * w)  # query r of a block, key j of its window: |i - j| <= w
+        scores = jnp.einsum("bcqhd,bckhd->bchqk", q, k, preferred_element_type=jnp.float32)
+        scores = jnp.where(in_band & (mode == LOCAL)[:, :, None, None, :], scores, MASK_VALUE)
+        if g:
+            scores_g = jnp.einsum("bcqhd,bghd->bchqg", q, key_g, preferred_element_type=jnp.float32)
+            scores_g = jnp.where(slots.valid[:, None, None, None, :], scores_g, MASK_VALUE)
+            scores = jnp.concatenate([scores_g, scores], axis=-1)
+        probs = jax.nn.softmax(scores, axis=-1)
+        own = mode[:, :, w:2 * w]  # the queries' own modes (the middle block of each window)
+        probs = jnp.where((own != PAD)[:, :, None, :, None], probs, 0.0)  # padded queries: 0
+        if seeds is not None:
+            probs = _dropout(probs, dropout_rate, seeds[0], (total_batch, total_length // w, heads, w, g + 3 * w),
+                             (shard.batch_offset(batch), first_block + start, 0, 0, 0))
+        p = probs.astype(dtype)
+        out = jnp.einsum("bchqk,bckhd->bcqhd", p[..., g:], v, preferred_element_type=jnp.float32)
+        if g:
+            out = out + jnp.einsum("bchqg,bghd->bcqhd", p[..., :g], value_g, preferred_element_type=jnp.float32)
+        return out, (probs if return_probs else None)
+
+    n = local // w
+    per = _blocks_per_step(n, w, chunk_length)
+    if per == n:
+        out, probs = rows(*blocks, halos, 0)
+    else:
+        # Steps of `per` blocks, each recomputed in the backward pass: the scores live one step at a time. A step's
+        # surrounding blocks are its neighbours' edge blocks (or the shard's halo at either end).
+        steps = n // per
+        split = lambda t: jnp.moveaxis(t.reshape((batch, steps, per) + t.shape[2:]), 1, 0)  # noqa: E731
+        edges = tuple((jnp.concatenate([left, t[:, per - 1:-1:per]], axis=1),
+                       jnp.concatenate([t[:, per::per], right], axis=1))
+                      for t, (left, right) in zip(blocks[1:], halos))
+        step_halos = tuple(tuple(jnp.moveaxis(e, 1, 0)[:, :, None] for e in pair) for pair in edges)
+        body = jax.checkpoint(lambda _, xs: (None, rows(*xs[:4], xs[4], xs[5] * per)), prevent_cse=False,
+                              policy=jax.checkpoint_policies.nothing_saveable)
+        _, (out, probs) = lax.scan(body, None, (*(split(t) for t in blocks), step_halos, jnp.arange(steps)))
+        merge = lambda t: jnp.moveaxis(t, 0, 1).reshape((batch, n) + t.shape[3:])  # noqa: E731
+        out, probs = merge(out), None if probs is None else merge(probs)
     out = out.reshape(batch, local, heads, head_dim)
 
     global_probs = None
@@ -234,7 +272,6 @@ def banded_attention_shard(
     if not return_probs:
         return BandedAttentionOutput(out)
     # As HF returns them: after dropout.
-    probs = dropped.astype(jnp.float32)
     band = jnp.take_along_axis(probs[..., g:], (r + jnp.arange(2 * w + 1)[None, :])[None, None, None], axis=-1)
     local_probs = jnp.concatenate([probs[..., :g], band], axis=-1)  # [B, n, H, w, G + 2w + 1]
     local_probs = jnp.swapaxes(local_probs, 1, 2).reshape(batch, heads, local, g + 2 * w + 1)
@@ -250,6 +287,7 @@ def banded_attention(
     slots: GlobalTokens | None = None, global_query: Array | None = None, global_key: Array | None = None,
     global_value: Array | None = None, dropout_rate: float = 0.0, dropout_rng: Array | None = None,
     deterministic: bool = True, return_probs: bool = False, dtype: Any = None,
+    chunk_length: int | None = CHUNK_LENGTH,
 ) -> BandedAttentionOutput:
     """Sliding-window attention with global tokens (module docstring).
 
@@ -265,6 +303,8 @@ def banded_attention(
       dropout_rate / dropout_rng / deterministic: attention-probability dropout (``layers.dropout``'s hashed masks).
       return_probs: also return the probabilities in HF's layouts.
       dtype: compute dtype of the products (default the query's); softmax is fp32.
+      chunk_length: query positions per step of the local rows (:data:`CHUNK_LENGTH`; None: one step); the
+        values do not depend on it.
     Returns:
       :class:`BandedAttentionOutput`.
     """
@@ -272,7 +312,8 @@ def banded_attention(
     return banded_attention_shard(
         query, key, value, key_mode, one_sided_window=one_sided_window, slots=slots, global_query=global_query,
         global_key=global_key, global_value=global_value, dropout_rate=dropout_rate,
-        seeds=dropout_seeds(dropout_rate, dropout_rng, deterministic), return_probs=return_probs, dtype=dtype)
+        seeds=dropout_seeds(dropout_rate, dropout_rng, deterministic), return_probs=return_probs, dtype=dtype,
+        chunk_length=chunk_length)
 
 
 def dropout_seeds(rate: float, rng: Array | None, deterministic: bool) -> Array | None:

@@ -68,6 +68,7 @@ from jax.sharding import PartitionSpec as P
 
 from layers import ema
 from layers.banded import (
+    CHUNK_LENGTH,
     BandedAttentionOutput,
     GlobalTokens,
     ShardContext,
@@ -484,6 +485,7 @@ def sharded_banded_attention(
     deterministic: bool = True,
     return_probs: bool = False,
     dtype: Any = None,
+    chunk_length: int | None = CHUNK_LENGTH,
 ) -> BandedAttentionOutput:
     """``layers.banded.banded_attention`` with ``length`` sharded over ``mesh`` axis ``axis``.
 
@@ -502,7 +504,8 @@ def sharded_banded_attention(
         return banded_attention_shard(
             query, key, value, key_mode, one_sided_window=one_sided_window, slots=slots, global_query=global_query,
             global_key=global_key, global_value=global_value, dropout_rate=dropout_rate, seeds=seeds,
-            return_probs=return_probs, dtype=dtype, shard=context, global_shape=(batch, length))
+            return_probs=return_probs, dtype=dtype, chunk_length=chunk_length, shard=context,
+            global_shape=(batch, length))
 
     seq, rows, per_slot = P(batch_axis, axis, None, None), P(batch_axis, axis), P(batch_axis, None)
     probs = P(batch_axis, None, axis, None)

@@ -26,9 +26,10 @@ B, HEADS, HEAD_DIM = 2, 2, 4
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 # Shrinking would retrace for every candidate; each static configuration compiles once, hypothesis draws the data.
 SETTINGS = settings(max_examples=4, deadline=None, phases=(Phase.explicit, Phase.generate))
-# (one-sided window w, length, global slots G): w = 1 (HF's attention_window=2, which crashes HF), an odd w, a
-# window longer than the sequence's half (two blocks), the purely local path (G = 0).
-CONFIGS = [(1, 8, 8), (3, 12, 4), (4, 8, 3), (2, 8, 0)]
+# (one-sided window w, length, global slots G, chunk_length): w = 1 (HF's attention_window=2, which crashes HF), an
+# odd w, a window longer than the sequence's half (two blocks), the purely local path (G = 0); two of them in steps
+# of two blocks (a scan whose steps take their neighbours' edge blocks).
+CONFIGS = [(1, 8, 8, None), (3, 12, 4, 6), (4, 8, 3, None), (2, 8, 0, 4)]
 
 
 def dense_probs(probs, slots, w: int, length: int):
@@ -47,12 +48,14 @@ def dense_probs(probs, slots, w: int, length: int):
     return dense
 
 
-def _outputs_and_grads(w, g, fn, q, k, v, qg, kg, vg, mode, cotangent):
+def _outputs_and_grads(w, g, chunk, fn, q, k, v, qg, kg, vg, mode, cotangent):
     """``((out, dense probs, global probs), grads wrt (q, k, v, qg, kg, vg))`` of a linear loss on ``out``."""
     slots = global_tokens(mode, g) if g else None
 
     def loss(q, k, v, qg, kg, vg):
         glob = dict(slots=slots, global_query=qg, global_key=kg, global_value=vg) if g else {}
+        if chunk:
+            glob["chunk_length"] = chunk
         out, probs, global_probs = fn(q, k, v, mode, one_sided_window=w, **glob)
         return jnp.sum(out * cotangent), (out, probs, global_probs)
 
@@ -66,9 +69,10 @@ def _banded(q, k, v, mode, **kw):
 
 
 @functools.cache
-def _jitted(w: int, g: int, twin: bool):
+def _jitted(w: int, g: int, chunk: int | None, twin: bool):
     fn = banded_attention_reference if twin else _banded
-    return jax.jit(functools.partial(_outputs_and_grads, w, g, fn), compiler_options=FAST_COMPILE)
+    return jax.jit(functools.partial(_outputs_and_grads, w, g, None if twin else chunk, fn),
+                   compiler_options=FAST_COMPILE)
 
 
 def _normal(rng, *shape, scale=1.0):
@@ -94,18 +98,18 @@ def _key_mode(rng, length: int, g: int, pattern: str) -> np.ndarray:
     return mode.astype(np.int32)
 
 
-@pytest.mark.parametrize("w,length,g", CONFIGS)
+@pytest.mark.parametrize("w,length,g,chunk", CONFIGS)
 @SETTINGS
 @given(pattern=st.sampled_from(["padding_only", "all_global", "no_global", "right_padded"]),
        scale=st.sampled_from([0.5, 3.0]), seed=st.integers(0, 2**31 - 1))
-def test_equals_dense_twin(w, length, g, pattern, scale, seed):
+def test_equals_dense_twin(w, length, g, chunk, pattern, scale, seed):
     rng = np.random.default_rng(seed)
     q, k, v, kg, vg, cotangent = (_normal(rng, B, length, HEADS, HEAD_DIM, scale=scale) for _ in range(6))
     qg = _normal(rng, B, max(g, 1), HEADS, HEAD_DIM, scale=scale)
     mode = jnp.asarray(_key_mode(rng, length, g, pattern))
     args = (q, k, v, qg, kg, vg, mode, cotangent)
-    (_, got), got_grads = _jitted(w, g, False)(*args)
-    (_, want), want_grads = _jitted(w, g, True)(*args)
+    (_, got), got_grads = _jitted(w, g, chunk, False)(*args)
+    (_, want), want_grads = _jitted(w, g, chunk, True)(*args)
     for name, a, b in zip(("out", "probs", "global_probs"), got, want):
         assert (a is None) == (b is None), name
         if a is not None:
@@ -155,7 +159,7 @@ def _sharded_step(fn, q, k, v, qg, kg, vg, mode, cotangent):
     def loss(q, k, v, qg, kg, vg):
         out = fn(q, k, v, mode, one_sided_window=SHARDED_W, slots=slots, global_query=qg, global_key=kg,
                  global_value=vg, dropout_rate=0.2, dropout_rng=jax.random.PRNGKey(4), deterministic=False,
-                 return_probs=True)
+                 return_probs=True, chunk_length=SHARDED_W)
         return jnp.sum(out.out * cotangent) + jnp.sum(out.probs) + jnp.sum(out.global_probs), out
 
     return jax.value_and_grad(loss, argnums=tuple(range(6)), has_aux=True)(q, k, v, qg, kg, vg)
@@ -163,7 +167,8 @@ def _sharded_step(fn, q, k, v, qg, kg, vg, mode, cotangent):
 
 def test_sharded_equals_unsharded_dropout_included():
     """On 8 shards: the neighbours' blocks, the slots gathered across shards (globals in several shards' ranges),
-    the global rows' softmax over all shards, and the dropout masks (hashed from global indices)."""
+    the global rows' softmax over all shards, and the dropout masks (hashed from global indices); the local rows in
+    steps of one block, each step's edges from the next step or shard."""
     args = _sharded_inputs()
     (_, want), want_grads = jax.jit(functools.partial(_sharded_step, banded_attention),
                                     compiler_options=FAST_COMPILE)(*args)
@@ -191,7 +196,8 @@ def test_sharded_refuses_a_shard_of_partial_blocks():
 
 
 def test_compiled_memory_per_device_falls_with_shards():
-    """Forward and backward of the attention at 8192 positions with 8 global slots, compiled for 1-8 shards."""
+    """Forward and backward of the attention at 8192 positions with 8 global slots, compiled for 1-8 shards (in
+    one step per shard: steps bound the memory of the scores anyway, which would hide what the shards save)."""
     batch, length, heads, head_dim, w, g = 1, 8192, 2, 16, 64, 8
     seq = P(None, "sequence", None, None)
 
@@ -202,7 +208,7 @@ def test_compiled_memory_per_device_falls_with_shards():
             q, k, v, qg, kg, vg = x
             fn = banded_attention if mesh is None else functools.partial(sharded_banded_attention, mesh=mesh)
             return jnp.sum(fn(q, k, v, mode, one_sided_window=w, slots=slots, global_query=qg, global_key=kg,
-                              global_value=vg).out)
+                              global_value=vg, chunk_length=None).out)
 
         return jax.grad(loss, argnums=tuple(range(6)))(q, k, v, qg, kg, vg)
 
