@@ -20,8 +20,9 @@ Prints the command, date and CPU and the calibration GEMM's fp32 GFLOP/s (``mach
      length's;
   2. the longest step that runs here: for each implementation (HF, ours, ours with remat) the lengths of
      ``--search`` in turn, each one step in a fresh worker that is stopped when its RSS passes ``--budget-gib`` or it
-     runs past ``--timeout`` seconds; per length the outcome, s/step (compile excluded) and peak RSS; then each
-     one's longest.
+     runs past ``--timeout`` seconds (or the machine's available memory falls under 1 GiB: on a shared host the
+     kernel would otherwise kill someone's process); per length the outcome, s/step (compile excluded) and peak
+     RSS; then each one's longest.
 
 Results, past and present: ``benchmarks/RESULTS.md``. Not a test: nothing here asserts.
 """
@@ -42,6 +43,7 @@ MODEL = dict(attention_window=256, vocab_size=512, hidden_size=256, num_hidden_l
              intermediate_size=1024, hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
              type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=1)
 IMPLEMENTATIONS = ("ours", "HF")
+MIN_AVAILABLE = 2**30  # a worker is stopped when the machine's available memory falls below this
 
 
 def make_batch(length: int, seed: int = 0):
@@ -138,19 +140,37 @@ def _rss(pid: int) -> int:
     return 0
 
 
+def _available() -> int:
+    """The machine's available memory (``MemAvailable``), bytes."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    return 1 << 62
+
+
 def _wait(worker, conn, budget: float, deadline: float):
-    """The worker's next message, or the reason it will not come (it died, passed the RSS budget or the deadline);
-    a worker over budget or time is killed."""
+    """The worker's next message, or the reason it will not come (it died, passed the RSS budget or the deadline,
+    or the machine ran short of memory, which on a shared host would start killing other people's processes); a
+    worker stopped for any of these is killed."""
     while not conn.poll(0.2):
+        reason = None
         if not worker.is_alive():
             return None, f"died (exit {worker.exitcode})"
         if _rss(worker.pid) > budget:
+            reason = f"over {budget / 2**30:.0f} GiB RSS"
+        elif _available() < MIN_AVAILABLE:
+            reason = f"stopped at {_rss(worker.pid) / 2**30:.1f} GiB RSS: the machine had under 1 GiB available"
+        elif time.monotonic() > deadline:
+            reason = "over the time limit"
+        if reason:
             worker.kill()
-            return None, f"over {budget / 2**30:.0f} GiB RSS"
-        if time.monotonic() > deadline:
-            worker.kill()
-            return None, "over the time limit"
-    return conn.recv(), None
+            return None, reason
+    try:
+        return conn.recv(), None
+    except EOFError:  # the worker died between two polls
+        worker.join()
+        return None, f"died (exit {worker.exitcode})"
 
 
 def compare(lengths, steps: int, budget: float, timeout: float) -> None:
@@ -222,6 +242,7 @@ def main():
     parser.add_argument("--budget-gib", type=float, default=10.0, help="RSS above which a worker is stopped")
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds a worker may take per message")
     args = parser.parse_args()
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")  # before this process imports jax (the GEMM calibration)
     machine.print_header(["jax", "torch"])
     print(f"load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     budget = args.budget_gib * 2**30

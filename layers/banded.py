@@ -158,12 +158,19 @@ def _blocks(t: Array, w: int) -> Array:
     return t.reshape((t.shape[0], t.shape[1] // w, w) + t.shape[2:])
 
 
+def _head_blocks(t: Array, w: int) -> Array:
+    """``[batch, length, heads, d]`` -> ``[batch, length / w, heads, w, d]``: the layout of a batched matmul over
+    (batch, block, head), so the products need no transposes of their operands or results."""
+    return jnp.swapaxes(_blocks(t, w), 2, 3)
+
+
 def _windows(blocks: Array, left: Array, right: Array) -> Array:
-    """``[batch, n, w, ...]`` with the blocks before and after (``[batch, 1, w, ...]``) -> ``[batch, n, 3w, ...]``:
-    blocks ``c - 1, c, c + 1`` side by side for every c."""
+    """Blocks ``[batch, n, ..., w, (d)]`` (the position axis 2 for key modes, 3 for heads' blocks) with the blocks
+    before and after (``[batch, 1, ...]``) -> ``[.., 3w, ..]``: blocks ``c - 1, c, c + 1`` side by side for every c."""
     ext = jnp.concatenate([left, blocks, right], axis=1)
     n = blocks.shape[1]
-    return jnp.concatenate([ext[:, :n], ext[:, 1:n + 1], ext[:, 2:]], axis=2)
+    axis = 2 if blocks.ndim == 3 else 3
+    return jnp.concatenate([ext[:, :n], ext[:, 1:n + 1], ext[:, 2:]], axis=axis)
 
 
 def _dropout(probs: Array, rate: float, seeds: Array, global_shape: tuple[int, ...], offset: tuple) -> Array:
@@ -197,25 +204,25 @@ def banded_attention_shard(
     g = 0 if slots is None else slots.index.shape[1]
     total_batch, total_length = global_shape or (batch, local)
     # Scaled before the products, as HF does.
-    blocks = (_blocks((query / math.sqrt(head_dim)).astype(dtype), w), _blocks(key.astype(dtype), w),
-              _blocks(value.astype(dtype), w), _blocks(key_mode, w))  # [B, n, w, ...] each
+    blocks = (_head_blocks((query / math.sqrt(head_dim)).astype(dtype), w), _head_blocks(key.astype(dtype), w),
+              _head_blocks(value.astype(dtype), w), _blocks(key_mode, w))  # [B, n, H, w, d] and [B, n, w]
     halos = tuple(shard.neighbour_blocks(t) for t in blocks[1:])
     key_g = value_g = None
-    if g:  # [B, G, H, d]: the slots' local keys and values
-        key_g, value_g = (shard.take_positions(t.astype(dtype), slots.index) for t in (key, value))
+    if g:  # [B, H, G, d]: the slots' local keys and values
+        key_g, value_g = (jnp.swapaxes(shard.take_positions(t.astype(dtype), slots.index), 1, 2) for t in (key, value))
     r = jnp.arange(w)[:, None]
     first_block = shard.position_offset(local) // w
 
     def rows(q, k, v, mode, halos, start):
-        """Blocks ``start ..`` of the shard: queries ``q [B, m, w, H, d]``, keys / values / modes of the same
-        blocks and the blocks around them -> (out ``[B, m, w, H, d]`` fp32, probs ``[B, m, H, w, G + 3w]``)."""
-        k, v, mode = (_windows(t, *halo) for t, halo in zip((k, v, mode), halos))  # [B, m, 3w, ...]
+        """Blocks ``start ..`` of the shard: queries ``q [B, m, H, w, d]``, keys / values / modes of the same
+        blocks and the blocks around them -> (out ``[B, m, H, w, d]`` fp32, probs ``[B, m, H, w, G + 3w]``)."""
+        k, v, mode = (_windows(t, *halo) for t, halo in zip((k, v, mode), halos))  # [B, m, H, 3w, d], [B, m, 3w]
         j = jnp.arange(3 * w)[None, :]
         in_band = (j >= r) & (j <= r + 2 * w)  # query r of a block, key j of its window: |i - j| <= w
-        scores = jnp.einsum("bcqhd,bckhd->bchqk", q, k, preferred_element_type=jnp.float32)
+        scores = jnp.einsum("bchqd,bchkd->bchqk", q, k, preferred_element_type=jnp.float32)
         scores = jnp.where(in_band & (mode == LOCAL)[:, :, None, None, :], scores, MASK_VALUE)
         if g:
-            scores_g = jnp.einsum("bcqhd,bghd->bchqg", q, key_g, preferred_element_type=jnp.float32)
+            scores_g = jnp.einsum("bchqd,bhgd->bchqg", q, key_g, preferred_element_type=jnp.float32)
             scores_g = jnp.where(slots.valid[:, None, None, None, :], scores_g, MASK_VALUE)
             scores = jnp.concatenate([scores_g, scores], axis=-1)
         probs = jax.nn.softmax(scores, axis=-1)
@@ -225,9 +232,9 @@ def banded_attention_shard(
             probs = _dropout(probs, dropout_rate, seeds[0], (total_batch, total_length // w, heads, w, g + 3 * w),
                              (shard.batch_offset(batch), first_block + start, 0, 0, 0))
         p = probs.astype(dtype)
-        out = jnp.einsum("bchqk,bckhd->bcqhd", p[..., g:], v, preferred_element_type=jnp.float32)
+        out = jnp.einsum("bchqk,bchkd->bchqd", p[..., g:], v, preferred_element_type=jnp.float32)
         if g:
-            out = out + jnp.einsum("bchqg,bghd->bcqhd", p[..., :g], value_g, preferred_element_type=jnp.float32)
+            out = out + jnp.einsum("bchqg,bhgd->bchqd", p[..., :g], value_g, preferred_element_type=jnp.float32)
         return out, (probs if return_probs else None)
 
     n = local // w
@@ -248,7 +255,7 @@ def banded_attention_shard(
         _, (out, probs) = lax.scan(body, None, (*(split(t) for t in blocks), step_halos, jnp.arange(steps)))
         merge = lambda t: jnp.moveaxis(t, 0, 1).reshape((batch, n) + t.shape[3:])  # noqa: E731
         out, probs = merge(out), None if probs is None else merge(probs)
-    out = out.reshape(batch, local, heads, head_dim)
+    out = jnp.swapaxes(out, 2, 3).reshape(batch, local, heads, head_dim)
 
     global_probs = None
     if g and global_query is not None:

@@ -292,11 +292,18 @@ class _Intermediate(nn.Module):
             Dense(c.intermediate_size, (axes.EMBED, axes.MLP), dtype=self.dtype, name="dense")(x))
 
 
-class _Attention(nn.Module):
+class _LayerPart(nn.Module):
+    """The fields of a layer and of its attention block: the config, the layer's one-sided window, the compute
+    dtype, the sequence sharding."""
+
     config: LongformerConfig
     one_sided_window: int
     dtype: Any = jnp.float32
     sequence_sharding: SequenceSharding | None = None
+
+
+class _Attention(_LayerPart):
+    """HF's ``LongformerAttention``: ``self`` (the banded attention), then ``output``."""
 
     @nn.compact
     def __call__(self, x, key_mode, slots, deterministic: bool = True, output_attentions: bool = False):
@@ -307,14 +314,9 @@ class _Attention(nn.Module):
             global_probs
 
 
-class LongformerLayer(nn.Module):
+class LongformerLayer(_LayerPart):
     """One post-LN layer: attention block, then ``LayerNorm(a + output(act(intermediate(a))))``.
     ``[batch, L, H] -> ([batch, L, H], probs, global_probs)``."""
-
-    config: LongformerConfig
-    one_sided_window: int
-    dtype: Any = jnp.float32
-    sequence_sharding: SequenceSharding | None = None
 
     @nn.compact
     def __call__(self, x, key_mode, slots, deterministic: bool = True, output_attentions: bool = False):
