@@ -1,7 +1,8 @@
 """Longformer masked-LM training step against length, this project (JAX) and HF PyTorch side by side in one run.
 
     python benchmarks/longformer_step.py [--lengths 1024,4096,16384] [--steps 3]
-                                         [--search 32768,65536,131072,262144] [--budget-gib 10] [--timeout 1200]
+                                         [--search 32768,65536,131072,262144] [--search-implementations HF,ours]
+                                         [--budget-gib 10] [--timeout 1200]
 
 Model: 6 layers, d=256 (4 heads x 64), FFN 1024, ``attention_window=256`` (128 positions to each side), vocab 512,
 dropout 0.1 (HF's default), no global tokens (masked-LM pretraining has none), batch 1, fp32. Both implementations
@@ -15,14 +16,16 @@ same way for both: the peak resident set size of its worker process (``ru_maxrss
 included), after all its steps.
 
 Prints the command, date and CPU and the calibration GEMM's fp32 GFLOP/s (``machine.py``), then two markdown tables:
-  1. per length of ``--lengths``: s/step of each (median), HF's time over ours, peak RSS GiB of each worker, and our
+  1. per length of ``--lengths``: s/step of each (median), HF's time over ours (median of the per-round ratios, and
+     their range: a shared host's load moves both steps of a round alike), peak RSS GiB of each worker, and our
      compiled step's temp memory (``compile().memory_analysis().temp_size_in_bytes``) and its ratio to the previous
      length's;
   2. the longest step that runs here: for each implementation (HF, ours, ours with remat) the lengths of
-     ``--search`` in turn, each one step in a fresh worker that is stopped when its RSS passes ``--budget-gib`` or it
-     runs past ``--timeout`` seconds (or the machine's available memory falls under 1 GiB: on a shared host the
-     kernel would otherwise kill someone's process); per length the outcome, s/step (compile excluded) and peak
-     RSS; then each one's longest.
+     ``--search`` in turn (``--search-implementations`` says which), each one step without a warm-up in a fresh
+     worker that is stopped when its RSS passes ``--budget-gib`` or it runs past ``--timeout`` seconds (or the
+     machine's available memory falls under 1 GiB: on a shared host the kernel would otherwise kill someone's
+     process); per length the outcome, s/step (ours is compiled ahead of time, so compiling is not in it; HF's is
+     its first step) and peak RSS; then each one's longest.
 
 Results, past and present: ``benchmarks/RESULTS.md``. Not a test: nothing here asserts.
 """
@@ -33,11 +36,15 @@ import argparse
 import multiprocessing
 import os
 import resource
+import sys
 import time
 
 import numpy as np
 
 import machine
+
+# This checkout's packages, not an installed copy of another one (the workers re-import this module when spawned).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 MODEL = dict(attention_window=256, vocab_size=512, hidden_size=256, num_hidden_layers=6, num_attention_heads=4,
              intermediate_size=1024, hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1,
@@ -109,11 +116,12 @@ def build_hf(length: int):
     return step, None
 
 
-def _worker(name: str, length: int, conn):
+def _worker(name: str, length: int, conn, warmup: bool = True):
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     step, temp = build_ours(length) if name == "ours" else (
         build_ours(length, remat=True) if name == "ours remat" else build_hf(length))
-    step()  # warm-up: compiles (JAX), warms allocator caches
+    if warmup:  # ours is compiled already (ahead of time, in build_ours); this warms allocator caches
+        step()
     conn.send(temp)
     while conn.recv() == "step":
         start = time.perf_counter()
@@ -122,9 +130,10 @@ def _worker(name: str, length: int, conn):
     conn.send(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # Linux: KiB
 
 
-def _start(name: str, length: int):
+def _start(name: str, length: int, warmup: bool = True):
     parent, child = multiprocessing.get_context("spawn").Pipe()
-    worker = multiprocessing.get_context("spawn").Process(target=_worker, args=(name, length, child), daemon=True)
+    worker = multiprocessing.get_context("spawn").Process(target=_worker, args=(name, length, child, warmup),
+                                                          daemon=True)
     worker.start()
     return worker, parent
 
@@ -175,7 +184,7 @@ def _wait(worker, conn, budget: float, deadline: float):
 
 def compare(lengths, steps: int, budget: float, timeout: float) -> None:
     print("\n## step time and memory against length\n"
-          "| length | ours s/step | HF s/step | HF / ours | ours peak RSS GiB | HF peak RSS GiB | ours temp GiB "
+          "| length | ours s/step | HF s/step | HF / ours (range) | ours peak RSS GiB | HF peak RSS GiB | ours temp GiB "
           "| temp vs previous |\n|---|---|---|---|---|---|---|---|")
     previous = None
     for length in lengths:
@@ -200,7 +209,10 @@ def compare(lengths, steps: int, budget: float, timeout: float) -> None:
             rss[name] = conn.recv()
             worker.join()
         cell = lambda name: f"{np.median(times[name]):.2f}" if name in rss else failed[name]  # noqa: E731
-        ratio = (f"{np.median(times['HF']) / np.median(times['ours']):.2f}x" if {"ours", "HF"} <= set(rss) else "-")
+        ratio = "-"
+        if {"ours", "HF"} <= set(rss):
+            rounds = np.asarray(times["HF"]) / np.asarray(times["ours"])  # the two steps of each round, side by side
+            ratio = f"{np.median(rounds):.2f}x ({rounds.min():.2f}-{rounds.max():.2f})"
         grows = f"{temp / previous:.2f}x" if temp and previous else "-"
         print(f"| {length} | {cell('ours')} | {cell('HF')} | {ratio} | "
               + " | ".join(f"{rss[n] / 2**30:.2f}" if n in rss else "-" for n in IMPLEMENTATIONS)
@@ -208,13 +220,13 @@ def compare(lengths, steps: int, budget: float, timeout: float) -> None:
         previous = temp
 
 
-def search(lengths, budget: float, timeout: float) -> None:
+def search(lengths, names, budget: float, timeout: float) -> None:
     print(f"\n## longest step that runs here (one step, each in a fresh worker, RSS budget {budget / 2**30:.0f} GiB, "
           f"{timeout:.0f} s)\n| implementation | length | outcome | s/step | peak RSS GiB |\n|---|---|---|---|---|")
     longest = {}
-    for name in ("HF", "ours", "ours remat"):
+    for name in names:
         for length in lengths:
-            worker, conn = _start(name, length)
+            worker, conn = _start(name, length, warmup=False)  # one step: at these lengths a step takes minutes
             _, failed = _wait(worker, conn, budget, time.monotonic() + timeout)
             elapsed = rss = None
             if failed is None:
@@ -230,7 +242,7 @@ def search(lengths, budget: float, timeout: float) -> None:
                 worker.join()
                 print(f"| {name} | {length} | {failed} | | |", flush=True)
                 break
-    print("longest: " + ", ".join(f"{n} {longest.get(n, '-')}" for n in ("HF", "ours", "ours remat")))
+    print("longest: " + ", ".join(f"{n} {longest.get(n, '-')}" for n in names))
 
 
 def main():
@@ -239,6 +251,8 @@ def main():
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--search", default="32768,65536,131072,262144",
                         help="lengths tried in turn for the longest step ('' skips it)")
+    parser.add_argument("--search-implementations", default="HF,ours,ours remat",
+                        help="which implementations the search runs, in turn (each from the first of --search)")
     parser.add_argument("--budget-gib", type=float, default=10.0, help="RSS above which a worker is stopped")
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds a worker may take per message")
     args = parser.parse_args()
@@ -248,7 +262,8 @@ def main():
     budget = args.budget_gib * 2**30
     compare([int(x) for x in args.lengths.split(",") if x], args.steps, budget, args.timeout)
     if args.search:
-        search([int(x) for x in args.search.split(",") if x], budget, args.timeout)
+        search([int(x) for x in args.search.split(",") if x], args.search_implementations.split(","), budget,
+               args.timeout)
     print(f"load average: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
