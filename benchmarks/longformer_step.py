@@ -25,7 +25,7 @@ Prints the command, date and CPU and the calibration GEMM's fp32 GFLOP/s (``mach
      worker that is stopped when its RSS passes ``--budget-gib`` or it runs past ``--timeout`` seconds (or the
      machine's available memory falls under 1 GiB: on a shared host the kernel would otherwise kill someone's
      process); per length the outcome, s/step (ours is compiled ahead of time, so compiling is not in it; HF's is
-     its first step) and peak RSS; then each one's longest.
+     its first step), peak RSS and our compiled temp memory; then each one's longest.
 
 Results, past and present: ``benchmarks/RESULTS.md``. Not a test: nothing here asserts.
 """
@@ -77,7 +77,7 @@ def build_ours(length: int, remat: bool = False):
     params = jax.jit(lambda key: jaxmodels.init_params(module, key))(jax.random.PRNGKey(0))
     ids, labels = (jnp.asarray(x) for x in make_batch(length))
 
-    def train_step(params, key):
+    def train_step(params, key, ids, labels):  # the batch as arguments: as constants XLA would fold its argsort
         def loss(p):
             return module.apply({"params": p}, input_ids=ids, labels=labels, deterministic=False,
                                 rngs={"dropout": key}).loss
@@ -85,12 +85,12 @@ def build_ours(length: int, remat: bool = False):
         value, grads = jax.value_and_grad(loss)(params)
         return jax.tree.map(lambda p, g: p - 1e-3 * g, params, grads), value
 
-    compiled = jax.jit(train_step, donate_argnums=0).lower(params, jax.random.PRNGKey(0)).compile()
+    compiled = jax.jit(train_step, donate_argnums=0).lower(params, jax.random.PRNGKey(0), ids, labels).compile()
     temp = compiled.memory_analysis().temp_size_in_bytes
     state = {"params": params, "step": 0}
 
     def step():
-        state["params"], value = compiled(state["params"], jax.random.PRNGKey(state["step"]))
+        state["params"], value = compiled(state["params"], jax.random.PRNGKey(state["step"]), ids, labels)
         state["step"] += 1
         value.block_until_ready()
 
@@ -222,12 +222,14 @@ def compare(lengths, steps: int, budget: float, timeout: float) -> None:
 
 def search(lengths, names, budget: float, timeout: float) -> None:
     print(f"\n## longest step that runs here (one step, each in a fresh worker, RSS budget {budget / 2**30:.0f} GiB, "
-          f"{timeout:.0f} s)\n| implementation | length | outcome | s/step | peak RSS GiB |\n|---|---|---|---|---|")
+          f"{timeout:.0f} s)\n| implementation | length | outcome | s/step | peak RSS GiB | ours temp GiB |\n"
+          "|---|---|---|---|---|---|")
     longest = {}
     for name in names:
         for length in lengths:
             worker, conn = _start(name, length, warmup=False)  # one step: at these lengths a step takes minutes
-            _, failed = _wait(worker, conn, budget, time.monotonic() + timeout)
+            temp, failed = _wait(worker, conn, budget, time.monotonic() + timeout)
+            temp = "" if temp is None else f"{temp / 2**30:.2f}"
             elapsed = rss = None
             if failed is None:
                 conn.send("step")
@@ -237,10 +239,10 @@ def search(lengths, names, budget: float, timeout: float) -> None:
                 rss = conn.recv()
                 worker.join()
                 longest[name] = length
-                print(f"| {name} | {length} | ran | {elapsed:.1f} | {rss / 2**30:.2f} |", flush=True)
+                print(f"| {name} | {length} | ran | {elapsed:.1f} | {rss / 2**30:.2f} | {temp} |", flush=True)
             else:
                 worker.join()
-                print(f"| {name} | {length} | {failed} | | |", flush=True)
+                print(f"| {name} | {length} | {failed} | | | {temp} |", flush=True)
                 break
     print("longest: " + ", ".join(f"{n} {longest.get(n, '-')}" for n in names))
 
