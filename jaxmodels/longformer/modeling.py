@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmodels.input_checks import check_range, check_token_inputs, is_concrete
+from jaxmodels.input_checks import check_range, check_token_shapes, is_concrete
 from jaxmodels.longformer.config import LongformerConfig
 from layers import axes
 from layers.activations import get_activation
@@ -113,7 +113,7 @@ def validate_inputs(config: LongformerConfig, input_ids, attention_mask, global_
                     position_ids, inputs_embeds, *, rank: int = 2) -> tuple[int, ...]:
     """The inputs' ``[batch, (choices,) length]`` shape; ValueError naming the argument when ``config`` cannot run
     them."""
-    shape = check_token_inputs(input_ids, inputs_embeds, width=config.hidden_size, rank=rank,
+    shape = check_token_shapes(input_ids, inputs_embeds, width=config.hidden_size, rank=rank,
                                attention_mask=attention_mask, global_attention_mask=global_attention_mask,
                                token_type_ids=token_type_ids, position_ids=position_ids)
     length = shape[-1]
