@@ -24,6 +24,7 @@ _PACKAGES = {
     "mega": "jaxmodels.mega",
     "rembert": "jaxmodels.rembert",
     "realm": "jaxmodels.realm",
+    "longformer": "jaxmodels.longformer",
 }
 
 

@@ -17,6 +17,7 @@ Optional, read by the model laws (every architecture of the family's registry re
   heavy: the head the compile-heavy laws (eager, mesh, bf16, gradients) run on; default ``mlm``.
   skip: architecture -> why the laws do not apply to it (say what covers it instead).
   causal: architecture -> config overrides under which that head is a causal decoder (checked for causality).
+  module_fields: architecture -> module fields (``module.clone(**fields)``) a jitted call of that head needs.
   extra: name -> dict(architecture=..., config=overrides, breaks={law: why}): more cases (another attention
     kind); ``breaks`` names the laws the case legitimately breaks, whose narrower form is then checked.
 """
@@ -52,6 +53,14 @@ FAMILIES = {
         mlm="MegaForMaskedLM", cls="MegaForSequenceClassification", bool_field="bidirectional",
         int_field="hidden_size", float_field="dropout_prob", act_field="activation",
         causal={"MegaForCausalLM": dict(is_decoder=True, bidirectional=False)}),
+    "longformer": dict(
+        config=dict(model_type="longformer", vocab_size=40, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                    intermediate_size=12, attention_window=4, max_position_embeddings=16),
+        mlm="LongformerForMaskedLM", cls="LongformerForSequenceClassification", bool_field=None,
+        int_field="hidden_size", float_field="layer_norm_eps", act_field="hidden_act",
+        # QA and multiple choice make question tokens global: under jit their count needs a static bound.
+        module_fields={"LongformerForQuestionAnswering": dict(max_global_tokens=12),
+                       "LongformerForMultipleChoice": dict(max_global_tokens=12)}),
 }
 NAMES = sorted(FAMILIES)
 

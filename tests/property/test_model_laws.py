@@ -95,9 +95,17 @@ def _hf_config(case: Case) -> dict:
     return {**config, "architectures": [case.architecture]}
 
 
+def _module(case: Case, **kwargs):
+    """The case's module, with the family entry's ``module_fields`` for its head (static fields a jitted call
+    needs, such as Longformer's ``max_global_tokens``)."""
+    module = jaxmodels.from_config(_hf_config(case), **kwargs)
+    fields = MODEL_FAMILIES[case.family].get("module_fields", {}).get(case.architecture)
+    return module.clone(**fields) if fields else module
+
+
 @functools.cache
 def _model(case: Case, dtype_name: str = "float32"):
-    module = jaxmodels.from_config(_hf_config(case), dtype=jnp.dtype(dtype_name))
+    module = _module(case, dtype=jnp.dtype(dtype_name))
     params = _params(case)
     return module, params
 
@@ -106,7 +114,7 @@ def _model(case: Case, dtype_name: str = "float32"):
 def _params(case: Case):
     """Random params from the abstract tree (a traced, never compiled init) filled by numpy: a jitted init costs
     seconds of threefry compile per head, and the laws hold for any params. Norm scales near 1, the rest N(0, 0.2)."""
-    module = jaxmodels.from_config(_hf_config(case))
+    module = _module(case)
     rng = np.random.default_rng(0)
 
     def fill(path, leaf):
