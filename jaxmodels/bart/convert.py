@@ -1,0 +1,36 @@
+"""BART checkpoint names: our param paths <-> HF state-dict keys (renames, transposes and per-layer stacking).
+
+Our tree mirrors HF's module names, so most leaves are ``torch_leaf(path)``. Differences:
+- ``layers`` is one stacked tree per stack (``[encoder_layers, ...]`` under ``encoder``, ``[decoder_layers, ...]``
+  under ``decoder``); leaf i is ``<stack>.layers.{i}.<rest>``.
+- The token table is stored once, as HF's safetensors export does: ``model.shared.weight`` (``shared.weight`` in a
+  bare ``BartModel`` file; ``model.decoder.embed_tokens.weight`` for ``BartForCausalLM``). Its tied copies
+  (``*.embed_tokens.weight`` of the stacks, ``lm_head.weight`` when tied), which older PyTorch files also hold, are
+  :data:`TIED_KEYS`: read by nobody, not reported as unexpected.
+- ``final_logits_bias`` (a buffer in HF, ``[1, vocab]``) and the untied ``lm_head`` keep HF's names and shapes.
+"""
+
+from __future__ import annotations
+
+from jaxmodels.bart.config import BartConfig
+from jaxmodels.hf_io import torch_leaf
+
+BASE_MODEL_PREFIX = "model"
+_LAYERS = "layers"
+TIED_KEYS = tuple(f"{prefix}{stack}.embed_tokens.weight" for prefix in ("", "model.") for stack in ("encoder", "decoder")
+                  ) + ("lm_head.weight",)
+
+
+def key_fn(config: BartConfig):
+    """``(path, shape) -> [(hf_name, index)]`` for a BART param tree (see ``jaxmodels.hf_io``)."""
+
+    def keys(path, shape):
+        if _LAYERS in path:
+            at = path.index(_LAYERS)
+            stem = ".".join(path[:at + 1])
+            rest = torch_leaf(path[at + 1:])
+            count = config.encoder_layers if "encoder" in path[:at] else config.decoder_layers
+            return [(f"{stem}.{i}.{rest}", (i,)) for i in range(count)]
+        return [(torch_leaf(path), ())]
+
+    return keys
