@@ -7,6 +7,10 @@ Our tree mirrors HF's module names, so most leaves are ``torch_leaf(path)``. Dif
   bare ``BartModel`` file; ``model.decoder.embed_tokens.weight`` for ``BartForCausalLM``). Its tied copies
   (``*.embed_tokens.weight`` of the stacks, ``lm_head.weight`` when tied), which older PyTorch files also hold, are
   :data:`TIED_KEYS`: read by nobody, not reported as unexpected.
+- Except with ``tie_word_embeddings=False``: HF 4.46.3 then does not re-tie the stacks' ``embed_tokens`` to
+  ``shared`` when loading, and a file holding only ``model.shared.weight`` (HF's own export) leaves them randomly
+  initialised: HF's own save / load round trip of such a model changes its outputs. Our export also writes the two
+  ``embed_tokens`` copies, so HF loads what we saved.
 - ``final_logits_bias`` (a buffer in HF, ``[1, vocab]``) and the untied ``lm_head`` keep HF's names and shapes.
 """
 
@@ -31,6 +35,10 @@ def key_fn(config: BartConfig):
             rest = torch_leaf(path[at + 1:])
             count = config.encoder_layers if "encoder" in path[:at] else config.decoder_layers
             return [(f"{stem}.{i}.{rest}", (i,)) for i in range(count)]
-        return [(torch_leaf(path), ())]
+        name = torch_leaf(path)
+        if path[-2:] == ("shared", "embedding") and not config.tie_word_embeddings:
+            stem = name[: -len("shared.weight")]
+            return [(name, ())] + [(f"{stem}{stack}.embed_tokens.weight", ()) for stack in ("encoder", "decoder")]
+        return [(name, ())]
 
     return keys

@@ -263,9 +263,8 @@ def last_eos_positions(config: BartConfig, input_ids: Array) -> Array:
     Concrete ids are checked as HF does (every row the same number of eos, at least one) with a ``ValueError``
     naming ``input_ids``. Under ``jit`` nothing can be checked: each row still gets its own last eos, and a row
     without eos gets its last position."""
-    eos = input_ids == config.eos_token_id
     if is_concrete(input_ids):
-        counts = np.asarray(eos).sum(axis=1)
+        counts = (np.asarray(input_ids) == config.eos_token_id).sum(axis=1)
         if counts.size and counts.min() == 0:
             raise ValueError(f"input_ids: rows {np.flatnonzero(counts == 0).tolist()} hold no eos_token_id="
                              f"{config.eos_token_id}; sequence classification reads the decoder state at each row's "
@@ -273,8 +272,8 @@ def last_eos_positions(config: BartConfig, input_ids: Array) -> Array:
         if len(set(counts.tolist())) > 1:
             raise ValueError(f"input_ids: all examples must have the same number of eos_token_id="
                              f"{config.eos_token_id} tokens (HF's rule); got counts {counts.tolist()}")
-    length = input_ids.shape[1]
-    return length - 1 - jnp.argmax(jnp.flip(eos, axis=1), axis=1)
+    eos = input_ids == config.eos_token_id
+    return input_ids.shape[1] - 1 - jnp.argmax(jnp.flip(eos, axis=1), axis=1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
