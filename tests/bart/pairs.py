@@ -35,10 +35,12 @@ def rows(rng, batch: int, length: int, pad_tail=(), extra_eos=()):
     return ids, mask
 
 
-def build_pair(tmp_path, head: str, cfg: dict, seed: int = 1, logits_bias_seed: int | None = None, std: float = 0.2):
+def build_pair(tmp_path, head: str, cfg: dict, seed: int = 1, logits_bias_seed: int | None = None, std: float = 0.2,
+               eos_logit_bias: float | None = None):
     """HF ``head`` from ``cfg`` with N(0, std) weights (LayerNorm scales ~1) saved to ``tmp_path``, and ours loaded
     from there. ``logits_bias_seed`` fills HF's ``final_logits_bias`` buffer (zeros in a fresh model, and not a
-    parameter, so ``randomize_`` leaves it) with N(0, 1) values."""
+    parameter, so ``randomize_`` leaves it) with N(0, 1) values; ``eos_logit_bias`` sets its eos entry (how
+    likely a random model is to stop)."""
     torch = require_torch()
     import transformers
 
@@ -49,7 +51,19 @@ def build_pair(tmp_path, head: str, cfg: dict, seed: int = 1, logits_bias_seed: 
         with torch.no_grad():
             generator = torch.Generator().manual_seed(logits_bias_seed)
             hf_model.final_logits_bias.copy_(torch.randn(hf_model.final_logits_bias.shape, generator=generator))
+    if eos_logit_bias is not None:
+        with torch.no_grad():
+            hf_model.final_logits_bias[0, cfg["eos_token_id"]] = eos_logit_bias
     hf_model.save_pretrained(tmp_path)
     module, params = jaxmodels.from_pretrained(str(tmp_path))
     assert type(module).__name__ == head
     return hf_model, module, params
+
+
+def random_params(module, seed: int = 0, std: float = 0.5) -> dict:
+    """N(0, std) params of ``module``'s shapes, drawn in numpy (no init program to compile)."""
+    import jax
+    import jax.numpy as jnp
+
+    rng = np.random.RandomState(seed)
+    return jax.tree.map(lambda s: jnp.asarray(rng.randn(*s.shape) * std, s.dtype), jaxmodels.abstract_params(module))
