@@ -252,6 +252,7 @@ def shift_tokens_right(input_ids: Array, pad_token_id: int, decoder_start_token_
     if decoder_start_token_id is None:
         raise ValueError("config.decoder_start_token_id is None: set it, or pass decoder_input_ids (the decoder "
                          "inputs are input_ids / labels shifted right behind the start token)")
+    input_ids = jnp.asarray(input_ids)
     start = jnp.full((input_ids.shape[0], 1), decoder_start_token_id, input_ids.dtype)
     shifted = jnp.concatenate([start, input_ids[:, :-1]], axis=1)
     return jnp.where(shifted == -100, jnp.asarray(pad_token_id, input_ids.dtype), shifted)
