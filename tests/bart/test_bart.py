@@ -86,7 +86,7 @@ def test_last_eos_pooling_under_jit():
 
 
 def test_sharded_init_matches_single_device():
-    """Init with out_shardings on a data=2,fsdp=2,tensor=2 mesh of 8 CPU devices == plain init, and so do outputs."""
+    """Init with out_shardings on a data=2,fsdp=2,tensor=2 mesh of 8 CPU devices == plain init."""
     assert jax.device_count() == 8, "tests/conftest.py should fake 8 CPU devices"
     module = BartForConditionalGeneration(CONFIG)
     dummy = jaxmodels.family("bart").dummy_inputs(CONFIG, "BartForConditionalGeneration")
@@ -100,12 +100,6 @@ def test_sharded_init_matches_single_device():
     assert len(fc1.sharding.device_set) == 8 and fc1.addressable_shards[0].data.shape[1:] == (8, 12)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-8),
                  single, sharded)
-    ids, mask = rows(np.random.RandomState(0), 4, 8)
-    forward = jax.jit(lambda p, i, m: module.apply({"params": p}, i, m).logits)
-    ref = forward(single, ids, mask)
-    with mesh, nn.logical_axis_rules(DEFAULT_RULES):
-        out = forward(sharded, ids, mask)
-    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("changes,match", [

@@ -127,7 +127,8 @@ def test_head_parity(tmp_path, name):
         out = module.apply({"params": p}, **jin, output_hidden_states=per_layer, output_attentions=per_layer)
         return objective(out, probes), out
 
-    (_, ours), grads = jax.jit(jax.value_and_grad(ours_fn, has_aux=True))(params)
+    run = jax.jit(jax.value_and_grad(ours_fn, has_aux=True))
+    (_, ours), grads = run(params)
     for field in FIELDS[head]:
         assert_close(getattr(ours, field), getattr(theirs, field), OUT_TOL, field)
     for field in _per_layer_fields(head, "encoder_hidden_states" in inputs) if per_layer else ():
@@ -139,12 +140,13 @@ def test_head_parity(tmp_path, name):
     assert_grads_close(jaxmodels.params_to_hf(module, grads), torch_grads(hf_model), GRAD_TOL)
 
     if name == "cond_gen-labels_only-untied-bias-silu":
-        _check_round_trip(tmp_path, module, params, jin)
+        _check_round_trip(tmp_path, module, params, tin, run)
 
 
-def _check_round_trip(tmp_path, module, params, jin):
-    """Ours -> save_pretrained -> HF from_pretrained: equal logits (untied lm_head and final_logits_bias written);
-    back through our doorway: equal params."""
+def _check_round_trip(tmp_path, module, params, tin, run):
+    """Ours -> save_pretrained -> HF from_pretrained: equal logits (untied lm_head, final_logits_bias and, for HF's
+    loader, the untied embed_tokens copies written); back through our doorway: equal params. ``run`` is the
+    case's compiled forward and backward."""
     torch = require_torch()
     import transformers
 
@@ -153,11 +155,9 @@ def _check_round_trip(tmp_path, module, params, jin):
     params = jax.tree.unflatten(treedef, [x + 0.1 * jnp.asarray(rng.randn(*x.shape), jnp.float32) for x in leaves])
     jaxmodels.save_pretrained(module, params, str(tmp_path / "ours"))
     hf_model = transformers.BartForConditionalGeneration.from_pretrained(tmp_path / "ours").eval()
-    inputs = {k: v for k, v in jin.items() if k != "labels"}
     with torch.no_grad():
-        theirs = hf_model(**{k: torch.tensor(np.asarray(v)) for k, v in inputs.items()},
-                          decoder_input_ids=torch.tensor(np.asarray(jin["input_ids"])))
-    ours = module.apply({"params": params}, **inputs, decoder_input_ids=jin["input_ids"])
+        theirs = hf_model(**tin)
+    (_, ours), _ = run(params)
     assert_close(ours.logits, theirs.logits, OUT_TOL, "logits after the round trip")
     module2, params2 = jaxmodels.from_pretrained(str(tmp_path / "ours"))
     assert module2.config == module.config
