@@ -6,8 +6,11 @@ the same shapes and one compiled program serves all of them). A new token at slo
 filled slots up to and including its own, and only to slots that hold a real (non-padding) token. Unfilled slots are
 never visible, so a cache may be longer than the sequence decoded into it.
 
-Layouts: cache keys/values ``[batch, max_length, heads, head_dim]`` (the key layout of
-``layers.attention.dot_product_attention``), slot validity ``[batch, max_length]`` bool, ``index`` an int32 scalar.
+Layouts: slot validity ``[batch, max_length]`` bool, ``index`` an int32 scalar; keys/values either in the key layout
+of ``layers.attention.dot_product_attention`` ``[batch, max_length, heads, head_dim]`` or heads-major ``[batch, heads,
+max_length, head_dim]`` (``axis=2``). A decoding loop keeps the heads-major one: the attention matmuls batch over
+(batch, heads), and with those axes leading XLA reads the cache in place, where the other layout costs a transposed
+copy of every layer's cache at every step.
 
 ``cached_attention_reference`` is the slow twin: HF's way, concatenating the past keys with the new ones and
 attending causally over the concatenation.
@@ -21,15 +24,16 @@ import jax.numpy as jnp
 Array = jax.Array
 
 
-def kv_cache_write(cache: Array, new: Array, index: Array) -> Array:
-    """``cache [batch, max_length, ...]`` with ``new [batch, t, ...]`` written at slots ``index .. index + t - 1``.
+def kv_cache_write(cache: Array, new: Array, index: Array, axis: int = 1) -> Array:
+    """``cache`` with ``new`` written at slots ``index .. index + t - 1`` of its length axis ``axis`` (``new`` has
+    ``t`` there and the cache's sizes elsewhere).
 
-    The same write serves keys, values (``[.., heads, head_dim]``) and slot validity (``[batch, max_length]`` bool,
-    False for padding). The caller keeps ``index + t <= max_length`` (a traced index cannot be checked)."""
-    index = jnp.asarray(index, jnp.int32)
+    The same write serves keys and values (either layout) and slot validity (``[batch, max_length]`` bool, False for
+    padding). The caller keeps ``index + t <= max_length`` (a traced index cannot be checked)."""
     zero = jnp.zeros((), jnp.int32)
-    start = (zero, index) + (zero,) * (cache.ndim - 2)
-    return jax.lax.dynamic_update_slice(cache, new.astype(cache.dtype), start)
+    start = [zero] * cache.ndim
+    start[axis] = jnp.asarray(index, jnp.int32)
+    return jax.lax.dynamic_update_slice(cache, new.astype(cache.dtype), tuple(start))
 
 
 def kv_cache_mask(cache_valid: Array, index: Array, length: int) -> Array:

@@ -71,9 +71,10 @@ class BartCache:
     """Decoding state of the decoder. R rows (the batch, or batch x beams), T = ``max_length`` slots, B examples of
     S encoder tokens (R a multiple of B); n heads of width dh.
 
-    self_key, self_value ``[layers, R, T, n, dh]``; self_mask ``[R, T]`` (bool: slot holds a real decoder token);
-    cross_key, cross_value ``[layers, B, S, n, dh]`` and encoder_mask ``[B, S]`` (None without an encoder output:
-    a ``BartForCausalLM`` run without cross-attention); index ``[]`` int32 (tokens decoded so far).
+    self_key, self_value ``[layers, R, n, T, dh]``; self_mask ``[R, T]`` (bool: slot holds a real decoder token);
+    cross_key, cross_value ``[layers, B, n, S, dh]`` and encoder_mask ``[B, S]`` (None without an encoder output:
+    a ``BartForCausalLM`` run without cross-attention); index ``[]`` int32 (tokens decoded so far). Keys and values
+    are heads-major (``layers.kv_cache``): each step reads them in place, without a transposed copy.
     """
 
     self_key: Array
@@ -371,9 +372,10 @@ class BartDecoderLayer(_BartLayer):
     """Post-LN: causal self-attention, cross-attention over the encoder output, feed-forward. ``[R, t, d]``.
 
     Cross-attention runs when ``encoder_states [b, s, d]`` are given (keys/values projected here) or their keys and
-    values ``cross_kv`` (from a cache); ``cross_key_value`` projects them once for a cache. With ``layer_cache``
-    (this layer's self-attention ``(key, value)`` slots) the new keys/values are written at ``cache_index`` and the
-    updated pair is returned.
+    values ``cross_kv`` (from a cache, heads-major ``[b, n, s, dh]``); ``cross_key_value`` projects them
+    (``[b, s, n, dh]``) once for a cache. With ``layer_cache`` (this layer's self-attention ``(key, value)`` slots,
+    heads-major ``[R, n, T, dh]``) the new keys/values are written at ``cache_index`` and the updated pair is
+    returned.
     """
 
     def setup(self):
@@ -394,15 +396,17 @@ class BartDecoderLayer(_BartLayer):
                  deterministic: bool = True):
         key, value = self.self_attn.key_value(h)
         new_cache = None
-        if layer_cache is not None:
-            key = kv_cache_write(layer_cache[0], key, cache_index)
-            value = kv_cache_write(layer_cache[1], value, cache_index)
-            new_cache = (key, value)
+        if layer_cache is not None:  # heads-major slots [R, n, T, dh]
+            new_cache = tuple(kv_cache_write(slots, jnp.swapaxes(x, 1, 2), cache_index, axis=2)
+                              for slots, x in zip(layer_cache, (key, value)))
+            key, value = (jnp.swapaxes(x, 1, 2) for x in new_cache)
         a, self_weights = self.self_attn(h, key, value, self_mask, deterministic)
         h = self.self_attn_layer_norm(h + self.dropout(a, deterministic=deterministic))
         cross_weights = None
         if encoder_states is not None:
             cross_kv = self.cross_key_value(encoder_states)
+        elif cross_kv is not None:  # heads-major [b, n, s, dh], from a cache
+            cross_kv = tuple(jnp.swapaxes(x, 1, 2) for x in cross_kv)
         if cross_kv is not None:
             a, cross_weights = self.encoder_attn(h, cross_kv[0], cross_kv[1], cross_mask, deterministic)
             h = self.encoder_attn_layer_norm(h + self.dropout(a, deterministic=deterministic))
@@ -541,7 +545,7 @@ class BartDecoder(_BartStack):
                 not 0 < max_length <= c.max_position_embeddings:
             raise ValueError(f"max_length={max_length!r}: must be a positive int <= max_position_embeddings="
                              f"{c.max_position_embeddings} (decoded positions index the learned table)")
-        slots = jnp.zeros((c.decoder_layers, batch_size, max_length, c.decoder_attention_heads, c.decoder_head_dim),
+        slots = jnp.zeros((c.decoder_layers, batch_size, c.decoder_attention_heads, max_length, c.decoder_head_dim),
                           self.dtype)
         states = _encoder_states(names, encoder_hidden_states)
         cross_key = cross_value = encoder_mask = None
@@ -551,8 +555,8 @@ class BartDecoder(_BartStack):
                 raise ValueError(f"batch_size={batch_size} must be a multiple of the {names} batch {states.shape[0]} "
                                  "(rows = examples x beams)")
             layer = self._layer()
-            cross_key, cross_value = jax.vmap(
-                lambda p: layer.apply({"params": p}, states.astype(self.dtype), method="cross_key_value"))(self.layers)
+            cross_key, cross_value = (jnp.swapaxes(x, 2, 3) for x in jax.vmap(
+                lambda p: layer.apply({"params": p}, states.astype(self.dtype), method="cross_key_value"))(self.layers))
             encoder_mask = (jnp.ones(states.shape[:2], bool) if encoder_attention_mask is None
                             else jnp.asarray(encoder_attention_mask) != 0)
         elif encoder_attention_mask is not None:
