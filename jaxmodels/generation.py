@@ -189,8 +189,7 @@ def generate(module, params: Any, input_ids: Array, *, max_new_tokens: int | Non
         if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
             raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has "
                              f"{tuple(input_ids.shape)}; they must match")
-        batch, source_len = input_ids.shape
-        fn = _cached_or_fresh(_build_seq2seq_cached, module, batch, source_len, attention_mask is not None, options)
+        fn = _cached_or_fresh(_build_seq2seq_cached, module, options)
         return fn(params, input_ids, attention_mask, rng if do_sample else None, values)
 
     seq2seq_only = dict(attention_mask=attention_mask, max_length=max_length, min_length=min_length,
@@ -348,11 +347,12 @@ def process_scores(scores: Array, tokens: Array, length: Array, options: _Seq2Se
     return scores
 
 
-def _build_seq2seq(module, batch: int, source_len: int, has_mask: bool, o: _Seq2SeqOptions):
-    rows = batch * o.num_beams
+def _build_seq2seq(module, o: _Seq2SeqOptions):
+    """The jitted generation for ``o`` (``jax.jit`` compiles it once per input shape)."""
 
     def start(params, input_ids, attention_mask, v):
         """Encoder output once, a cache with its cross-attention state for ``rows``, decoder rows [start, pad...]."""
+        rows = input_ids.shape[0] * o.num_beams
         variables = {"params": params}
         encoded = module.apply(variables, input_ids=input_ids, attention_mask=attention_mask, method="encode")
         cache = module.apply(variables, rows, o.max_length, encoded.last_hidden_state, attention_mask,
@@ -368,6 +368,7 @@ def _build_seq2seq(module, batch: int, source_len: int, has_mask: bool, o: _Seq2
 
     def greedy(params, input_ids, attention_mask, rng, v):
         variables, cache, tokens = start(params, input_ids, attention_mask, v)
+        rows = tokens.shape[0]
 
         def cond(state):
             length, _, _, finished = state
@@ -390,7 +391,8 @@ def _build_seq2seq(module, batch: int, source_len: int, has_mask: bool, o: _Seq2
 
     def beam_search(params, input_ids, attention_mask, rng, v):
         variables, cache, tokens = start(params, input_ids, attention_mask, v)
-        k = o.num_beams
+        batch, k = input_ids.shape[0], o.num_beams
+        rows = batch * k
         hyps = _BeamHypotheses.empty(batch, k, o.max_length, v.pad_token_id)
         # Only beam 0 is live at first (all beams hold the same start): the others start at -1e9, as HF's.
         scores = jnp.zeros((batch, k), jnp.float32).at[:, 1:].set(-1e9)

@@ -17,7 +17,7 @@ Our tree mirrors HF's module names, so most leaves are ``torch_leaf(path)``. Dif
 from __future__ import annotations
 
 from jaxmodels.bart.config import BartConfig
-from jaxmodels.hf_io import torch_leaf
+from jaxmodels.hf_io import stacked_layer_names, torch_leaf
 
 BASE_MODEL_PREFIX = "model"
 _LAYERS = "layers"
@@ -30,11 +30,8 @@ def key_fn(config: BartConfig):
 
     def keys(path, shape):
         if _LAYERS in path:
-            at = path.index(_LAYERS)
-            stem = ".".join(path[:at + 1])
-            rest = torch_leaf(path[at + 1:])
-            count = config.encoder_layers if "encoder" in path[:at] else config.decoder_layers
-            return [(f"{stem}.{i}.{rest}", (i,)) for i in range(count)]
+            encoder = "encoder" in path[:path.index(_LAYERS)]
+            return stacked_layer_names(path, config.encoder_layers if encoder else config.decoder_layers)
         name = torch_leaf(path)
         if path[-2:] == ("shared", "embedding") and not config.tie_word_embeddings:
             stem = name[: -len("shared.weight")]

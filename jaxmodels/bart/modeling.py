@@ -23,7 +23,12 @@ keys/values of every layer, projected from the encoder output once. ``decode(ids
 and returns the updated cache. ``rows`` may be a multiple ``K`` of the encoder batch (beam search): cross keys and
 values stay ``[batch, source, ...]`` per example and the K rows of an example attend to them together (their queries
 stacked along the query axis), instead of repeating the encoder output K times as HF does.
-``reorder_cache(cache, rows)`` gathers the self-attention rows (after a beam-search step).
+``reorder_cache(cache, rows)`` gathers the self-attention rows (after a beam-search step). Cached keys and values are
+heads-major, the layout the attention matmuls read in place. With ``split_decoding=True`` (a module field)
+``init_cache`` also splits the decoder's params and caches into one buffer per layer and cached calls run the layers
+unrolled (``layers.stacked.PerLayer``): inside a scan XLA copies every layer's weights before reading them, which
+doubles the memory traffic of a decoding step (benchmarks/BART_RESULTS.md); the price is a decoder traced once per
+layer.
 
 Differences from HF, all where HF is wrong, mutating or data-dependent (see ``notes/families/bart.md``):
 ``BartForSequenceClassification`` picks the last eos per row with static indexing (HF Flax sums every eos under
@@ -37,6 +42,7 @@ cross-attention keys/values are computed once per generation (HF Flax recomputes
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax
@@ -134,59 +140,45 @@ class CausalLMOutputWithCrossAttentions:
     cross_attentions: tuple | None = None
 
 
+@flax.struct.dataclass(kw_only=True)
+class _Seq2SeqFields:
+    """The fields every seq2seq output repeats (keywords): per-layer decoder states and attention weights (on
+    request), and the encoder's output (per-layer states and weights on request)."""
+
+    decoder_hidden_states: tuple | None = None
+    decoder_attentions: tuple | None = None
+    cross_attentions: tuple | None = None
+    encoder_last_hidden_state: Array | None = None
+    encoder_hidden_states: tuple | None = None
+    encoder_attentions: tuple | None = None
+
+
 @flax.struct.dataclass
-class Seq2SeqModelOutput:
+class Seq2SeqModelOutput(_Seq2SeqFields):
     last_hidden_state: Array
-    decoder_hidden_states: tuple | None = None
-    decoder_attentions: tuple | None = None
-    cross_attentions: tuple | None = None
-    encoder_last_hidden_state: Array | None = None
-    encoder_hidden_states: tuple | None = None
-    encoder_attentions: tuple | None = None
 
 
 @flax.struct.dataclass
-class Seq2SeqLMOutput:
+class Seq2SeqLMOutput(_Seq2SeqFields):
     logits: Array
     loss: Array | None = None
-    decoder_hidden_states: tuple | None = None
-    decoder_attentions: tuple | None = None
-    cross_attentions: tuple | None = None
-    encoder_last_hidden_state: Array | None = None
-    encoder_hidden_states: tuple | None = None
-    encoder_attentions: tuple | None = None
 
 
 @flax.struct.dataclass
-class Seq2SeqSequenceClassifierOutput:
+class Seq2SeqSequenceClassifierOutput(_Seq2SeqFields):
     logits: Array
     loss: Array | None = None
-    decoder_hidden_states: tuple | None = None
-    decoder_attentions: tuple | None = None
-    cross_attentions: tuple | None = None
-    encoder_last_hidden_state: Array | None = None
-    encoder_hidden_states: tuple | None = None
-    encoder_attentions: tuple | None = None
 
 
 @flax.struct.dataclass
-class Seq2SeqQuestionAnsweringModelOutput:
+class Seq2SeqQuestionAnsweringModelOutput(_Seq2SeqFields):
     start_logits: Array
     end_logits: Array
     loss: Array | None = None
-    decoder_hidden_states: tuple | None = None
-    decoder_attentions: tuple | None = None
-    cross_attentions: tuple | None = None
-    encoder_last_hidden_state: Array | None = None
-    encoder_hidden_states: tuple | None = None
-    encoder_attentions: tuple | None = None
 
 
 def _seq2seq_fields(out: Seq2SeqModelOutput) -> dict:
-    """The fields every seq2seq head output repeats from the model output."""
-    return dict(decoder_hidden_states=out.decoder_hidden_states, decoder_attentions=out.decoder_attentions,
-                cross_attentions=out.cross_attentions, encoder_last_hidden_state=out.encoder_last_hidden_state,
-                encoder_hidden_states=out.encoder_hidden_states, encoder_attentions=out.encoder_attentions)
+    return {f.name: getattr(out, f.name) for f in dataclasses.fields(_Seq2SeqFields)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -717,8 +709,10 @@ class BartModel(nn.Module):
         enc = self.encode(input_ids, attention_mask, position_ids, inputs_embeds, **flags)
         dec = self.decode(decoder_input_ids, enc.last_hidden_state, attention_mask, decoder_attention_mask,
                           decoder_position_ids, decoder_inputs_embeds, **flags)
-        return Seq2SeqModelOutput(dec.last_hidden_state, dec.hidden_states, dec.attentions, dec.cross_attentions,
-                                  enc.last_hidden_state, enc.hidden_states, enc.attentions)
+        return Seq2SeqModelOutput(
+            dec.last_hidden_state, decoder_hidden_states=dec.hidden_states, decoder_attentions=dec.attentions,
+            cross_attentions=dec.cross_attentions, encoder_last_hidden_state=enc.last_hidden_state,
+            encoder_hidden_states=enc.hidden_states, encoder_attentions=enc.attentions)
 
 
 class _Kernel(nn.Module):
