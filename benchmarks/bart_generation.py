@@ -143,6 +143,7 @@ def main():
     names = [n for n in IMPLEMENTATIONS if n not in args.skip]
     import multiprocessing
 
+    load_before = os.getloadavg()[0]  # a shared host's other work shows here: every time below is wall time
     directory = tempfile.mkdtemp(prefix="bart_generation_")
     config = save_model(directory)
     ids = make_ids(args.batch, args.source, config["vocab_size"])
@@ -175,7 +176,8 @@ def main():
     m, k, n = GEMM_SHAPE
     print(f"\nBART-base generation (random weights, fp32): batch {args.batch}, source {args.source} tokens, "
           f"{args.new} new tokens per example, {args.rounds} timed rounds, one worker process each")
-    print(f"CPU: {cpu_description()}")
+    print(f"CPU: {cpu_description()}; 1-minute load average {load_before:.1f} before the run, "
+          f"{os.getloadavg()[0]:.1f} after")
     for framework, name in (("XLA", "ours"), ("torch", "HF PyTorch")):
         if name in gemm:
             print(f"fp32 GEMM {m}x{k}x{n} in {framework}: {gemm[name]:.1f} GFLOP/s")
