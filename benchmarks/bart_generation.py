@@ -20,9 +20,10 @@ place (inside a scan XLA copies every layer's weight slice before reading it: ``
 Each implementation runs in its own worker process (PyTorch's and XLA's thread pools would otherwise compete on a
 few cores), built and warmed up one after another. Timed runs are interleaved round-robin (one run of each
 implementation per round and mode); each row's speed-ups over the HF implementations are the medians (and range) of
-per-round ratios, steadier on a shared host than ratios of medians. "compile s" is the first call minus a steady
-one. Before the table: the CPU and an fp32 GEMM calibration (``[1024, 768] @ [768, 3072]``) in XLA and torch. Not a
-test: nothing here asserts on time.
+per-round ratios, steadier on a shared host than ratios of medians. "CPU s" is the worker's CPU time of a run (all
+its threads), which other work on the host inflates less than wall time. "compile s" is the first call minus a
+steady one. Before the table: the CPU, the host's load average and an fp32 GEMM calibration (``[1024, 768] @
+[768, 3072]``) in XLA and torch. Not a test: nothing here asserts on time.
 """
 
 from __future__ import annotations
@@ -119,9 +120,9 @@ def _worker(name, conn, directory, ids, new):
         message = conn.recv()
         if message == "stop":
             return
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         sequences = run(MODES[message])
-        conn.send((time.perf_counter() - start, sequences))
+        conn.send((time.perf_counter() - start, time.process_time() - cpu, sequences))
 
 
 def _same(ours: np.ndarray, reference: np.ndarray, pad: int = 1) -> bool:
@@ -159,13 +160,15 @@ def main():
         print(f"  {name} ready: first calls " + ", ".join(f"{m} {t:.1f}s" for m, t in first[name].items()),
               flush=True)
     times = {(n, m): [] for n in names for m in MODES}
+    cpu_times = {(n, m): [] for n in names for m in MODES}
     outputs = {}
     for r in range(args.rounds):
         for mode in MODES:
             for name in names:
                 conns[name].send(mode)
-                elapsed, outputs[name, mode] = conns[name].recv()
+                elapsed, cpu, outputs[name, mode] = conns[name].recv()
                 times[name, mode].append(elapsed)
+                cpu_times[name, mode].append(cpu)
         print(f"  round {r + 1}: " + ", ".join(f"{n} {m} {t[-1]:.2f}s" for (n, m), t in times.items()), flush=True)
     for conn in conns.values():
         conn.send("stop")
@@ -182,7 +185,7 @@ def main():
         if name in gemm:
             print(f"fp32 GEMM {m}x{k}x{n} in {framework}: {gemm[name]:.1f} GFLOP/s")
     references = [n for n in names if n.startswith("HF")]
-    print(f"{'implementation':<12} {'mode':<7} {'s (median)':>10} {'tokens/s':>9} {'compile s':>10} "
+    print(f"{'implementation':<12} {'mode':<7} {'s (median)':>10} {'CPU s':>7} {'tokens/s':>9} {'compile s':>10} "
           + "".join(f"{f'x faster than {r} (median [min, max])':>39}" for r in references) + f" {'= HF PyTorch':>13}")
     for mode in MODES:
         for name in names:
@@ -194,7 +197,8 @@ def main():
                 ratio = np.asarray(times[r, mode]) / t
                 ratios += f"{f'{np.median(ratio):.2f} [{ratio.min():.2f}, {ratio.max():.2f}]':>39}"
             same = _same(outputs[name, mode], outputs["HF PyTorch", mode]) if "HF PyTorch" in names else "n/a"
-            print(f"{name:<12} {mode:<7} {np.median(t):>10.2f} {tokens / np.median(t):>9.1f} {compile_s:>10.1f}"
+            print(f"{name:<12} {mode:<7} {np.median(t):>10.2f} {np.median(cpu_times[name, mode]):>7.1f} "
+                  f"{tokens / np.median(t):>9.1f} {compile_s:>10.1f}"
                   f"{ratios} {str(same):>13}")
 
 
