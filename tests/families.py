@@ -17,12 +17,17 @@ Optional, read by the model laws (every architecture of the family's registry re
   heavy: the head the compile-heavy laws (eager, mesh, bf16, gradients) run on; default ``mlm``.
   skip: architecture -> why the laws do not apply to it (say what covers it instead).
   causal: architecture -> config overrides under which that head is a causal decoder (checked for causality).
+  breaks: architecture -> {law: why}: laws a head legitimately breaks (their narrower form is checked), as for
+    ``extra`` cases.
   extra: name -> dict(architecture=..., config=overrides, breaks={law: why}): more cases (another attention
     kind); ``breaks`` names the laws the case legitimately breaks, whose narrower form is then checked.
 Optional, read by the bad-input catalogue:
   cls_eos: the classifier pools at each row's last occurrence of this id (BART), so its classification inputs end
     with it once.
 """
+
+_BART_SHIFTED = ("its decoder reads input_ids shifted right with no decoder mask (HF's rule), so a padded id "
+                 "inside a row reaches that row's later decoder positions")
 
 FAMILIES = {
     "albert": dict(
@@ -62,7 +67,9 @@ FAMILIES = {
                     encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=24, decoder_ffn_dim=24,
                     max_position_embeddings=16, num_labels=2),
         mlm="BartForConditionalGeneration", cls="BartForSequenceClassification", bool_field="scale_embedding",
-        int_field="d_model", float_field="dropout", act_field="activation_function", cls_eos=2),
+        int_field="d_model", float_field="dropout", act_field="activation_function", cls_eos=2,
+        breaks={arch: {"padding": _BART_SHIFTED}
+                for arch in ("BartModel", "BartForConditionalGeneration", "BartForQuestionAnswering")}),
 }
 NAMES = sorted(FAMILIES)
 
