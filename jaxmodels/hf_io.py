@@ -32,12 +32,12 @@ def torch_leaf(path: Path) -> str:
     return ".".join(path[:-1] + (TORCH_LEAF_NAMES.get(path[-1], path[-1]),))
 
 
-def stacked_leaf_names(path: Path, stack: str, count: int) -> list[tuple[str, tuple[int]]]:
-    """The HF names of a leaf under the stacked tree ``stack`` (``[count, ...]``, one row per layer): row i is
-    ``<path up to stack>.<i>.<rest of path>``."""
+def stacked_layer_names(path: Path, count: int, stack: str = "layers") -> list[tuple[str, tuple[int]]]:
+    """The HF names of a leaf of a stacked layer tree, ``path = (..., stack, *rest)`` with leaves ``[count, ...]``:
+    layer i is ``<...>.<stack>.{i}.<rest>`` at index ``(i,)`` (``encoder.layers.3.fc1.weight``)."""
     at = path.index(stack)
-    prefix, rest = ".".join(path[:at + 1]), torch_leaf(path[at + 1:])
-    return [(f"{prefix}.{i}.{rest}", (i,)) for i in range(count)]
+    stem, rest = ".".join(path[:at + 1]), torch_leaf(path[at + 1:])
+    return [(f"{stem}.{i}.{rest}", (i,)) for i in range(count)]
 
 
 def _to_torch_layout(leaf: str, value: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ _PACKAGES = {
     "rembert": "jaxmodels.rembert",
     "realm": "jaxmodels.realm",
     "longformer": "jaxmodels.longformer",
+    "bart": "jaxmodels.bart",
 }
 
 

@@ -18,9 +18,19 @@ Optional, read by the model laws (every architecture of the family's registry re
   skip: architecture -> why the laws do not apply to it (say what covers it instead).
   causal: architecture -> config overrides under which that head is a causal decoder (checked for causality).
   module_fields: architecture -> module fields (``module.clone(**fields)``) a jitted call of that head needs.
+  breaks: architecture -> {law: why}: laws a head legitimately breaks (their narrower form is checked), as for
+    ``extra`` cases.
   extra: name -> dict(architecture=..., config=overrides, breaks={law: why}): more cases (another attention
     kind); ``breaks`` names the laws the case legitimately breaks, whose narrower form is then checked.
+Optional, read by the bad-input catalogue:
+  cls_eos: the classifier pools at each row's last occurrence of this id (BART), so its classification inputs end
+    with it once.
 """
+
+_POSITIONS_FROM_IDS = ("positions are counted from the ids, as HF's RoBERTa-style position ids are (non-pad ids "
+                       "before a token), so a non-pad id under the mask shifts the positions of later real tokens")
+_BART_SHIFTED = ("its decoder reads input_ids shifted right with no decoder mask (HF's rule), so a padded id "
+                 "inside a row reaches that row's later decoder positions")
 
 FAMILIES = {
     "albert": dict(
@@ -60,7 +70,21 @@ FAMILIES = {
         int_field="hidden_size", float_field="layer_norm_eps", act_field="hidden_act",
         # QA and multiple choice make question tokens global: under jit their count needs a static bound.
         module_fields={"LongformerForQuestionAnswering": dict(max_global_tokens=12),
-                       "LongformerForMultipleChoice": dict(max_global_tokens=12)}),
+                       "LongformerForMultipleChoice": dict(max_global_tokens=12)},
+        breaks={arch: {"padding": _POSITIONS_FROM_IDS}
+                for arch in ("LongformerModel", "LongformerForMaskedLM", "LongformerForTokenClassification",
+                             "LongformerForQuestionAnswering", "LongformerForSequenceClassification",
+                             "LongformerForMultipleChoice")}),
+    # An encoder-decoder: "mlm" is the LM head (labels shift right into the decoder inputs). Its classifier reads
+    # the decoder state at each row's last eos, so its classification inputs end with eos_token_id once (cls_eos).
+    "bart": dict(
+        config=dict(model_type="bart", vocab_size=40, d_model=16, encoder_layers=1, decoder_layers=1,
+                    encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=24, decoder_ffn_dim=24,
+                    max_position_embeddings=16, num_labels=2),
+        mlm="BartForConditionalGeneration", cls="BartForSequenceClassification", bool_field="scale_embedding",
+        int_field="d_model", float_field="dropout", act_field="activation_function", cls_eos=2,
+        breaks={arch: {"padding": _BART_SHIFTED}
+                for arch in ("BartModel", "BartForConditionalGeneration", "BartForQuestionAnswering")}),
 }
 NAMES = sorted(FAMILIES)
 

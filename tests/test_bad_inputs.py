@@ -58,6 +58,12 @@ def _ids(seed=0):
     return jnp.asarray(np.random.RandomState(seed).randint(1, V, (B, L)), jnp.int32)
 
 
+def _cls_ids(name):
+    """``_ids()``, ending with the family's ``cls_eos`` once per row where its classifier pools at the eos."""
+    ids, eos = _ids(), FAMILIES[name].get("cls_eos")
+    return ids if eos is None else jnp.where(ids == eos, eos + 1, ids).at[:, -1].set(eos)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # HF config dicts
 @pytest.mark.parametrize("name", NAMES)
@@ -160,7 +166,7 @@ def test_masked_lm_labels_out_of_range_fail_eagerly_and_under_checked_jit(name, 
 def test_classification_labels_are_checked(name, labels, rule):
     _, params = _model(name, "cls")
     with pytest.raises(ValueError, match=rule):
-        _apply(name, "cls", params, input_ids=_ids(), labels=labels())
+        _apply(name, "cls", params, input_ids=_cls_ids(name), labels=labels())
 
 
 @pytest.mark.parametrize("problem,labels,rule", [

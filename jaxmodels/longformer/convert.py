@@ -16,7 +16,7 @@ import numpy as np
 
 import jaxmodels
 from jaxmodels import hf_io
-from jaxmodels.hf_io import stacked_leaf_names, torch_leaf
+from jaxmodels.hf_io import stacked_layer_names, torch_leaf
 from jaxmodels.longformer.config import LongformerConfig
 
 BASE_MODEL_PREFIX = "longformer"
@@ -30,7 +30,7 @@ def key_fn(config: LongformerConfig):
 
     def keys(path, shape):
         if _LAYERS in path:
-            return stacked_leaf_names(path, _LAYERS, config.num_hidden_layers)
+            return stacked_layer_names(path, config.num_hidden_layers, _LAYERS)
         name = torch_leaf(path).replace("lm_head.LayerNorm.", "lm_head.layer_norm.")
         if name == "lm_head.bias":
             return [(name, ()), ("lm_head.decoder.bias", ())]

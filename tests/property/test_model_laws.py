@@ -67,7 +67,8 @@ def _cases():
         family = registry.get(entry["config"]["model_type"])
         for arch in family.architectures:
             causal = entry.get("causal", {}).get(arch)
-            case = Case(name, arch, overrides=tuple(sorted((causal or {}).items())), causal=causal is not None)
+            case = Case(name, arch, overrides=tuple(sorted((causal or {}).items())), causal=causal is not None,
+                        breaks=tuple(sorted(entry.get("breaks", {}).get(arch, {}).items())))
             reason = entry.get("skip", {}).get(arch)
             out.append(pytest.param(case, id=case.id, marks=[pytest.mark.skip(reason=reason)] if reason else []))
         for label, extra in entry.get("extra", {}).items():
