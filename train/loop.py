@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from train import checkpoint as checkpoint_lib
-from train import data, distributed, experiment, metrics as metrics_lib, partitioning
+from train import data, distributed, experiment, metrics as metrics_lib, objectives, partitioning
 from train import state as state_lib
 from train import step as step_lib
 
@@ -89,14 +89,17 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
             data_dir=data_dir)
     # This process's rows of each global batch; the global batch depends on num_shards alone (not on how
     # many processes share the work), so a run reads the same data on one host or several.
+    pipeline_options = objectives.data_options(objective)  # denoising: encoder/decoder examples
     train_data = data.make_sharded_dataset(config.data.source, seq_len=config.seq_len,
                                            global_batch_size=config.batch_size, num_shards=num_shards,
-                                           seed=config.seed, tokenizer=tokenizer, data_dir=data_dir)
+                                           seed=config.seed, tokenizer=tokenizer, data_dir=data_dir,
+                                           **pipeline_options)
     eval_data = None
     if config.eval_every:
         eval_data = data.make_sharded_dataset(config.data.source, split=config.data.eval_split,
                                               seq_len=config.seq_len, global_batch_size=config.batch_size,
-                                              num_shards=num_shards, seed=0, tokenizer=tokenizer, data_dir=data_dir)
+                                              num_shards=num_shards, seed=0, tokenizer=tokenizer, data_dir=data_dir,
+                                              **pipeline_options)
         eval_start = eval_data.get_state()
 
     checkpoints = checkpoint_lib.Checkpoints(workdir, keep=config.keep_checkpoints,
