@@ -297,13 +297,12 @@ class Denoising:
     def data_options(self) -> dict:
         return {"denoising": self.options()}
 
-    def check_model(self, module) -> None:
-        """The model must be an encoder-decoder LM whose special ids are the data's (checked at trace time)."""
-        name = type(module).__name__
-        if not name.endswith("ForConditionalGeneration"):
+    def check_model(self, architecture: str, config) -> None:
+        """The model must be an encoder-decoder LM whose special ids are the data's: `train.experiment` checks the
+        config before anything runs, the step again when it is traced (a module built some other way)."""
+        if not architecture.endswith("ForConditionalGeneration"):
             raise ValueError(f"config.objective.name='denoising' needs an encoder-decoder LM head "
-                             f"(*ForConditionalGeneration); config.model.architectures names {name}")
-        config = module.config
+                             f"(*ForConditionalGeneration); config.model.architectures names {architecture}")
         expected = {"pad_token_id": special.PAD_ID, "decoder_start_token_id": self.decoder_start_token_id}
         for field, want in expected.items():
             if getattr(config, field, want) != want:
@@ -312,7 +311,7 @@ class Denoising:
                                  f"set it, or config.objective.decoder_start_token_id")
 
     def __call__(self, module, params, batch, rng, *, deterministic: bool):
-        self.check_model(module)
+        self.check_model(type(module).__name__, module.config)
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask")}
         # Rows grain pads a finite run's last batch with are zeros: their decoder mask, not their labels, says so.
         labels = jnp.where(batch["decoder_attention_mask"] > 0, batch["labels"], IGNORE_INDEX)

@@ -241,6 +241,23 @@ def test_objective_refuses_models_it_cannot_train(tiny_bart):
         objective(qa, tiny_bart[1], batch, jax.random.key(0), deterministic=True)
 
 
+def test_preset_config_checks_the_model_before_anything_runs():
+    import os
+
+    from train import experiment
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "bart_denoise.py")
+    experiment.validate(experiment.load_config(path))
+    for field, value, message in [("decoder_start_token_id", 2, r"config.model.decoder_start_token_id=2"),
+                                  ("pad_token_id", 1, r"config.model.pad_token_id=1"),
+                                  ("architectures", ["BartForCausalLM"], r"ForConditionalGeneration.*BartForCausalLM")]:
+        config = experiment.load_config(path)
+        with config.ignore_type():
+            config.model[field] = value
+        with pytest.raises(ValueError, match=message):
+            experiment.validate(config)
+
+
 # --- learning ------------------------------------------------------------------------------------------------------
 
 def test_tiny_bart_learns_to_denoise(tiny_bart):
