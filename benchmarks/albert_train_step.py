@@ -1,65 +1,38 @@
-"""One ALBERT-base training step (forward, backward, AdamW update), side by side in one run:
-this project (JAX; layers scanned, fully unrolled, and scanned with the full last layer), HF PyTorch
-``AlbertForMaskedLM`` and HF ``FlaxAlbertForMaskedLM``.
+"""One ALBERT-base masked-LM training step, timed side by side in one run for this project (JAX) and the
+Hugging Face references (PyTorch and Flax).
 
     python benchmarks/albert_train_step.py [--batch 8] [--seq 128] [--steps 5] [--warmup 2]
+                                           [--same-process] [--retain-host-memory]
 
-All use the same ALBERT-base config (E=128, H=768, 12 heads, 12 layers sharing one group, vocab 30000),
-fp32, the same batch of random ids with 15% of positions labelled, and AdamW. The timed steps are interleaved
-round-robin (one step of each implementation per round), so all see the same machine load; each reports
-its median step. Prints seconds per step, tokens/s and our speed ratio to each reference. Not a test: nothing
-here asserts on time.
+Model: ALBERT-base (E=128, H=768, 12 heads, 12 layers sharing one group, FFN 3072, gelu_new, vocab 30000, no
+dropout), fp32. Every implementation gets the same batch of random ids (``--batch`` x ``--seq``, 15% of positions
+labelled). A step is the masked-LM loss, gradients of every parameter and an AdamW update (lr 1e-4, weight decay
+0.01); the JAX steps are jit-compiled with params and optimizer state donated.
 
-Each implementation runs in its own worker process (``--same-process`` runs them all in this one). In one
-process the four models' thread pools (PyTorch's OpenMP team, XLA's Eigen pool) and allocators are alive side by
-side on two cores, and whichever step follows another framework's pays for it; a worker that is waiting for its
-turn is idle. Workers build and warm up one after another, then step only when told to, one at a time.
+Rows:
+  ours (JAX)      this project's AlbertForMaskedLM, layers scanned (the default)
+  ours unrolled   the same with scan_unroll=12
+  ours full last  scanned, with mlm_loss_rows=None: the last layer runs on every row, not only the labelled ones
+  HF PyTorch      transformers.AlbertForMaskedLM
+  HF Flax         transformers.FlaxAlbertForMaskedLM, with the masked-LM loss written out here
 
-The step is matmul-bound, so its time on a machine follows how fast each framework's fp32 GEMM runs there, and
-that differs between CPUs by more than any model-side change: on a Zen 5 EPYC (AVX-512 at full width) XLA's
-YNNPACK GEMMs run about 2.2x faster than PyTorch's MKL, which takes its AVX2 path on AMD; on a CPU where both
-libraries reach the same GEMM speed the two steps are about level. So the run first prints the CPU and one
-calibration GEMM per framework (``[1024, 768] @ [768, 3072]``, the FFN's shape), measured in the same workers,
-next to the step table.
+Each implementation builds and runs ``--warmup`` steps in its own worker process, one after another; then the
+``--steps`` timed steps run round-robin (one step of each implementation per round, the others idle), so all see
+the same machine load. ``--same-process`` runs all of them in this process instead (their thread pools and
+allocators then live side by side). ``--retain-host-memory`` keeps freed host memory in every implementation's
+process (``train.host_memory``), so XLA's CPU runtime stops page-faulting fresh scratch in every step.
 
-Our masked-LM loss reads the last layer at the labelled rows (and position 0) only, so by default that layer's
-queries, output projection and feed-forward run on ``ceil(0.25 * seq)`` rows per example (``mlm_loss_rows``;
-exact, the full layer when an example has more labels). The ``ours full last`` row turns that off
-(``mlm_loss_rows=None``) to show what it buys: about 4% of the step here (1 of 12 layers, three quarters of its
-rows), as the FLOP count says.
+Prints the command, date and CPU, and the calibration GEMM's fp32 GFLOP/s in XLA and torch (``machine.py``; each
+worker times it after its warm-up, and the line gives each framework's median over its workers); then each round's
+step times as it runs, and a table, one row per implementation:
+  s/step            median over the timed rounds
+  tokens/s          batch * seq / (s/step)
+  ours (scanned) is x faster   s/step over ours (JAX)'s s/step (above 1: ours is faster)
+  per round         median [min, max] of that ratio taken within each round (steadier when the host's speed drifts)
+  GEMM ... GFLOP/s  the calibration GEMM in this row's own process
+  page faults/step  minor page faults per step in this row's process (nan with --same-process)
 
-On a Zen 3 EPYC (2 cores, AVX2) the steps are level with HF PyTorch and ahead of HF Flax. Two runs of
-2026-12-03 (the per-round ratio to our scanned step in brackets): 11 rounds with the C library's default memory,
-ours 4.34 s scanned / 4.25 s unrolled, HF PyTorch 4.38 s (1.02), HF Flax 4.73 s (1.10); 9 rounds with
-``--retain-host-memory``, ours 4.02 s / 3.77 s (0.93), HF PyTorch 3.91 s (0.98), HF Flax 4.05 s (1.01). The same
-CPU has run every step 1.6x slower in another session and drifts by 10-20% within a run, so compare rows of one
-run only, and prefer the per-round ratios. There both libraries' big GEMMs run at ~150-180 GFLOP/s and the step
-is GEMM-bound. A ``perf`` profile of the scanned step puts 51% of its CPU time in YNNPACK's GEMM kernel
-(projections and their input gradients), 31% in JIT-generated code (symbol-less; beside it are 7.5% in Eigen's
-GEMM packing, so by elimination the kernels of XLA's Eigen dots: weight gradients and attention's batched
-matmuls), 3-4% in the kernel (page faults of each step's fresh scratch) and ~7% in elementwise work, transposes
-and copies. We do ~8% fewer FLOPs than HF PyTorch (the vocabulary projection on labelled rows only, the last
-layer's rows) and lose part of it in attention: its 96 batched [128, 64] x [64, 128]-sized matmuls per call
-run at 28-70 GFLOP/s in XLA against 46-95 for ``torch.bmm`` timed right after, 1.7-2.2x slower, ~0.2 s of the
-step. (``--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_fusion_type=dot`` makes them 145-170 GFLOP/s
-alone, but aborts on the full step with ``partition compile failed``.) Scanning costs ~7% against unrolling once
-page faults are out of the picture: each layer's saved matmul outputs go through zero-filled ``[11, ...]`` stacks
-(277 MB), a copy in and a copy out; unrolled, the step needs 1.1 GB of scratch instead of 557 MB (XLA keeps the
-elementwise intermediates instead of recomputing them), which the default allocator page-faults in every step.
-One ALBERT layer's forward + backward took 490-520 ms in JAX (HF PyTorch's layer: 480-520 ms) in the slower
-session, and its 18 matmuls alone (the same shapes, nothing else) 358 ms. These did not shorten the step beyond
-noise (each measured side by side): heads-major attention operands (the attention core alone 35% faster, the
-step 1%), fused Q/K/V projections (one [768, 2304] GEMM: no faster than three), weight gradients routed to
-YNNPACK (in isolation they run no faster there, transpose included), the shared layer's weight gradient as one
-GEMM over all 12 layers, two CPU devices data-parallel, the XLA CPU flags for Eigen threading, the concurrency
-scheduler and YNNPACK, recomputing attention scores in the backward instead of stacking them
-(``dots_with_no_batch_dims_saveable``: 104 MB less scratch, same time), and (for the selected rows) the cond
-between the few-rows and all-rows last layer, which costs nothing measurable against running the few-rows one
-unconditionally.
-
-``--retain-host-memory`` runs every implementation, the references included, with freed host memory kept in the
-process (``train.host_memory``, ``python -m train --host_memory=retain``): XLA's CPU runtime otherwise maps a
-fresh scratch buffer for each step and page-faults all of it in again.
+Results, past and present: ``benchmarks/RESULTS.md``. Not a test: nothing here asserts on time.
 """
 
 from __future__ import annotations
@@ -69,6 +42,8 @@ import os
 import time
 
 import numpy as np
+
+import machine
 
 ALBERT_BASE = dict(
     vocab_size=30000, embedding_size=128, hidden_size=768, num_hidden_layers=12, num_hidden_groups=1,
@@ -170,55 +145,6 @@ def build_hf_flax(ids, mask, labels):
     return step
 
 
-GEMM_SHAPE = (1024, 768, 3072)  # (m, k, n): batch x seq tokens through the FFN's first matmul
-
-
-def gemm_gflops(framework: str, repeats: int = 30) -> float:
-    """Median fp32 GFLOP/s of one ``[m, k] @ [k, n]`` matmul in ``framework`` ("jax" or "torch")."""
-    m, k, n = GEMM_SHAPE
-    rng = np.random.RandomState(0)
-    a, b = rng.randn(m, k).astype(np.float32), rng.randn(k, n).astype(np.float32)
-    if framework == "torch":
-        import torch
-
-        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        run = lambda: ta @ tb  # noqa: E731
-    else:
-        import jax
-
-        matmul = jax.jit(lambda x, y: x @ y)
-        ja, jb = jax.device_put(a), jax.device_put(b)
-        run = lambda: matmul(ja, jb).block_until_ready()  # noqa: E731
-    for _ in range(5):  # compile (JAX), thread-pool spin-up
-        run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return 2 * m * k * n / float(np.median(times)) / 1e9
-
-
-def cpu_description() -> str:
-    """The CPU's model name, core count and widest vector ISA, from /proc/cpuinfo where there is one."""
-    fields = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if not line.strip():
-                    break  # the first processor's block is enough
-                key, _, value = line.partition(":")
-                fields[key.strip()] = value.strip()
-    except OSError:
-        pass
-    model = fields.get("model name", "unknown CPU")
-    if "cpu family" in fields:
-        model += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
-    flags = set(fields.get("flags", "").split())
-    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
-    return f"{model}, {os.cpu_count()} cores, {isa}"
-
-
 FRAMEWORK = {"ours (JAX)": "jax", "ours unrolled": "jax", "ours full last": "jax", "HF PyTorch": "torch", "HF Flax": "jax"}
 
 
@@ -240,7 +166,7 @@ def _worker(name, conn, ids, mask, labels, retain_host_memory=False):
     step = BUILDERS[name](ids, mask, labels)
     for _ in range(conn.recv()):  # warm-up steps: compiles (JAX) and warms allocator caches
         step()
-    conn.send(gemm_gflops(FRAMEWORK[name]))
+    conn.send(machine.gemm_gflops(FRAMEWORK[name]))
     import resource
 
     while conn.recv() == "step":
@@ -267,7 +193,7 @@ def main():
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--same-process", action="store_true", help="run all four in this process")
+    parser.add_argument("--same-process", action="store_true", help="run all implementations in this process")
     parser.add_argument("--retain-host-memory", action="store_true",
                         help="keep freed host memory in every implementation's process (train.host_memory)")
     args = parser.parse_args()
@@ -280,7 +206,7 @@ def main():
         for name, step in steps.items():
             for _ in range(args.warmup):  # compiles (JAX) and warms allocator caches
                 step()
-        gemm = {name: gemm_gflops(FRAMEWORK[name]) for name in BUILDERS}
+        gemm = {name: machine.gemm_gflops(FRAMEWORK[name]) for name in BUILDERS}
 
         def timed(name):  # page faults are per process, so not told apart here
             start = time.perf_counter()
@@ -305,6 +231,10 @@ def main():
             conns[name].send("step")
             return conns[name].recv()
 
+    # The calibration comes from the processes that run the steps (a worker's GEMM speed is what its steps get);
+    # the line gives each framework's median over them, the table each one's own.
+    machine.print_header(["jax", "torch"], gflops={
+        f: float(np.median([g for name, g in gemm.items() if FRAMEWORK[name] == f])) for f in ("jax", "torch")})
     times = {name: [] for name in BUILDERS}
     faults = {name: [] for name in BUILDERS}
     for r in range(args.steps):
@@ -327,8 +257,7 @@ def main():
           f"{os.cpu_count()} CPU cores, {args.steps} timed steps after {args.warmup} warm-up, "
           f"{'one process' if args.same_process else 'one worker process each'}, host memory "
           f"{'retained (train.host_memory)' if args.retain_host_memory else 'as the C library defaults'}")
-    print(f"CPU: {cpu_description()}")
-    m, k, n = GEMM_SHAPE
+    m, k, n = machine.GEMM_SHAPE
     print(f"{'implementation':<14} {'s/step':>8} {'tokens/s':>10} {'ours (scanned) is x faster':>27} "
           f"{'per round: median [min, max]':>29} {f'GEMM {m}x{k}x{n} GFLOP/s':>25} {'page faults/step':>17}")
     for name, t in results.items():

@@ -1,18 +1,28 @@
-"""MEGA training-step time and compiled temp memory against sequence length, in one run:
-
-    ours MEGA        MegaForMaskedLM, one attention block over the whole sequence (quadratic)
-    ours Mega-chunk  MegaForMaskedLM with use_chunking (attention inside chunks: linear in length)
-    full-attn        a same-width plain softmax Transformer encoder (pre-LN, 4 heads, same FFN width) built here
-    HF MEGA / chunk  transformers' PyTorch MegaForMaskedLM, same configs (CPU torch)
+"""MEGA training-step time and compiled temp memory against sequence length, in one run.
 
     python benchmarks/mega_benchmark.py [--lengths 1024,2048,...,32768] [--batch 1] [--steps 3] [--chunk 128]
                                         [--hf-max-len 8192] [--max-temp-gib 24] [--ema-algorithm fft]
+                                        [--skip mega,chunk,full-attn,hf,hf-chunk]
 
-A step is forward + backward + AdamW on the masked-LM loss (15% of positions labelled), fp32. For our models the
-compiled step's temp memory comes from XLA's memory analysis (before running; a step over ``--max-temp-gib`` is
-skipped, marked "oom?"); HF rows report time only (torch CPU has no comparable number). Each entry is the median of
-``--steps`` timed steps after one warm-up step. Prints a table and ratios (HF / ours, full-attn / Mega-chunk, and
-memory growth per doubling). Not a test: nothing here asserts on time.
+Models (width 128, 2 layers, FFN 256, shared representation 64, EMA dimension 16, rotary bias, softmax attention,
+ScaleNorm, no dropout, vocab 1024; ``CONFIG`` below), each a column:
+  MEGA      ours, MegaForMaskedLM, one attention block over the whole sequence (quadratic in length)
+  chunk     ours, MegaForMaskedLM with use_chunking and chunk_size ``--chunk`` (Mega-chunk: linear in length)
+  full-att  a same-width plain softmax Transformer encoder (pre-LN, 4 heads, same FFN width) built here in Flax
+  HF MEGA, HF chunk   transformers' PyTorch MegaForMaskedLM with the same two configs (only up to ``--hf-max-len``)
+
+A step is the masked-LM loss (15% of positions labelled), gradients and an AdamW update, fp32, batch ``--batch``.
+Each time is the median of ``--steps`` timed steps after one warm-up step. Our steps are compiled ahead of time and
+XLA's memory analysis gives their temp memory; a step over ``--max-temp-gib`` is not run ("-"). HF rows report
+time only (torch on CPU has no comparable number). ``--ema-algorithm`` picks our EMA's algorithm.
+
+Prints the command, date and CPU and the calibration GEMM's fp32 GFLOP/s in XLA and torch (``machine.py``), one
+progress line per length, then one table: step time (ms) of each column; compiled temp memory (MiB) of ours; the
+ratios HF/ours (HF MEGA over MEGA), HFc/chk (HF chunk over chunk), full/chk (full-attention over Mega-chunk, time)
+and memfull/chk (the same, temp memory); and Mega-chunk's temp-memory growth per doubling of length (2.00 is
+linear).
+
+Results, past and present: ``benchmarks/RESULTS.md``. Not a test: nothing here asserts on time.
 """
 
 from __future__ import annotations
@@ -23,6 +33,8 @@ import statistics
 import time
 
 import numpy as np
+
+import machine
 
 CONFIG = dict(
     vocab_size=1024, hidden_size=128, num_hidden_layers=2, intermediate_size=256, ema_projection_size=16,
@@ -154,16 +166,14 @@ def main():
     parser.add_argument("--chunk", type=int, default=128)
     parser.add_argument("--hf-max-len", type=int, default=8192, help="skip HF torch above this length (slow)")
     parser.add_argument("--max-temp-gib", type=float, default=24.0, help="skip our steps needing more temp memory")
-    parser.add_argument("--ema-algorithm", default="fft", choices=["fft", "scan", "chunked"])
+    parser.add_argument("--ema-algorithm", default="auto", choices=["auto", "fft", "scan", "chunked"])
     parser.add_argument("--skip", default="", help="comma list of columns to skip: mega,chunk,full-attn,hf,hf-chunk")
     args = parser.parse_args()
 
-    import jax
-
     skip = set(filter(None, args.skip.split(",")))
     lengths = [int(x) for x in args.lengths.split(",")]
-    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}; batch {args.batch}; chunk {args.chunk}; "
-          f"EMA {args.ema_algorithm}; config {CONFIG}")
+    machine.print_header(["jax"] if {"hf", "hf-chunk"} <= skip else ["jax", "torch"])
+    print(f"batch {args.batch}; chunk {args.chunk}; EMA {args.ema_algorithm}; config {CONFIG}")
     rows = []
     for n in lengths:
         ids, labels = make_batch(args.batch, n)
@@ -191,10 +201,10 @@ def main():
         print("  done", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
 
     def t(v):
-        return "-" if v is None else f"{v * 1e3:9.1f}"
+        return f"{'-':>9}" if v is None else f"{v * 1e3:9.1f}"  # padded: a skipped cell keeps the columns
 
     def m(v):
-        return "-" if v is None or v != v else f"{v / 2**20:9.1f}"
+        return f"{'-':>9}" if v is None or v != v else f"{v / 2**20:9.1f}"
 
     def ratio(a, b):
         return "-" if a is None or b is None else f"{a / b:6.2f}x"

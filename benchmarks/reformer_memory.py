@@ -1,20 +1,27 @@
 """Reformer training-step memory (from XLA's compiled program) and time, against depth and length, in one run.
 
-    python benchmarks/reformer_memory.py [--lengths 4096,8192,16384] [--depths 6,12,24] [--search 65536,...]
-                                         [--budget-gib 20] [--hf-length 4096] [--steps 2]
+    python benchmarks/reformer_memory.py [--lengths 4096,8192,16384,32768] [--depths 6,12,24]
+                                         [--search 65536,131072,...,1048576] [--budget-gib 20]
+                                         [--hf-length 4096] [--steps 2]
 
 Model: d=256 causal LM (4 heads x 64, FF 512, alternating local / LSH layers with chunks of 64, one hash round,
-chunked feed-forward of 64 positions, axial positions sized to the length), batch 1, fp32, dropout 0.05 as HF's
-default. A "training step" is loss + gradients of every parameter + an SGD update (jit, params donated).
+chunked feed-forward of 64 positions, axial positions sized to the length, vocab 320), batch 1, fp32, dropout 0.05
+as HF's default. A step is the LM loss, gradients of every parameter and an SGD update (jit, params donated).
 
-Tables:
-  1. temp memory (``compile().memory_analysis().temp_size_in_bytes``) vs depth at the first length;
-  2. temp memory vs length at 6 layers;
-  3. the longest length of ``--search`` (6 layers) whose step compiles within ``--budget-gib`` of temp memory and
-     actually runs one step here (timed);
+Prints the command, date and CPU and the calibration GEMM's fp32 GFLOP/s (XLA, and torch when ``--hf-length`` is
+set; see ``machine.py``), then four markdown tables:
+  1. temp memory (``compile().memory_analysis().temp_size_in_bytes``) vs depth at the first of ``--lengths``, with
+     the part that is one fp32 copy of the params (the SGD step's gradients, which grow with depth by construction)
+     and the rest (the activations, which should not), and the compile time;
+  2. temp memory vs length at 6 layers: MiB, KiB per token, compile time;
+  3. the lengths of ``--search`` in turn (6 layers) until one's step needs more than ``--budget-gib`` of temp memory
+     or fails to compile or run: temp GiB, compile time, the time of one step here and its loss; then the
+     longest that ran;
   4. step time of ours vs HF PyTorch ``ReformerModelWithLMHead`` (train mode, same config and batch) at
-     ``--hf-length``, interleaved round-robin so both see the same machine load.
-Not a test: nothing here asserts.
+     ``--hf-length`` (0 skips it): median of ``--steps`` steps after one warm-up, interleaved so both see the same
+     machine load, and HF's time over ours.
+
+Results, past and present: ``benchmarks/RESULTS.md``. Not a test: nothing here asserts.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import machine
 from jaxmodels.reformer import ReformerConfig, ReformerModelWithLMHead
 
 
@@ -89,7 +97,7 @@ def gib(x):
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lengths", default="4096,8192,16384,32768")
     ap.add_argument("--depths", default="6,12,24")
     ap.add_argument("--search", default="65536,131072,262144,524288,1048576")
@@ -100,7 +108,7 @@ def main():
     lengths = [int(x) for x in args.lengths.split(",") if x]
     depths = [int(x) for x in args.depths.split(",") if x]
 
-    print(f"# device: {jax.devices()[0].device_kind}")
+    machine.print_header(["jax", "torch"] if args.hf_length else ["jax"])
     # The SGD step's gradients are temp buffers, one fp32 copy of the params: that part grows with depth by
     # construction, so the table also shows the temp without it (the activations, which must not grow).
     print(f"\n## temp memory vs depth (length {lengths[0]})\n| layers | temp MiB | param grads MiB | temp - grads MiB "

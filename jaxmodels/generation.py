@@ -9,8 +9,9 @@ Decoder-only protocol (Reformer, MEGA, ``BartForCausalLM``):
   ``t`` tokens after those already in the cache and returns the head's usual output (with ``logits [B, t, V]``)
   plus a ``cache`` field holding the updated cache (``None`` when called without a cache).
 
-``generate`` prefills the whole prompt in one call, then runs single-token steps in a ``lax.while_loop`` that
-stops early once every row has emitted ``eos_token_id``; rows that finished emit ``pad_token_id``.
+``generate`` prefills the whole prompt in one call (with the prompt's ``attention_mask``, so left-padded prompts
+decode as their unpadded selves), then runs single-token steps in a ``lax.while_loop`` that stops early once
+every row has emitted ``eos_token_id``; rows that finished emit ``pad_token_id``.
 
 Encoder-decoder protocol (a module with an ``encode`` method: ``BartForConditionalGeneration``), as HF Flax's
 ``encode`` / ``decode`` / ``init_cache`` plus a cache reorder for beam search:
@@ -102,10 +103,11 @@ def _build(module, batch: int, prompt_len: int, max_new_tokens: int, do_sample: 
            top_k: int, top_p: float, eos_token_id: int | None, pad_token_id: int):
     total = prompt_len + max_new_tokens
 
-    def run(params, input_ids, rng, model_kwargs):
+    def run(params, input_ids, attention_mask, rng, model_kwargs):
         variables = {"params": params}
         cache = module.apply(variables, batch, total, method="init_cache")
-        out = module.apply(variables, input_ids=input_ids, cache=cache, **model_kwargs)
+        prompt_mask = {} if attention_mask is None else {"attention_mask": attention_mask}
+        out = module.apply(variables, input_ids=input_ids, cache=cache, **prompt_mask, **model_kwargs)
         tokens = jnp.full((batch, total), pad_token_id, jnp.int32).at[:, :prompt_len].set(input_ids.astype(jnp.int32))
 
         def cond(state):
@@ -157,9 +159,10 @@ def generate(module, params: Any, input_ids: Array, *, max_new_tokens: int | Non
     shapes and options.
 
     Decoder-only modules: ``input_ids`` is the prompt; returns ``[batch, prompt + max_new_tokens]``.
-    ``max_new_tokens`` is required, ``eos_token_id`` None never stops, ``pad_token_id`` defaults to 0, and
-    ``model_kwargs`` (arrays, e.g. Reformer's ``lsh_rotations``) are passed to every model call; the
-    encoder-decoder options below are refused.
+    ``attention_mask [batch, prompt]`` (1 = token) marks prompt padding (left-pad prompts of unequal length; the
+    generated tokens are real). ``max_new_tokens`` is required, ``eos_token_id`` None never stops, ``pad_token_id``
+    defaults to 0, and ``model_kwargs`` (arrays, e.g. Reformer's ``lsh_rotations``) are passed to every model call;
+    the encoder-decoder options below are refused.
 
     Encoder-decoder modules (see the module docstring): ``input_ids`` (and ``attention_mask``) are the encoder
     inputs; returns the decoder sequences ``[batch, max_length]``, starting with ``decoder_start_token_id`` and
@@ -172,6 +175,9 @@ def generate(module, params: Any, input_ids: Array, *, max_new_tokens: int | Non
     """
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must have shape [batch, length], got {tuple(input_ids.shape)}")
+    if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; it must match input_ids "
+                         f"{tuple(input_ids.shape)}")
     if do_sample and rng is None:
         raise ValueError("rng: a PRNG key is required when do_sample=True")
     if do_sample:
@@ -186,13 +192,10 @@ def generate(module, params: Any, input_ids: Array, *, max_new_tokens: int | Non
             early_stopping=early_stopping, no_repeat_ngram_size=no_repeat_ngram_size,
             forced_bos_token_id=forced_bos_token_id, forced_eos_token_id=forced_eos_token_id,
             decoder_start_token_id=decoder_start_token_id)
-        if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has "
-                             f"{tuple(input_ids.shape)}; they must match")
         fn = _cached_or_fresh(_build_seq2seq_cached, module, options)
         return fn(params, input_ids, attention_mask, rng if do_sample else None, values)
 
-    seq2seq_only = dict(attention_mask=attention_mask, max_length=max_length, min_length=min_length,
+    seq2seq_only = dict(max_length=max_length, min_length=min_length,
                         min_new_tokens=min_new_tokens, num_beams=num_beams, length_penalty=length_penalty,
                         early_stopping=early_stopping, no_repeat_ngram_size=no_repeat_ngram_size,
                         forced_bos_token_id=forced_bos_token_id, forced_eos_token_id=forced_eos_token_id,
@@ -207,7 +210,7 @@ def generate(module, params: Any, input_ids: Array, *, max_new_tokens: int | Non
     args = (module, batch, prompt_len, max_new_tokens, do_sample, float(temperature), int(top_k), float(top_p),
             eos_token_id, 0 if pad_token_id is None else pad_token_id)
     fn = _cached_or_fresh(_build_cached, *args)
-    return fn(params, input_ids, rng if do_sample else None, model_kwargs)
+    return fn(params, input_ids, attention_mask, rng if do_sample else None, model_kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------------

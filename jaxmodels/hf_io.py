@@ -108,40 +108,87 @@ def state_dict_to_params(state_dict: dict[str, np.ndarray], shapes: dict, key_fn
 
 
 # -- directories -------------------------------------------------------------------------------------------------
+def read_json(path: str, what: str) -> Any:
+    """A JSON file's content; a file that is not JSON is a ``ValueError`` naming the file and the place."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error.msg} at line {error.lineno} column {error.colno}); "
+                         f"expected {what}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a UTF-8 text file; expected {what}") from None
+
+
 def read_config(path: str) -> dict[str, Any]:
     if not os.path.isdir(path):
         raise ValueError(f"from_pretrained expects a checkpoint directory written by save_pretrained; {path!r} is not a directory")
     cfg = os.path.join(path, CONFIG_NAME)
     if not os.path.isfile(cfg):
         raise ValueError(f"{path!r} has no {CONFIG_NAME}; not an HF checkpoint directory")
-    with open(cfg) as f:
-        return json.load(f)
+    config = read_json(cfg, "an HF model config")
+    if not isinstance(config, dict):
+        raise ValueError(f"{cfg}: holds a JSON {type(config).__name__}, not an object; expected an HF model config")
+    if "model_type" not in config:
+        raise ValueError(f"{cfg}: has no 'model_type'; which model it describes is unknown")
+    return config
+
+
+def _load_safetensors(file: str) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    if not os.path.isfile(file):
+        raise ValueError(f"{file}: missing (named by the checkpoint's shard index)")
+    try:
+        return load_file(file)
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own error types for every corruption
+        raise ValueError(f"{file}: not a readable safetensors file ({type(error).__name__}: {error}); the download "
+                         "or copy may be truncated") from None
+
+
+def _load_torch(file: str) -> dict[str, np.ndarray]:
+    """``pytorch_model.bin`` with ``torch.load(weights_only=True)``: tensors only; any other pickled object (which
+    could run code when unpickled) is refused with a message that says why and how to convert safely."""
+    try:
+        import torch
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ValueError(f"{file} is a PyTorch file; install torch (the [ref] extra) or convert it to "
+                         "safetensors") from error
+    import pickle
+
+    try:
+        sd = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"{file}: refused. It pickles Python objects besides tensors ({str(error).splitlines()[0][:200]}), and "
+            "unpickling those can run arbitrary code, so it is never done here. If you trust the file, convert "
+            "it once, in a trusted environment, with transformers: AutoModel.from_pretrained(dir)"
+            ".save_pretrained(out, safe_serialization=True), then load the safetensors directory") from None
+    except Exception as error:  # noqa: BLE001 - a truncated zip, not a torch file at all, ...
+        raise ValueError(f"{file}: not a readable PyTorch checkpoint ({type(error).__name__}: {error})") from None
+    if not isinstance(sd, dict):
+        raise ValueError(f"{file}: holds a {type(sd).__name__}, not a state dict of tensors")
+    return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
 
 
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
     """Weights of an HF directory: safetensors (single or sharded), else ``pytorch_model.bin`` loaded with
     ``torch.load(weights_only=True)`` (never a full unpickle). Anything else is refused."""
-    from safetensors.numpy import load_file
-
     single = os.path.join(path, SAFETENSORS_NAME)
     if os.path.isfile(single):
-        return load_file(single)
+        return _load_safetensors(single)
     index = os.path.join(path, SAFETENSORS_INDEX_NAME)
     if os.path.isfile(index):
-        with open(index) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
+        weight_map = read_json(index, "a safetensors shard index")
+        if not isinstance(weight_map, dict) or not isinstance(weight_map.get("weight_map"), dict):
+            raise ValueError(f"{index}: has no 'weight_map' object (tensor name -> shard file)")
         sd: dict[str, np.ndarray] = {}
-        for shard in shards:
-            sd.update(load_file(os.path.join(path, shard)))
+        for shard in sorted(set(weight_map["weight_map"].values())):
+            sd.update(_load_safetensors(os.path.join(path, shard)))
         return sd
     binary = os.path.join(path, TORCH_NAME)
     if os.path.isfile(binary):
-        try:
-            import torch
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ValueError(f"{binary} is a PyTorch file; install torch (the [ref] extra) or convert it to safetensors") from e
-        sd = torch.load(binary, map_location="cpu", weights_only=True)
-        return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
+        return _load_torch(binary)
     raise ValueError(
         f"{path!r} holds no {SAFETENSORS_NAME}, {SAFETENSORS_INDEX_NAME} or {TORCH_NAME}; other weight formats "
         "(TF, Flax msgpack, pickles) are refused"

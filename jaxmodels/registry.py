@@ -22,6 +22,7 @@ _PACKAGES = {
     "albert": "jaxmodels.albert",
     "reformer": "jaxmodels.reformer",
     "mega": "jaxmodels.mega",
+    "rembert": "jaxmodels.rembert",
     "bart": "jaxmodels.bart",
 }
 

@@ -16,6 +16,17 @@ Algorithm (per batch element and head):
   If ``length <= chunk_length`` it is plain full attention with the same key normalisation and masks; the hash
   rounds are ignored.
 
+Live length (``live_length=P``, a traced scalar): the computation of the same attention over only the first ``P``
+positions of a longer static buffer (``length`` a multiple of ``chunk_length``; positions ``>= P`` do not exist,
+outputs there are unspecified), equal to ``lsh_attention`` on the first ``P`` positions. Exact decoding uses it:
+which keys a position sees depends on the ranks of *all* positions in the sorted order (a later token with a
+smaller bucket moves the chunk boundaries of earlier ones), so the attention over a growing sequence is only
+reproduced by redoing the sort over the sequence so far, in a buffer of static shape. Positions ``>= P`` sort last
+(padding bucket, largest positions) and so never change the ranks of positions below ``P``; the chunks of each
+round are the first ``P / chunk_length`` of its static chunks, and the circular neighbour of a round's first
+chunk is the last *live* chunk of the previous round (gathered by index rather than rolled). ``P <=
+chunk_length`` is full attention, chosen at run time.
+
 HF draws rotations with ``torch.randn`` after re-seeding with ``hash_seed``; torch's generator cannot be
 reproduced in JAX, so rotations are always injected (an array, or drawn from the ``"lsh"`` PRNG stream by the
 module). Hashing is also exposed on its own: a reversible stack saves the buckets of the forward pass and passes
@@ -185,6 +196,7 @@ def lsh_attention(
     deterministic: bool = True,
     return_probs: bool = False,
     dtype: Any = None,
+    live_length: Array | int | None = None,
 ) -> LSHAttentionOutput:
     """LSH self-attention with shared queries/keys (after HF's projections).
 
@@ -198,9 +210,17 @@ def lsh_attention(
       buckets: precomputed ``[batch, heads, num_hashes, length]`` from ``lsh_hash`` (or a previous call).
       attention_mask: ``[batch, length]``, 1 = real token; masks keys only (and picks the padding bucket).
       causal: HF ``is_decoder``: key position j visible from query position i iff j <= i.
+      live_length: only the first ``live_length`` positions exist (see the module docstring); a multiple of
+        ``chunk_length`` or at most ``chunk_length``; ``length`` a multiple of ``chunk_length``. Deterministic,
+        no ``return_probs``.
     Returns:
       ``LSHAttentionOutput(out [batch, length, heads, head_dim] in dtype, buckets, probs fp32 or None)``.
     """
+    if live_length is not None:
+        return _live_lsh_attention(query_key, value, live_length, chunk_length=chunk_length,
+                                   num_buckets=num_buckets, num_chunks_before=num_chunks_before,
+                                   num_chunks_after=num_chunks_after, rotations=rotations, buckets=buckets,
+                                   attention_mask=attention_mask, causal=causal, dtype=dtype)
     check_chunked_inputs("query_key", tuple(query_key.shape), chunk_length, num_chunks_before,
                          num_chunks_after, attention_mask, dropout_rate)
     if tuple(value.shape) != tuple(query_key.shape):
@@ -234,17 +254,37 @@ def lsh_attention(
     key_valid = None if attention_mask is None else attention_mask.astype(bool)
 
     if not chunked:
-        scores = jnp.einsum("bhld,bhmd->bhlm", qk, key_normalize(qk), preferred_element_type=jnp.float32)
-        positions = jnp.arange(length)
-        scores = _masked_scores(scores, positions[:, None], positions[None, :],
-                                None if key_valid is None else key_valid[:, None, None, :], causal)
-        probs = jnp.exp(scores - jax.nn.logsumexp(scores, axis=-1, keepdims=True))
-        probs = dropout_probs(probs, dropout_rate, dropout_rng, deterministic)
-        out = jnp.matmul(probs.astype(dtype), v)
-        return LSHAttentionOutput(jnp.swapaxes(out, 1, 2).astype(dtype), None, probs if return_probs else None)
+        out, probs = _full_attention(qk, v, key_valid, causal, dropout_rate, dropout_rng, deterministic, dtype)
+        return LSHAttentionOutput(out, None, probs if return_probs else None)
 
     if buckets is None:
         buckets = lsh_hash(query_key, rotations, num_buckets, attention_mask)
+    out, probs = _chunked_attention(qk, v, buckets, key_valid, chunk_length=chunk_length, causal=causal,
+                                    adjacent=lambda t: look_adjacent(t, num_chunks_before, num_chunks_after),
+                                    dropout_rate=dropout_rate, dropout_rng=dropout_rng,
+                                    deterministic=deterministic, dtype=dtype)
+    return LSHAttentionOutput(out, jax.lax.stop_gradient(buckets).astype(jnp.int32), probs if return_probs else None)
+
+
+def _full_attention(qk, v, key_valid, causal, dropout_rate, dropout_rng, deterministic, dtype):
+    """The ``length <= chunk_length`` path: ``qk``/``v [B, H, L, D]`` -> (out ``[B, L, H, D]``, probs)."""
+    length = qk.shape[2]
+    scores = jnp.einsum("bhld,bhmd->bhlm", qk, key_normalize(qk), preferred_element_type=jnp.float32)
+    positions = jnp.arange(length)
+    scores = _masked_scores(scores, positions[:, None], positions[None, :],
+                            None if key_valid is None else key_valid[:, None, None, :], causal)
+    probs = jnp.exp(scores - jax.nn.logsumexp(scores, axis=-1, keepdims=True))
+    probs = dropout_probs(probs, dropout_rate, dropout_rng, deterministic)
+    out = jnp.matmul(probs.astype(dtype), v)
+    return jnp.swapaxes(out, 1, 2).astype(dtype), probs
+
+
+def _chunked_attention(qk, v, buckets, key_valid, *, chunk_length, causal, adjacent, dropout_rate, dropout_rng,
+                       deterministic, dtype):
+    """Sort, chunk, attend within ``adjacent`` windows, unsort, combine rounds: ``qk``/``v [B, H, L, D]``,
+    ``buckets [B, H, n, L]`` -> (out ``[B, L, H, D]``, probs in sorted order). ``adjacent`` maps chunked
+    ``[B, H, N, C, ...]`` to windows ``[B, H, N, W*C, ...]`` (``look_adjacent``, or the live-length gather)."""
+    batch, heads, length, head_dim = qk.shape
     buckets = jax.lax.stop_gradient(buckets).astype(jnp.int32)
     num_hashes = buckets.shape[2]
     sorted_len = num_hashes * length
@@ -257,7 +297,6 @@ def lsh_attention(
 
     gather = lambda t: jnp.take_along_axis(t, pos[..., None], axis=2)  # noqa: E731  [B, H, n*L, D]
     chunk = lambda t: t.reshape(batch, heads, num_chunks, chunk_length, *t.shape[3:])  # noqa: E731
-    adjacent = lambda t: look_adjacent(t, num_chunks_before, num_chunks_after)  # noqa: E731
     q = chunk(gather(qk))
     k_window = adjacent(key_normalize(q))
     v_window = adjacent(chunk(gather(v)))
@@ -290,7 +329,60 @@ def lsh_attention(
         out = jnp.sum(out * weights[..., None], axis=2)
     else:
         out = out[:, :, 0]
-    return LSHAttentionOutput(jnp.swapaxes(out, 1, 2).astype(dtype), buckets, probs if return_probs else None)
+    return jnp.swapaxes(out, 1, 2).astype(dtype), probs
+
+
+def live_chunk_windows(num_hashes: int, chunks_per_round: int, live_chunks: Array, num_chunks_before: int,
+                       num_chunks_after: int) -> Array:
+    """``[num_hashes * chunks_per_round, window]`` static-layout chunk indices of each chunk's window when only the
+    first ``live_chunks`` (traced) chunks of every round exist: ``look_adjacent``'s circular neighbours over the
+    live chunks, in its order (``-before .. +after``). Rows of dead chunks hold some valid index (unused)."""
+    static = jnp.arange(num_hashes * chunks_per_round)
+    live = (static // chunks_per_round) * live_chunks + static % chunks_per_round
+    offsets = jnp.arange(-num_chunks_before, num_chunks_after + 1)
+    neighbour = (live[:, None] + offsets[None, :]) % (num_hashes * live_chunks)
+    return (neighbour // live_chunks) * chunks_per_round + neighbour % live_chunks
+
+
+def _live_lsh_attention(query_key, value, live_length, *, chunk_length, num_buckets, num_chunks_before,
+                        num_chunks_after, rotations, buckets, attention_mask, causal, dtype):
+    """``lsh_attention`` over the first ``live_length`` positions of a static buffer (module docstring)."""
+    batch, length, heads, head_dim = query_key.shape
+    if length > chunk_length and length % chunk_length:  # a buffer within one chunk is full attention
+        raise ValueError(f"query_key: with live_length, the static length {length} must be a multiple of "
+                         f"chunk_length={chunk_length}")
+    live_length = jnp.asarray(live_length, jnp.int32)
+    exists = jnp.arange(length) < live_length
+    key_valid = jnp.broadcast_to(exists, (batch, length))
+    if attention_mask is not None:
+        key_valid = key_valid & attention_mask.astype(bool)
+    dtype = dtype or query_key.dtype
+    qk = jnp.swapaxes(query_key.astype(dtype), 1, 2)
+    v = jnp.swapaxes(value.astype(dtype), 1, 2)
+
+    def full(_):
+        return _full_attention(qk, v, key_valid, causal, 0.0, None, True, dtype)[0]
+
+    def chunked(_):
+        hashed = buckets
+        if hashed is None:
+            if rotations is None or num_buckets is None:
+                raise ValueError("rotations and num_buckets: required with live_length (or pass buckets)")
+            hashed = lsh_hash(query_key, rotations, num_buckets, key_valid)
+        windows = live_chunk_windows(hashed.shape[2], length // chunk_length, live_length // chunk_length,
+                                     num_chunks_before, num_chunks_after)
+
+        def adjacent(t):  # [B, H, N, C, ...] -> [B, H, N, W*C, ...]
+            picked = jnp.take(t, windows, axis=2)  # [B, H, N, W, C, ...]
+            return picked.reshape(picked.shape[:3] + (-1,) + picked.shape[5:])
+
+        return _chunked_attention(qk, v, hashed, key_valid, chunk_length=chunk_length, causal=causal,
+                                  adjacent=adjacent, dropout_rate=0.0, dropout_rng=None, deterministic=True,
+                                  dtype=dtype)[0]
+
+    if length <= chunk_length:
+        return LSHAttentionOutput(full(None), None, None)
+    return LSHAttentionOutput(jax.lax.cond(live_length > chunk_length, chunked, full, None), None, None)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -421,7 +513,10 @@ class LSHSelfAttention(nn.Module):
         num_hashes: int | None = None,
         deterministic: bool = True,
         return_probs: bool = False,
+        live_length: Array | None = None,
     ) -> LSHAttentionOutput:
+        """``live_length``: only the first ``live_length`` positions exist (``lsh_attention``), for exact decoding
+        in a static buffer; needs a fixed ``num_buckets``."""
         width = self.num_heads * self.head_dim
 
         def project(name: str) -> Array:
@@ -435,6 +530,9 @@ class LSHSelfAttention(nn.Module):
         num_buckets = self.num_buckets
         chunked = length > self.chunk_length
         if chunked and num_buckets is None:
+            if live_length is not None:
+                raise ValueError("num_buckets=None: attention over a growing sequence (live_length) needs a fixed "
+                                 "bucket count; HF's rule would change it with the length")
             num_buckets = default_num_buckets(length, self.chunk_length, self.max_position_embeddings)
         if chunked and buckets is None and rotations is None:
             n = self.num_hashes if num_hashes is None else num_hashes
@@ -450,7 +548,7 @@ class LSHSelfAttention(nn.Module):
             num_chunks_before=self.num_chunks_before, num_chunks_after=self.num_chunks_after,
             rotations=rotations, buckets=buckets, attention_mask=attention_mask, causal=self.causal,
             dropout_rate=self.dropout_rate, dropout_rng=dropout_rng, deterministic=deterministic,
-            return_probs=return_probs, dtype=self.dtype,
+            return_probs=return_probs, dtype=self.dtype, live_length=live_length,
         )
         out = out.reshape(out.shape[:-2] + (width,))
         out = nn.with_logical_constraint(out, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_HEADS))

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from layers.checks import check_range
 from layers.losses import IGNORE_INDEX, cross_entropy
 
 Array = jax.Array
@@ -58,6 +59,11 @@ def projected_cross_entropy(h: Array, kernel: Array, bias: Array, labels: Array,
         raise ValueError(f"kernel must be [embed={h.shape[-1]}, vocab={bias.shape[0]}], got {kernel.shape}")
     if chunk < 1:
         raise ValueError(f"chunk must be positive, got {chunk}")
+    vocab = bias.shape[0]
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(f"labels: token ids must be integers, got dtype {labels.dtype}")
+    check_range("labels", labels, vocab, f"token ids must be in [0, vocab_size={vocab}) or {ignore_index} (ignored)",
+                ignore=ignore_index)
     loss, accuracy = _projected_ce(h, kernel, bias, labels, ignore_index, min(chunk, h.shape[1]))
     return (loss, accuracy) if with_accuracy else loss
 

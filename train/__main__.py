@@ -5,8 +5,14 @@ to each one's command (on a Cloud TPU VM, under Slurm or Open MPI, leave them ou
 Every process runs the same command with the same workdir (a shared filesystem for checkpoints).
 
 With no arguments it runs `configs/quickstart.py` into `./runs/quickstart`. Rerunning a command resumes from
-the latest complete checkpoint in its workdir. Exit status: 0 when done or stopped by SIGTERM (after saving),
-1 on a non-finite loss, 2 on a bad config.
+the latest complete checkpoint in its workdir (an unreadable newest checkpoint is moved aside to
+`DIR/unreadable_checkpoints/` and the previous one is used).
+
+Exit status:
+  0  done, or stopped by SIGTERM after saving a checkpoint
+  1  the loss became non-finite (the last good checkpoint is kept); also any internal error (with a traceback)
+  2  a user error: flags, config file or keys, workdir, checkpoint of another run, data. One `error: ...` line
+     on stderr and no traceback (add --debug to see it).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ _COORDINATOR = flags.DEFINE_string(
     "--num_processes and --process_id; omit all three on a Cloud TPU VM / Slurm / Open MPI to auto-detect).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process run: how many processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process run: this process's index, 0 .. N-1.")
+_DEBUG = flags.DEFINE_bool("debug", False, "On a user error (exit status 2), show the Python traceback too.")
 _HOST_MEMORY = flags.DEFINE_enum(
     "host_memory", "release", ["release", "retain"], "release: the C library's defaults; retain: keep freed host "
     "memory in the process (one malloc arena, no trimming), so a CPU step with a large XLA scratch reuses its "
@@ -37,12 +44,14 @@ _HOST_MEMORY = flags.DEFINE_enum(
 
 
 def _config_path(argv: list[str]) -> str:
+    """The `--config` file of `argv` (the last one given, as absl takes it), or the quickstart's."""
+    path = os.path.join(_CONFIGS, "quickstart.py")
     for i, arg in enumerate(argv):
         if arg.startswith("--config="):
-            return arg.split("=", 1)[1]
-        if arg == "--config" and i + 1 < len(argv):
-            return argv[i + 1]
-    return os.path.join(_CONFIGS, "quickstart.py")
+            path = arg.split("=", 1)[1]
+        elif arg == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+    return path
 
 
 def check_override_keys(argv: list[str]) -> str | None:
@@ -59,6 +68,8 @@ def check_override_keys(argv: list[str]) -> str | None:
         config = load_config(_config_path(argv))
     except ValueError as error:
         return str(error)
+    except Exception as error:  # noqa: BLE001 - the config file itself is broken: the user's to fix
+        return f"--config={_config_path(argv)!r}: {type(error).__name__}: {error}"
     for dotted in overrides:
         node, walked = config, []
         for part in dotted.split("."):
@@ -76,7 +87,8 @@ def check_override_keys(argv: list[str]) -> str | None:
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        print(f"error: unexpected arguments: {argv[1:]} (flags are --name=value)", file=sys.stderr)
+        return 2
     # Orbax reports every file it writes at INFO; the progress bar and metrics.jsonl are the run's log.
     logging.set_verbosity(logging.WARNING)
     # Imported here so `--help` and flag errors are fast.
@@ -87,26 +99,55 @@ def main(argv):
 
     try:
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-
-    config = _CONFIG.value
-    name = os.path.splitext(os.path.basename(_config_path(sys.argv)))[0]
-    workdir = _WORKDIR.value or os.path.join("runs", name)
-    try:
+        config = _CONFIG.value
+        name = os.path.splitext(os.path.basename(_config_path(sys.argv)))[0]
+        workdir = _WORKDIR.value or os.path.join("runs", name)
         summary = loop.run(config, workdir, progress=_PROGRESS.value)
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return _fail(error, 2)
     except loop.NonFiniteLossError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return _fail(error, 1, traceback=False)
     import jax
 
     if jax.process_index() == 0:
         print(format_summary(summary))
     return 0
+
+
+def _fail(error: BaseException, status: int, traceback: bool | None = None) -> int:
+    """Prints ``error: <message>`` (and, with --debug, the traceback) and returns the exit status."""
+    show = _DEBUG.value if traceback is None else traceback
+    if show:
+        import traceback as tb
+
+        tb.print_exception(error)
+    print(f"error: {error}", file=sys.stderr)
+    return status
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing with this command's contract: a bad flag, a config file that is missing or fails to
+    load, or a `--config.<key>` it does not have is one `error: ...` line and exit status 2 (absl would print
+    the usage and exit 1; a config file's own exception would be a traceback)."""
+    debug = "--debug" in argv
+    message = check_override_keys(argv[1:])
+    if message is None:
+        path = _config_path(argv)
+        if not os.path.isfile(path):
+            message = f"--config={path!r}: no such config file"
+    if message is None:
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as error:
+            message = str(error)
+        except Exception as error:  # noqa: BLE001 - the config file's get_config() raised: the user's file
+            if debug:
+                import traceback
+
+                traceback.print_exception(error)
+            message = f"--config={_config_path(argv)!r}: {type(error).__name__}: {error}"
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def format_summary(summary: dict) -> str:
@@ -118,6 +159,7 @@ def format_summary(summary: dict) -> str:
     lines.append(f"done: step {summary['final_step']} in {summary['seconds']:.0f}s"
                  + (f", train loss {train['loss']:.3f}" if "loss" in train else "")
                  + (f", eval loss {evals['eval_loss']:.3f}" if "eval_loss" in evals else "")
+                 + (f" ({evals['eval_bits_per_char']:.3f} bits/char)" if "eval_bits_per_char" in evals else "")
                  + (f", {train['tokens_per_second']:,.0f} tokens/s" if "tokens_per_second" in train else ""))
     if "unigram_entropy" in summary:
         lines.append(f"unigram entropy of the corpus: {summary['unigram_entropy']:.3f} nats/token "
@@ -129,8 +171,7 @@ def format_summary(summary: dict) -> str:
 
 
 if __name__ == "__main__":
-    _error = check_override_keys(sys.argv[1:])
-    if _error:
-        print(f"error: {_error}", file=sys.stderr)
-        sys.exit(2)
-    app.run(main)
+    from train.platform import skip_absent_tpu
+
+    skip_absent_tpu()  # before anything imports jax
+    app.run(main, flags_parser=parse_flags)

@@ -12,7 +12,8 @@ optimizer, mesh, logical-axis rules, shardings and donation), so a config that f
 
 Topologies are `<generation>:<chips per dimension>` as libtpu names them (`v5e:4x4`, `v6e:2x2`, `v4:2x2x1`,
 `v5p:2x2x2`) or a Cloud TPU slice name (`v5e-16`, `v5litepod-16`, `v6e-4`, `v4-8`, `v5p-8`). Exit status: 0
-when the step fits, 1 when it does not (the figures are still printed), 2 on a bad flag, config or topology.
+when the step fits, 1 when it does not (the figures are still printed), 2 on a bad flag, config or topology, or
+when libtpu is not installed.
 Nothing here touches the network: libtpu is told the (absent) machine's type instead of asking a metadata
 server for it.
 """
@@ -133,7 +134,9 @@ def _quiet_libtpu(topology: Topology) -> None:
     it initialises. It also takes /tmp/libtpu_lockfile, which any other process that loaded libtpu (a jax
     program run without JAX_PLATFORMS=cpu) may hold; compiling needs no chip, so let several load it.
     A real TPU VM keeps its own settings."""
-    if _tpu_chips_attached():
+    from train.platform import tpu_chips_attached
+
+    if tpu_chips_attached():
         return
     per = 2 if topology.chip.slice_counts_cores else 1
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
@@ -142,27 +145,14 @@ def _quiet_libtpu(topology: Topology) -> None:
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
-def _tpu_chips_attached() -> bool:
-    """Whether this host has TPU chips: a PCI device of Google's vendor id (0x1ae0), as libtpu itself looks for."""
-    import glob
-
-    for vendor in glob.glob("/sys/bus/pci/devices/*/vendor"):
-        try:
-            with open(vendor) as f:
-                if f.read().strip().lower() == "0x1ae0":
-                    return True
-        except OSError:
-            continue
-    return False
-
-
 def topology_devices(topology: Topology | str) -> list:
     """Compile-only jax devices of every chip of `topology` (no TPU needed; needs the libtpu package)."""
     topology = parse_topology(topology) if isinstance(topology, str) else topology
     try:
         import libtpu  # noqa: F401 - only to fail with the fix rather than jax's generic message
     except ImportError:
-        raise RuntimeError("train.aot needs libtpu to compile for TPUs: pip install -e '.[tpu]'") from None
+        # A setup problem of the user's (exit status 2), not a step that does not fit (1).
+        raise ValueError("train.aot needs libtpu to compile for TPUs: pip install -e '.[tpu]'") from None
     _quiet_libtpu(topology)
     import jax
     from jax.experimental import topologies

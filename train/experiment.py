@@ -207,7 +207,7 @@ def model_config(config: ml_collections.ConfigDict) -> dict:
     for key in family.config_class.unknown_keys(model):
         _fail(f"model.{key}", model[key], f"not a field of {family.config_class.__name__}")
     try:
-        family.config_class.from_hf_dict(model)
+        family.config_class.from_hf_dict(model, strict=True)
     except (TypeError, ValueError) as error:
         raise ValueError(f"config.model: {error}") from error
     architectures = model.get("architectures") or [family.default_architecture]

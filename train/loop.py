@@ -48,12 +48,36 @@ def _seed_keys(config) -> tuple[jax.Array, jax.Array, jax.Array]:
     return jax.random.fold_in(root, 0), jax.random.fold_in(root, 1), jax.random.fold_in(root, 2)
 
 
+def check_batch(batch: dict, vocab_size: int, split: str) -> dict:
+    """Host-side (numpy) check of a batch before it reaches the device: a token id outside the model's vocabulary
+    would be clamped by the embedding gather under jit and train on garbage without a word."""
+    ids = np.asarray(batch["inputs"])
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        bad = np.argwhere((ids < 0) | (ids >= vocab_size))[0]
+        raise ValueError(f"data ({split}): token id {int(ids[tuple(bad)])} at row {int(bad[0])}, position "
+                         f"{int(bad[1])} is outside the model's vocabulary [0, model.vocab_size={vocab_size}); is "
+                         "config.data.tokenizer the model's tokenizer?")
+    return batch
+
+
 def _to_device(batch: dict, sharding) -> dict:
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
 
 
 def _mean_rows(rows: list[dict]) -> dict:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+def tokens_per_char(source, processor) -> float:
+    """Tokens (with the `</s>` after each document, as the pipeline packs them) per character of the documents:
+    converts a loss in nats/token into bits/character, a measure that does not depend on the tokenizer."""
+    eos = 1 if processor.eos_id() >= 0 else 0
+    tokens = chars = 0
+    for i in range(len(source)):
+        text = source[i]
+        tokens += len(processor.encode(text)) + eos
+        chars += len(text) + 1  # the document separator the `</s>` stands for
+    return tokens / max(chars, 1)
 
 
 def unigram_entropy(source, processor) -> float:
@@ -75,8 +99,7 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
         raise ValueError(f"config.data.shards={config.data.shards}: the data shards ({num_shards}) must be a multiple "
                          f"of the {jax.process_count()} processes and divide config.batch_size={config.batch_size}")
     primary = distributed.is_primary()
-    workdir = os.path.abspath(os.path.expanduser(workdir))
-    os.makedirs(workdir, exist_ok=True)
+    workdir = prepare_workdir(workdir)
     mesh = exp.make_mesh()
     module = exp.build_module(mesh)
     init_key, train_key, eval_key = _seed_keys(config)
@@ -104,12 +127,15 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
 
     checkpoints = checkpoint_lib.Checkpoints(workdir, keep=config.keep_checkpoints,
                                              async_save=config.async_checkpointing)
-    latest = checkpoints.latest_step()
     shardings = state_lib.state_shardings(module, tx, mesh, rules)
-    if latest is None:
+    # The newest readable checkpoint (unreadable ones are moved aside); one of another run is refused by name.
+    restored = checkpoints.restore_latest(state_lib.abstract_state(shardings, module, tx),
+                                          check=lambda metadata: check_same_run(metadata, config, model_dict, workdir))
+    latest = None if restored is None else restored[0]
+    if restored is None:
         state, _ = state_lib.init_train_state(module, tx, init_key, mesh, rules, init_from=config.init_from or None)
     else:
-        state, data_state, _ = checkpoints.restore(latest, state_lib.abstract_state(shardings, module, tx))
+        _, state, data_state, _ = restored
         train_data.set_state(data_state)
     start = int(state.step)
     if primary:
@@ -117,6 +143,7 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
             json.dump({"config": experiment.to_dict(config), "model": model_dict}, f, indent=2)
 
     batch_sharding = partitioning.batch_sharding(mesh, rules)
+    vocab_size = module.config.vocab_size
     train_step = step_lib.make_train_step(module, objective, tx, schedule, shardings, batch_sharding,
                                           grad_accum_steps=config.grad_accum_steps)
     eval_step = step_lib.make_eval_step(module, objective, shardings.params, batch_sharding)
@@ -171,14 +198,26 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
             bar.update(0, loss=row["loss"], tokens_per_second=tps)
         pending.clear()
 
+    # Causal LMs: the eval loss in bits per character too (independent of the tokenizer's vocabulary).
+    eval_tokens_per_char = None
+    if config.eval_every and config.objective.name == "causal_lm":
+        eval_tokens_per_char = tokens_per_char(
+            data.open_source(config.data.source, split=config.data.eval_split, data_dir=data_dir),
+            data.load_tokenizer(tokenizer))
+
     def evaluate(step: int) -> dict:
         eval_data.set_state(eval_start)
-        rows = [jax.device_get(eval_step(state.params, _to_device(next(eval_data), batch_sharding), eval_key))
+        rows = [jax.device_get(eval_step(state.params, _to_device(check_batch(next(eval_data), vocab_size,
+                                                                              config.data.eval_split),
+                                                                  batch_sharding), eval_key))
                 for _ in range(config.eval_steps)]
         row = {"step": step, "split": config.data.eval_split,
                **{f"eval_{k}": v for k, v in _mean_rows([{k: float(v) for k, v in r.items()} for r in rows]).items()}}
+        if eval_tokens_per_char is not None:
+            row["eval_bits_per_char"] = row["eval_loss"] / math.log(2) * eval_tokens_per_char
         writer.write(row)
-        bar.write(f"step {step}: eval loss {row['eval_loss']:.4f}")
+        bar.write(f"step {step}: eval loss {row['eval_loss']:.4f}"
+                  + (f" ({row['eval_bits_per_char']:.3f} bits/char)" if "eval_bits_per_char" in row else ""))
         return row
 
     started = time.perf_counter()
@@ -188,7 +227,7 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
         scope.enter_context(partitioning.activate(mesh, rules))
         step = start
         while step < config.total_steps:
-            batch = _to_device(next(train_data), batch_sharding)
+            batch = _to_device(check_batch(next(train_data), vocab_size, "train"), batch_sharding)
             state, step_metrics = train_step(state, batch, train_key)
             step += 1
             pending.append((step, step_metrics))
@@ -239,6 +278,53 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
         summary["loss_png"] = metrics_lib.plot_loss_curve(
             workdir, title=f"{type(module).__name__} ({config.objective.name})", reference=reference)
     return summary
+
+
+def prepare_workdir(workdir: str) -> str:
+    """The absolute workdir, created if needed and checked writable; a path that cannot be a workdir (a file, a
+    directory without write permission) is a ``ValueError`` naming it."""
+    path = os.path.abspath(os.path.expanduser(workdir))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--workdir={workdir!r}: {path} is a file, not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write-test-{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as error:
+        raise ValueError(f"--workdir={workdir!r}: cannot write there ({error.strerror or error})") from None
+    return path
+
+
+# What makes a checkpoint of another run: its params (the model) and its optimizer state (the optimizer).
+_RUN_IDENTITY = ("optimizer",)
+
+
+def check_same_run(metadata: dict, config, model_dict: dict, workdir: str) -> None:
+    """Raises ``ValueError`` naming the fields that differ when ``workdir``'s checkpoint is of another model (other
+    param shapes) or optimizer than ``config``: resuming it would fail deep in the restore. Fields that leave
+    the params' shapes alone (a dropout rate) may change between runs."""
+    import jaxmodels
+
+    stored_model = metadata.get("model") or {}
+    stored_config = metadata.get("config") or {}
+    differences = [f"{k}: {stored_config.get(k)!r} in the checkpoint, {config[k]!r} now"
+                   for k in _RUN_IDENTITY if k in stored_config and stored_config.get(k) != config[k]]
+    model_fields = [f"model.{k}: {stored_model.get(k)!r} in the checkpoint, {model_dict.get(k)!r} now"
+                    for k in sorted(set(stored_model) | set(model_dict)) if stored_model.get(k) != model_dict.get(k)]
+    if model_fields:
+        def shapes(model):
+            try:
+                return jax.tree.map(lambda x: x.shape, jaxmodels.abstract_params(jaxmodels.from_config(model)))
+            except Exception:  # noqa: BLE001 - a stored model this checkout cannot build differs by definition
+                return None
+        if shapes(stored_model) != shapes(model_dict):
+            differences = model_fields + differences
+    if differences:
+        raise ValueError(f"--workdir={workdir!r} holds checkpoints of another run ({'; '.join(differences[:6])}"
+                         f"{'; ...' if len(differences) > 6 else ''}). Use a new --workdir, or make the config match "
+                         f"the stored one ({workdir}/config.json)")
 
 
 def _main_thread() -> bool:

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmodels.albert.config import AlbertConfig
-from jaxmodels.input_checks import check_range
+from jaxmodels.input_checks import check_token_inputs
 from jaxmodels.outputs import (
     BaseModelOutputWithPooling,
     MaskedLMOutput,
@@ -34,6 +34,7 @@ from jaxmodels.outputs import (
 from layers import axes
 from layers.activations import get_activation
 from layers.attention import gather_rows, padding_mask, self_attention_block
+from layers.checks import check_range
 from layers.dense import Dense
 from layers.dropout import Dropout
 from layers.embeddings import TokenEmbeddings
@@ -62,37 +63,10 @@ def validate_inputs(config: AlbertConfig, input_ids, attention_mask, token_type_
 
     ``rank`` is 2 for ``[batch, length]`` inputs and 3 for multiple choice ``[batch, choices, length]``.
     """
-    if (input_ids is None) == (inputs_embeds is None):
-        raise ValueError("pass exactly one of input_ids or inputs_embeds")
-    if input_ids is not None:
-        shape = tuple(input_ids.shape)
-        if len(shape) != rank:
-            raise ValueError(f"input_ids must have rank {rank}, got shape {shape}")
-        if not jnp.issubdtype(input_ids.dtype, jnp.integer):
-            raise ValueError(f"input_ids must be integer, got {input_ids.dtype}")
-    else:
-        shape = tuple(inputs_embeds.shape[:-1])
-        if len(shape) != rank or inputs_embeds.shape[-1] != config.embedding_size:
-            raise ValueError(
-                f"inputs_embeds must have shape [{'batch, choices' if rank == 3 else 'batch'}, length, "
-                f"embedding_size={config.embedding_size}], got {tuple(inputs_embeds.shape)}"
-            )
-    for name, x in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
-        if x is not None and tuple(x.shape) != shape:
-            raise ValueError(f"{name} has shape {tuple(x.shape)} but input_ids has shape {shape}; they must match")
-    if position_ids is not None and tuple(position_ids.shape) not in (shape, (1,) + shape[1:], shape[-1:]):
-        raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}; expected {shape} or {(1,) + shape[1:]}")
-    length = shape[-1]
-    if length > config.max_position_embeddings:
-        raise ValueError(
-            f"sequence length {length} exceeds max_position_embeddings={config.max_position_embeddings} "
-            f"(position_embedding_type={config.position_embedding_type!r})"
-        )
-    check_range("input_ids", input_ids, config.vocab_size, f"ids must be in [0, vocab_size={config.vocab_size})")
-    check_range("token_type_ids", token_type_ids, config.type_vocab_size,
-                 f"token types must be in [0, type_vocab_size={config.type_vocab_size})")
-    check_range("position_ids", position_ids, config.max_position_embeddings,
-                 f"positions must be in [0, max_position_embeddings={config.max_position_embeddings})")
+    check_token_inputs(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, rank=rank,
+                       embedding_field="embedding_size", embedding_size=config.embedding_size,
+                       vocab_size=config.vocab_size, type_vocab_size=config.type_vocab_size,
+                       max_position_embeddings=config.max_position_embeddings)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -398,6 +372,10 @@ class _AlbertHead(nn.Module):
         first, so a pooler on it pools position 0); the labels are permuted as those rows are.
         """
         head = self._mlm_head()
+        vocab = self.config.vocab_size
+        # Checked here, in the caller's order: the selected-rows path permutes the labels before the loss sees them.
+        check_range("labels", labels, vocab, f"token ids must be in [0, vocab_size={vocab}) or {IGNORE_INDEX} "
+                    "(ignored)", ignore=IGNORE_INDEX)
         if capacity is None:
             out = albert(*args, **kwargs)
             logits, loss = head(out.last_hidden_state, albert.word_embedding_table(), labels)

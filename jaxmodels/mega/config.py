@@ -27,6 +27,7 @@ NORM_EPS = 1e-5
 @dataclasses.dataclass(frozen=True)
 class MegaConfig(HFConfig):
     model_type: ClassVar[str] = "mega"
+    hf_derived_keys: ClassVar[frozenset] = frozenset({"num_attention_heads"})  # HF writes it; ours is derived or unused
 
     vocab_size: int = 30522
     hidden_size: int = 128
@@ -112,12 +113,14 @@ class MegaConfig(HFConfig):
             raise ValueError(f"{name}.pad_token_id={self.pad_token_id} must be in [0, vocab_size={self.vocab_size})")
 
     @classmethod
-    def from_hf_dict(cls, d: dict[str, Any]):
+    def from_hf_dict(cls, d: dict[str, Any], *, strict: bool = False):
+        if not isinstance(d, dict):
+            return super().from_hf_dict(d, strict=strict)  # refused there, naming the type
         d = dict(d)
         # A checkpoint trained by transformers with "rmsnorm" learned with HF's identity-times-weight layer.
         if d.get("normalization_type") == "rmsnorm" and "hf_rmsnorm_identity_bug" not in d:
             d["hf_rmsnorm_identity_bug"] = True
-        return super().from_hf_dict(d)
+        return super().from_hf_dict(d, strict=strict)
 
     @property
     def simple_bias_positions(self) -> int:

@@ -27,6 +27,7 @@ class ReformerConfig(HFConfig):
     """
 
     model_type: ClassVar[str] = "reformer"
+    hf_derived_keys: ClassVar[frozenset] = frozenset({"num_hidden_layers"})  # HF writes it; ours is derived or unused
 
     attention_head_size: int = 64
     attn_layers: tuple = ("local", "lsh", "local", "lsh", "local", "lsh")

@@ -26,9 +26,10 @@ Training vs eval is ``deterministic`` (False = HF ``model.train()``): in trainin
 the lcm (``pad_token_id``, attention mask 0) and the outputs sliced back (per-layer ``hidden_states`` stay at the
 padded length, as in HF). ``head_mask`` is not supported.
 
-Decoding (``jaxmodels.generation`` protocol): ``init_cache(batch, max_length)`` gives a static cache of every layer's
-layer-normed attention inputs and LSH buckets plus a fill index; ``cache=`` calls run the next tokens against it
-(see ``cached_attention`` for what is exact and what is the usual incremental approximation of chunked LSH).
+Decoding (``jaxmodels.generation`` protocol): ``init_cache(batch, max_length)`` gives a static cache and ``cache=``
+calls run the next tokens. ``decoding="exact"`` (default) gives the full pass's logits over the sequence so far at
+every step, whatever the chunk lengths (a step reruns the eval pass in a static buffer; see ``ReformerModel``);
+``decoding="incremental"`` is HF's kind of cached decoding (``cached_attention``), an approximation of chunked LSH.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmodels.input_checks import check_range
+from jaxmodels.input_checks import check_array, check_nonempty, check_range
 from jaxmodels.outputs import (
     MaskedLMOutput,
     QuestionAnsweringModelOutput,
@@ -104,6 +105,10 @@ def validate_inputs(config: ReformerConfig, input_ids, attention_mask, position_
                     training: bool) -> tuple[int, int]:
     """Raises ValueError naming the argument or config field; returns ``(batch, length)``."""
     c = config
+    check_array("input_ids", input_ids)
+    check_array("attention_mask", attention_mask)
+    check_array("position_ids", position_ids)
+    check_array("inputs_embeds", inputs_embeds)
     if (input_ids is None) == (inputs_embeds is None):
         raise ValueError("pass exactly one of input_ids or inputs_embeds")
     if input_ids is not None:
@@ -122,6 +127,7 @@ def validate_inputs(config: ReformerConfig, input_ids, attention_mask, position_
         raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has shape {shape}")
     if position_ids is not None and tuple(position_ids.shape) not in (shape, (1, shape[1])):
         raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}; expected {shape} or {(1, shape[1])}")
+    check_nonempty("input_ids" if input_ids is not None else "inputs_embeds", shape)
     length = shape[1]
     if length > c.max_position_embeddings:
         raise ValueError(f"sequence length {length} exceeds max_position_embeddings={c.max_position_embeddings}")
@@ -223,7 +229,7 @@ class ReformerAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x, attention_mask=None, *, rotations=None, buckets=None, num_hashes=None,
-                 deterministic: bool = True, return_probs: bool = False):
+                 deterministic: bool = True, return_probs: bool = False, live_length=None):
         c = self.config
         h = LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="layer_norm")(x)
         if self.kind == "lsh":
@@ -235,7 +241,7 @@ class ReformerAttention(nn.Module):
                 dropout_rate=c.lsh_attention_probs_dropout_prob, dtype=self.dtype, kernel_init=_normal(c),
                 name="self_attention",
             )(h, attention_mask, rotations=rotations, buckets=buckets, num_hashes=num_hashes,
-              deterministic=deterministic, return_probs=return_probs)
+              deterministic=deterministic, return_probs=return_probs, live_length=live_length)
         else:
             out, probs = LocalSelfAttention(
                 num_heads=c.num_attention_heads, head_dim=c.attention_head_size,
@@ -371,7 +377,10 @@ class ReformerEncoder(nn.Module):
 
     @nn.compact
     def __call__(self, x, attention_mask=None, *, lsh_rotations=None, num_hashes=None, deterministic: bool = True,
-                 output_hidden_states: bool = False, output_attentions: bool = False, cache=None):
+                 output_hidden_states: bool = False, output_attentions: bool = False, cache=None,
+                 live_length=None):
+        """``live_length`` (traced): only that many leading positions exist (exact decoding in a static buffer,
+        ``ReformerModel``'s cached calls); the layers then run as a plain scan (no gradients are needed)."""
         c = self.config
         period = c.layer_period
         rows = c.num_hidden_layers // period
@@ -428,7 +437,7 @@ class ReformerEncoder(nn.Module):
             rngs = {} if f_key is None else {"dropout": f_key}
             return attn_modules[k].apply({"params": p["params"]}, h, mask, rotations=p.get("rotations"), buckets=aux,
                                          num_hashes=num_hashes, deterministic=deterministic,
-                                         return_probs=return_probs, rngs=rngs)
+                                         return_probs=return_probs, rngs=rngs, live_length=live_length)
 
         def make_f(k):
             def f(p, h, f_key, mask, aux):
@@ -445,7 +454,7 @@ class ReformerEncoder(nn.Module):
             return chunked_apply(one_chunk, (y, positions), chunk_size=c.chunk_size_feed_forward, axis=1,
                                  min_chunk=self.ff_min_chunk)
 
-        plain = output_hidden_states or output_attentions
+        plain = output_hidden_states or output_attentions or live_length is not None
         new_cache = None
         if cache is not None:
             fill, t_new = cache["index"], x.shape[1]
@@ -504,13 +513,40 @@ class ReformerEncoder(nn.Module):
         return h, all_hidden, all_probs
 
 
-def init_reformer_cache(config: ReformerConfig, batch_size: int, max_length: int, dtype=jnp.float32) -> dict:
-    """Empty decoding cache for ``max_length`` tokens (static shapes; ``index`` counts the filled positions).
+DECODING = ("exact", "incremental")
 
-    ``states``: per layer kind ``[depth / P, batch, max_length, hidden]`` layer-normed attention inputs;
-    ``buckets``: per LSH kind ``[depth / P, batch, heads, num_hashes, max_length]`` int32 (None for local kinds);
-    ``mask [batch, max_length]``: attention mask of the filled positions.
+
+def _check_decoding(decoding: str) -> None:
+    if decoding not in DECODING:
+        raise ValueError(f"decoding={decoding!r}: expected one of {DECODING} (see ReformerModel)")
+
+
+def init_reformer_cache(config: ReformerConfig, batch_size: int, max_length: int, dtype=jnp.float32,
+                        decoding: str = "exact") -> dict:
+    """Empty decoding cache for up to ``max_length`` tokens (static shapes; ``index`` counts the filled positions).
+
+    ``decoding="exact"`` (see ``ReformerModel``): the tokens themselves, ``ids`` and ``mask [batch, T]`` with T
+    ``max_length`` rounded up to a multiple of the chunk lengths' lcm (the buffer a full pass runs over).
+    ``decoding="incremental"``: per layer kind, ``states [depth / P, batch, max_length, hidden]`` (the layer-normed
+    attention inputs, what HF caches) and, for LSH kinds, ``buckets [depth / P, batch, heads, num_hashes,
+    max_length]`` int32; ``mask [batch, max_length]``.
     """
+    _check_decoding(decoding)
+    if not isinstance(max_length, int) or max_length < 1:
+        raise ValueError(f"max_length={max_length!r}: must be a positive int")
+    index = jnp.zeros((), jnp.int32)
+    if decoding == "exact":
+        lcm = config.lcm_chunk_length
+        slots = max_length if max_length <= config.min_chunk_length else -(-max_length // lcm) * lcm
+        if slots > config.max_length:
+            raise ValueError(f"max_length={max_length} (padded to {slots}, a multiple of the chunk lengths' lcm "
+                             f"{lcm}) exceeds the {config.max_length} positions of the model")
+        if "lsh" in config.attn_layers and slots > config.lsh_attn_chunk_length and config.num_buckets is None:
+            raise ValueError("ReformerConfig.num_buckets=None: exact decoding beyond one LSH chunk needs a fixed "
+                             "bucket count (HF's rule changes it with the length; HF freezes the first value it "
+                             "computes); set num_buckets")
+        return {"index": index, "mask": jnp.zeros((batch_size, slots), jnp.int32),
+                "ids": jnp.zeros((batch_size, slots), jnp.int32)}
     period = config.layer_period
     rows = config.num_hidden_layers // period
     kinds = config.attn_layers[:period]
@@ -518,8 +554,15 @@ def init_reformer_cache(config: ReformerConfig, batch_size: int, max_length: int
     buckets = tuple(
         jnp.zeros((rows, batch_size, config.num_attention_heads, config.num_hashes, max_length), jnp.int32)
         if kind == "lsh" else None for kind in kinds)
-    return {"index": jnp.zeros((), jnp.int32), "mask": jnp.zeros((batch_size, max_length), jnp.int32),
+    return {"index": index, "mask": jnp.zeros((batch_size, max_length), jnp.int32),
             "states": states, "buckets": buckets}
+
+
+def padded_length(config: ReformerConfig, length):
+    """The length an eval pass over ``length`` tokens runs at (HF's auto-padding to a multiple of the chunk
+    lengths' lcm, unless ``length`` fits the smallest chunk); ``length`` may be traced."""
+    lcm, fits = config.lcm_chunk_length, length <= config.min_chunk_length
+    return jnp.where(fits | (length % lcm == 0), length, (length // lcm + 1) * lcm)
 
 
 class ReformerModel(nn.Module):
@@ -530,6 +573,20 @@ class ReformerModel(nn.Module):
     stack, which keeps no per-layer activations at all. ``sequence_sharding``: local-attention layers run
     sequence-parallel (``layers.local.LocalSelfAttention``); LSH layers sort over the whole length and are left to
     the automatic partitioner.
+
+    Decoding (``jaxmodels.generation`` protocol: ``init_cache``, then calls with ``cache=``), by ``decoding``:
+
+    - ``"exact"`` (default): every cached call runs the full eval pass over the tokens so far, in a static buffer
+      (``layers.lsh`` ``live_length``), so its logits are those of the full forward pass over the same prefix,
+      LSH layers included, for any chunk lengths, hash rounds, factorized buckets and padded prompts. Nothing
+      cheaper is exact: chunked LSH attention is not causal in *which* keys a position sees. A later token with a
+      smaller bucket shifts the chunk boundaries of earlier ones, so every position's hidden state can change as
+      the sequence grows, and cached per-layer states go stale. A step costs a full pass over the buffer.
+    - ``"incremental"``: HF-style cached decoding of the layer-normed attention inputs; the new token attends to
+      the cached tokens that share its bucket (plus itself), causal local layers are exact. An approximation of
+      the full pass beyond one LSH chunk (as HF's own cached decoding is), O(max_length) per step.
+
+    Either way the prompt's logits, and so the first generated token, are those of the full pass.
     """
 
     config: ReformerConfig
@@ -538,6 +595,7 @@ class ReformerModel(nn.Module):
     scan_residuals: str = "all"
     scan_unroll: int = 1
     sequence_sharding: SequenceSharding | None = None
+    decoding: str = "exact"
 
     def setup(self):
         self.embeddings = ReformerEmbeddings(self.config, self.dtype)
@@ -546,14 +604,19 @@ class ReformerModel(nn.Module):
 
     def init_cache(self, batch_size: int, max_length: int) -> dict:
         """Decoding cache (see ``jaxmodels.generation``); needs no params."""
-        return init_reformer_cache(self.config, batch_size, max_length, self.dtype)
+        return init_reformer_cache(self.config, batch_size, max_length, self.dtype, self.decoding)
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, num_hashes=None,
                  lsh_rotations=None, cache=None, *, deterministic: bool = True, output_hidden_states: bool = False,
                  output_attentions: bool = False):
         c = self.config
         if cache is not None:
-            return self._cached_call(input_ids, attention_mask, position_ids, inputs_embeds, lsh_rotations, cache)
+            _check_decoding(self.decoding)
+            if ("ids" in cache) != (self.decoding == "exact"):
+                raise ValueError(f"cache: made for the other decoding mode than decoding={self.decoding!r}; "
+                                 "make it with this module's init_cache")
+            call = self._exact_call if self.decoding == "exact" else self._cached_call
+            return call(input_ids, attention_mask, position_ids, inputs_embeds, lsh_rotations, cache)
         batch, length = validate_inputs(c, input_ids, attention_mask, position_ids, inputs_embeds,
                                         training=not deterministic)
         if num_hashes is not None and (not isinstance(num_hashes, int) or num_hashes < 1):
@@ -587,8 +650,36 @@ class ReformerModel(nn.Module):
         h = h[:, :length]
         return ReformerModelOutput(last_hidden_state=h, hidden_states=hidden, attentions=attentions)
 
+    def _exact_call(self, input_ids, attention_mask, position_ids, inputs_embeds, lsh_rotations, cache):
+        """``decoding="exact"``: writes the next tokens after the cached ones into the buffer and runs the full eval
+        pass over the ``index + t`` tokens so far (as if padded to ``padded_length``); returns the new tokens'
+        hidden states ``[batch, t, 2H]``."""
+        c = self.config
+        if input_ids is None or inputs_embeds is not None or position_ids is not None:
+            raise ValueError("decoding='exact' runs on input_ids alone (positions are the buffer's slots); "
+                             "inputs_embeds and position_ids are not supported with a cache")
+        validate_inputs(c, input_ids, attention_mask, None, None, training=False)
+        batch, slots = cache["ids"].shape
+        if input_ids.shape[0] != batch:
+            raise ValueError(f"input_ids has batch {input_ids.shape[0]}, the cache {batch}")
+        t = input_ids.shape[1]
+        index = cache["index"]
+        new_mask = jnp.ones((batch, t), jnp.int32) if attention_mask is None else attention_mask.astype(jnp.int32)
+        ids = jax.lax.dynamic_update_slice(cache["ids"], input_ids.astype(jnp.int32), (0, index))
+        mask = jax.lax.dynamic_update_slice(cache["mask"], new_mask, (0, index))
+        end = index + t
+        if lsh_rotations is not None and "lsh" in c.attn_layers and slots > c.lsh_attn_chunk_length:
+            check_rotations(c, lsh_rotations, slots, None)
+        x = self.embeddings(ids, None, None, deterministic=True)
+        live = mask * (jnp.arange(slots) < end)
+        h, _, _ = self.encoder(x, live, lsh_rotations=lsh_rotations, deterministic=True,
+                               live_length=padded_length(c, end))
+        h = jax.lax.dynamic_slice_in_dim(h, index, t, axis=1)
+        return ReformerModelOutput(last_hidden_state=h, cache={"index": end, "mask": mask, "ids": ids})
+
     def _cached_call(self, input_ids, attention_mask, position_ids, inputs_embeds, lsh_rotations, cache):
-        """The next tokens after the cached ones (eval only; no auto-padding: the cache has static shapes)."""
+        """``decoding="incremental"``: the next tokens after the cached ones, against the cached layer inputs (eval
+        only; no auto-padding: the cache has static shapes)."""
         c = self.config
         validate_inputs(c, input_ids, attention_mask, position_ids, inputs_embeds, training=False)
         max_length = cache["mask"].shape[1]
@@ -647,15 +738,16 @@ class _ReformerHead(nn.Module):
     scan_residuals: str = "all"
     scan_unroll: int = 1
     sequence_sharding: SequenceSharding | None = None
+    decoding: str = "exact"
 
     def init_cache(self, batch_size: int, max_length: int) -> dict:
-        """Decoding cache (see ``jaxmodels.generation``); needs no params."""
-        return init_reformer_cache(self.config, batch_size, max_length, self.dtype)
+        """Decoding cache (see ``jaxmodels.generation`` and ``ReformerModel``'s ``decoding``); needs no params."""
+        return init_reformer_cache(self.config, batch_size, max_length, self.dtype, self.decoding)
 
     def _backbone(self, input_ids, attention_mask, position_ids, inputs_embeds, num_hashes, lsh_rotations,
                   deterministic, output_hidden_states, output_attentions, cache=None) -> ReformerModelOutput:
         return ReformerModel(self.config, self.dtype, self.remat, self.scan_residuals, self.scan_unroll,
-                             self.sequence_sharding, name="reformer")(
+                             self.sequence_sharding, self.decoding, name="reformer")(
             input_ids, attention_mask, position_ids, inputs_embeds, num_hashes, lsh_rotations, cache,
             deterministic=deterministic, output_hidden_states=output_hidden_states,
             output_attentions=output_attentions)

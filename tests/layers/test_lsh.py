@@ -469,3 +469,41 @@ def test_invalid_arguments_raise_value_error():
     h = jnp.zeros((1, 8, HIDDEN))
     with pytest.raises(ValueError, match="rotations"):
         jax.eval_shape(lambda: module.init(key(0), h, rotations=jnp.zeros((HEADS, HEAD_DIM, 1, 1))))
+
+
+@functools.partial(jax.jit, static_argnames=("causal", "before", "after"))
+def _live_and_prefix(qk, v, rotations, mask, live, *, causal, before, after):
+    """(the live-length call over the whole buffer, the plain call on the first ``live`` positions) for every
+    ``live`` of the static menu; one compile per window setting."""
+    options = dict(chunk_length=4, num_buckets=4, rotations=rotations, causal=causal, num_chunks_before=before,
+                   num_chunks_after=after)
+    return lsh_attention(qk, v, attention_mask=mask, live_length=live, **options).out
+
+
+@functools.partial(jax.jit, static_argnames=("causal", "before", "after"))
+def _prefix(qk, v, rotations, mask, *, causal, before, after):
+    return lsh_attention(qk, v, chunk_length=4, num_buckets=4, rotations=rotations, attention_mask=mask,
+                         causal=causal, num_chunks_before=before, num_chunks_after=after).out
+
+
+@settings(max_examples=5, deadline=None)
+@given(causal=st.booleans(), window=st.sampled_from([(1, 0), (2, 0), (1, 1)]), num_hashes=st.sampled_from([1, 3]),
+       seed=st.integers(0, 2**31 - 1))
+def test_live_length_is_the_attention_over_the_prefix(causal, window, num_hashes, seed):
+    """Attention over the first P positions of a static 24-position buffer (what exact decoding runs) equals the
+    attention over a length-P input, for every P: full attention up to one chunk, then chunked with the wrap to the
+    previous round's last *live* chunk; padding inside the prefix, all positions beyond it masked."""
+    before, after = window
+    rng = np.random.default_rng(seed)
+    qk, v = (jnp.asarray(rng.normal(size=(2, 24, HEADS, HEAD_DIM)), jnp.float32) for _ in range(2))
+    rotations = jnp.asarray(rng.normal(size=(HEADS, HEAD_DIM, num_hashes, 2)), jnp.float32)
+    for live in (3, 12, 20):
+        real = live - (1 if live > 4 else 0)  # the last live position is padding when P > chunk
+        mask = np.zeros((2, 24), np.int32)
+        mask[:, :real] = 1
+        mask[1, 0] = 0  # a padded token inside the prefix too
+        got = _live_and_prefix(qk, v, rotations, jnp.asarray(mask), jnp.int32(live), causal=causal, before=before,
+                               after=after)[:, :live]
+        want = _prefix(qk[:, :live], v[:, :live], rotations, jnp.asarray(mask[:, :live]), causal=causal,
+                       before=before, after=after)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5, err_msg=f"P={live}")

@@ -52,7 +52,9 @@ from train.data.text_corpus import (
     read_embedded_corpus,
 )
 from train.data.tokenizer import (
+    BYTES,
     BOS_ID,
+    ByteProcessor,
     CONTROL_SYMBOLS,
     EOS_ID,
     PAD_ID,
@@ -63,7 +65,9 @@ from train.data.tokenizer import (
 )
 
 __all__ = [
+    "BYTES",
     "BOS_ID",
+    "ByteProcessor",
     "CONTROL_SYMBOLS",
     "DataIterator",
     "EMBEDDED_CORPUS",

@@ -1,0 +1,169 @@
+"""The bad-input catalogue, run as a user runs it: `python -m train` and `python -m train.aot` with wrong flags,
+config files, workdirs, and faults (a corrupt newest checkpoint, a workdir of another run, a failing disk).
+
+The contract (train/__main__.py): exit 0 done, 1 non-finite loss, 2 any user error with one `error: ...` line
+naming the flag / key / file and no traceback (unless --debug); a corrupt newest checkpoint is moved aside and
+the run resumes from the previous one. (SIGKILL during a save and SIGTERM: tests/e2e/test_resume.py.)
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.e2e.conftest import ROOT, TINY, complete_checkpoints, train_losses
+
+FAST = ("--config.total_steps=2", "--config.checkpoint_every=1", "--config.eval_every=0", "--config.log_every=1")
+
+
+def _user_error(result, message: str) -> None:
+    """Exit status 2, the message on stderr, and no Python traceback or thread noise."""
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert message in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and "Event loop is closed" not in result.stderr, result.stderr[-3000:]
+
+
+def _write(path, text: str) -> str:
+    with open(path, "w") as f:
+        f.write(text)
+    return str(path)
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--config=/no/such/config.py",), "error: --config='/no/such/config.py': no such config file"),
+    (("--config.batch_size=abc",), "error: flag --config.batch_size=abc"),
+    (("--config.learning_rte=0.1",), "config.learning_rte: unknown key"),
+    (("--config.model.hiden_size=8",), "config.model.hiden_size: unknown key (config.model is 'albert-tiny'"),
+    (("--progress=maybe",), "error: flag --progress=maybe"),
+    (("--nosuchflag=1",), "error: Unknown command line flag 'nosuchflag'"),
+    (("stray",), "error: unexpected arguments: ['stray']"),
+    (("--config.optimizer=adam",), "config.optimizer='adam'"),
+    (("--config.seq_len=4096",), "config.seq_len=4096: exceeds model.max_position_embeddings=128"),
+    (("--config.mesh=data=3",), "config.mesh='data=3': needs 3 devices, there are 1"),
+    (("--config.axis_rules=fast",), "config.axis_rules='fast': unknown rule set"),
+    (("--num_processes=2",), "error:"),
+])
+def test_flags_and_config_errors(cli, tmp_path, args, message):
+    result = cli(tmp_path / "w", *args)
+    _user_error(result, message)
+    assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
+@pytest.mark.parametrize("body,message", [
+    ("def get_config(:\n", "SyntaxError"),
+    ("def get_config():\n    raise RuntimeError('my config is broken')\n", "RuntimeError: my config is broken"),
+    ("x = 1\n", "defines no get_config()"),
+])
+def test_broken_config_files(cli, tmp_path, body, message):
+    config = _write(tmp_path / "mine.py", body)
+    result = cli(tmp_path / "w", "--config.batch_size=2", config=config)
+    _user_error(result, message)
+    assert "mine.py" in result.stderr
+
+
+def test_debug_shows_the_traceback_of_a_user_error(cli, tmp_path):
+    result = cli(tmp_path / "w", "--config.optimizer=adam", "--debug")
+    assert result.returncode == 2 and "Traceback" in result.stderr and "config.optimizer='adam'" in result.stderr
+
+
+def test_workdir_that_is_a_file(cli, tmp_path):
+    _user_error(cli(_write(tmp_path / "file", "x"), *FAST), "is a file, not a directory")
+
+
+@pytest.fixture(scope="module")
+def finished(cli, tmp_path_factory):
+    """A finished 2-step run of the tiny config (checkpoints at steps 1 and 2), copied by the fault cases."""
+    workdir = tmp_path_factory.mktemp("finished")
+    result = cli(workdir, *FAST)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert complete_checkpoints(workdir) == [1, 2]
+    return workdir
+
+
+def _copy(finished, tmp_path):
+    import shutil
+
+    target = tmp_path / "w"
+    shutil.copytree(finished, target)
+    return target
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.optimizer=lamb", "optimizer: 'adamw' in the checkpoint, 'lamb' now"),
+    ("--config.model=albert-base-v2", "model.hidden_size: 64 in the checkpoint, 768 now"),
+])
+def test_workdir_of_another_run_is_refused_by_field(cli, finished, tmp_path, override, message):
+    workdir = _copy(finished, tmp_path)
+    result = cli(workdir, *FAST, override, "--config.total_steps=3")
+    _user_error(result, message)
+    assert complete_checkpoints(workdir) == [1, 2]  # nothing touched
+
+
+def test_corrupt_newest_checkpoint_is_moved_aside_and_the_run_resumes(cli, finished, tmp_path):
+    workdir = _copy(finished, tmp_path)
+    data = workdir / "checkpoints" / "2" / "state" / "ocdbt.process_0" / "d"
+    for name in os.listdir(data):
+        with open(data / name, "r+b") as f:
+            f.truncate(7)
+    result = cli(workdir, *FAST, "--config.total_steps=3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "checkpoints/2 is unreadable" in result.stderr and "unreadable_checkpoints/2" in result.stderr
+    assert "resuming from" in result.stderr and "checkpoints/1" in result.stderr
+    assert complete_checkpoints(workdir) == [1, 2, 3]  # step 2 retrained, step 3 new
+    assert os.path.isdir(workdir / "unreadable_checkpoints" / "2" / "state")  # kept, never deleted
+    assert train_losses(workdir)[2] == pytest.approx(train_losses(finished)[2], rel=1e-6)
+
+
+def test_unreadable_config_json_of_init_from(cli, tmp_path):
+    source = tmp_path / "hf"
+    os.makedirs(source)
+    _write(source / "config.json", "{broken")
+    result = cli(tmp_path / "w", *FAST, f"--config.init_from={source}")
+    _user_error(result, "config.json: not valid JSON")
+
+
+def test_full_disk_during_a_save_keeps_the_finished_checkpoints(tmp_path, monkeypatch):
+    """A failing filesystem call while a checkpoint is finalised (what a full disk does): a clear error naming the
+    checkpoint, the complete ones intact, and the next run resumes from them."""
+    from train import checkpoint as checkpoint_lib
+    from train import loop
+    from train.experiment import load_config
+
+    config = load_config(TINY)
+    with config.unlocked():
+        config.total_steps, config.checkpoint_every, config.eval_every = 3, 1, 0
+        config.batch_size = 8  # the test process fakes 8 devices: one row each
+        config.async_checkpointing = False
+        config.sample_tokens = 0
+    real_rename = os.rename
+
+    def failing_rename(src, dst, *args, **kwargs):
+        if os.path.basename(str(dst)) == "3":
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return real_rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", failing_rename)
+    with pytest.raises(checkpoint_lib.CheckpointWriteError,
+                       match=r"could not write checkpoint .*/checkpoints/3 \(.*No space left on device.*\); the "
+                             r"complete checkpoints \[1, 2\] are intact"):
+        loop.run(config, str(tmp_path), progress=False)
+    monkeypatch.setattr(os, "rename", real_rename)
+    assert complete_checkpoints(tmp_path) == [1, 2]
+    summary = loop.run(config, str(tmp_path), progress=False)
+    assert summary["start_step"] == 2 and summary["final_step"] == 3
+
+
+def test_aot_without_libtpu_is_a_user_error(tmp_path):
+    """`python -m train.aot` on a machine without the [tpu] extra: exit 2 with the fix, not 1 ("does not fit")."""
+    shadow = tmp_path / "shadow"
+    os.makedirs(shadow / "libtpu")
+    _write(shadow / "libtpu" / "__init__.py", "raise ImportError('libtpu is not installed here')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(shadow), ROOT]), "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": ""}
+    result = subprocess.run([sys.executable, "-m", "train.aot", "--config", TINY, "--topology", "v5e:2x2"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    _user_error(result, "train.aot needs libtpu")

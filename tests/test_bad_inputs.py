@@ -1,0 +1,343 @@
+"""The bad-input catalogue, in process: what a user gets for a wrong config dict, model input, label or checkpoint
+file, for every family. Each case asserts the exception type and that the message names the field / argument /
+file, so no mistake is silent or ends in a library traceback. (Command line, workdir and fault cases: tests/e2e/
+test_bad_runs.py.) A new family adds its tiny config to ``FAMILIES`` and is covered by every case."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pickle
+import warnings
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxmodels
+from jaxmodels import hf_io
+from layers.checks import checked
+
+# Per family: a tiny HF config of a masked-LM head, of a sequence-classification head, and fields to misuse.
+FAMILIES = {
+    "albert": dict(
+        config=dict(model_type="albert", vocab_size=40, embedding_size=8, hidden_size=16, num_hidden_layers=1,
+                    num_attention_heads=2, intermediate_size=24, max_position_embeddings=16),
+        mlm="AlbertForMaskedLM", cls="AlbertForSequenceClassification", bool_field=None,
+        int_field="hidden_size", float_field="layer_norm_eps", act_field="hidden_act"),
+    "reformer": dict(
+        config=dict(model_type="reformer", vocab_size=40, hidden_size=8, num_attention_heads=2, attention_head_size=4,
+                    feed_forward_size=12, attn_layers=["local", "local"], local_attn_chunk_length=4,
+                    axial_pos_embds=False, max_position_embeddings=16, is_decoder=False),
+        mlm="ReformerForMaskedLM", cls="ReformerForSequenceClassification", bool_field="axial_pos_embds",
+        int_field="hidden_size", float_field="layer_norm_eps", act_field="hidden_act"),
+    "rembert": dict(
+        config=dict(model_type="rembert", vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                    input_embedding_size=8, output_embedding_size=12, intermediate_size=24,
+                    max_position_embeddings=16),
+        mlm="RemBertForMaskedLM", cls="RemBertForSequenceClassification", bool_field="is_decoder",
+        int_field="hidden_size", float_field="layer_norm_eps", act_field="hidden_act"),
+    "mega": dict(
+        config=dict(model_type="mega", vocab_size=40, hidden_size=8, num_hidden_layers=1, intermediate_size=12,
+                    ema_projection_size=2, shared_representation_size=4, nffn_hidden_size=12, max_positions=16),
+        mlm="MegaForMaskedLM", cls="MegaForSequenceClassification", bool_field="bidirectional",
+        int_field="hidden_size", float_field="dropout_prob", act_field="activation"),
+    # An encoder-decoder: "mlm" is the LM head (labels shift right into the decoder inputs). Its classifier reads
+    # the decoder state at each row's last eos, so its classification inputs end with eos_token_id once (cls_eos).
+    "bart": dict(
+        config=dict(model_type="bart", vocab_size=40, d_model=16, encoder_layers=1, decoder_layers=1,
+                    encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=24, decoder_ffn_dim=24,
+                    max_position_embeddings=16, num_labels=2),
+        mlm="BartForConditionalGeneration", cls="BartForSequenceClassification", bool_field="scale_embedding",
+        int_field="d_model", float_field="dropout", act_field="activation_function", cls_eos=2),
+}
+NAMES = sorted(FAMILIES)
+B, L, V = 2, 8, 40
+
+
+def _config(name, **changes):
+    return {**FAMILIES[name]["config"], **changes}
+
+
+@functools.cache
+def _model(name: str, head: str):
+    module = jaxmodels.from_config(_config(name), architecture=FAMILIES[name][head])
+    return module, jax.jit(lambda key: jaxmodels.init_params(module, key))(jax.random.PRNGKey(0))
+
+
+@functools.cache
+def _mlm_loss(name: str, with_checks: bool):
+    """The masked-LM loss of a family's tiny model, jitted, with or without the checks compiled in (one compile
+    per family and mode, shared by the cases)."""
+    module, _ = _model(name, "mlm")
+
+    def loss(p, ids, y):
+        return module.apply({"params": p}, input_ids=ids, labels=y).loss
+
+    return checked(loss) if with_checks else jax.jit(loss)
+
+
+@functools.cache
+def _checked_logits(name: str):
+    module, _ = _model(name, "mlm")
+    return checked(lambda p, ids: module.apply({"params": p}, input_ids=ids).logits)
+
+
+def _ids(seed=0):
+    return jnp.asarray(np.random.RandomState(seed).randint(1, V, (B, L)), jnp.int32)
+
+
+def _cls_ids(name):
+    """``_ids()``, ending with the family's ``cls_eos`` once per row where its classifier pools at the eos."""
+    ids, eos = _ids(), FAMILIES[name].get("cls_eos")
+    return ids if eos is None else jnp.where(ids == eos, eos + 1, ids).at[:, -1].set(eos)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# HF config dicts
+@pytest.mark.parametrize("name", NAMES)
+def test_misspelt_key_warns_naming_it_and_strict_refuses(name):
+    with pytest.warns(UserWarning, match=r"\['hiden_size'\] is not a field"):
+        jaxmodels.from_config(_config(name, hiden_size=64))
+    with pytest.raises(ValueError, match=r"\['hiden_size'\] is not a field.*refused"):
+        jaxmodels.from_config(_config(name, hiden_size=64), strict=True)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("kind,value,rule", [
+    ("bool_field", "false", r"must be a bool"), ("int_field", "64", r"must be an int"),
+    ("int_field", 64.0, r"must be an int"), ("int_field", True, r"must be an int"),
+    ("float_field", "1e-12", r"must be a number"), ("act_field", "swishy", r"must be one of"),
+    ("int_field", -8, r"must be a positive integer"),
+])
+def test_config_values_are_type_checked_naming_the_field(name, kind, value, rule):
+    field = FAMILIES[name][kind]
+    if field is None:
+        pytest.skip(f"{name} has no such field")
+    with pytest.raises(ValueError, match=rf"\.{field}={value!r}: {rule}".replace("(", r"\(").replace(")", r"\)")):
+        jaxmodels.from_config(_config(name, **{field: value}))
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("id2label,rule", [
+    ({"a": "x", "b": "y"}, r"id2label=.*keys must be label indices"),
+    ({"0": "x", "2": "y"}, r"id2label: keys must be 0 \.\. num_labels - 1"),
+    (["x", "y"], r"id2label=\['x', 'y'\]: must be a dict"),
+])
+def test_bad_id2label_names_the_field(name, id2label, rule):
+    with pytest.raises(ValueError, match=rule):
+        jaxmodels.from_config(_config(name, id2label=id2label))
+
+
+@pytest.mark.parametrize("config,rule", [
+    ([1, 2], r"must be a dict"), ({"hidden_size": 8}, r"model_type=None is not supported"),
+    ({"model_type": "gpt5"}, r"model_type='gpt5' is not supported"),
+])
+def test_config_that_names_no_model(config, rule):
+    with pytest.raises(ValueError, match=rule):
+        jaxmodels.from_config(config)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_unknown_architecture_lists_the_available_ones(name):
+    with pytest.raises(ValueError, match=r"architecture 'ForEverything' is not available.*available: \["):
+        jaxmodels.from_config(_config(name), architecture="ForEverything")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Model inputs (checked before anything is traced)
+def _apply(name, head, params=None, **inputs):
+    module, init_params = _model(name, head)
+    return module.apply({"params": init_params if params is None else params}, **inputs)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("inputs,rule", [
+    (lambda: dict(input_ids=[[1, 2, 3]]), r"input_ids: expected an array .* got list"),
+    (lambda: dict(input_ids=_ids()[0]), r"input_ids must have (rank 2|shape \[batch, length\])"),
+    (lambda: dict(input_ids=_ids().astype(jnp.float32)), r"input_ids must be integer"),
+    (lambda: dict(input_ids=jnp.zeros((B, 0), jnp.int32)), r"input_ids: shape \(2, 0\) has an empty dimension"),
+    (lambda: dict(input_ids=jnp.zeros((0, L), jnp.int32)), r"input_ids: shape \(0, 8\) has an empty dimension"),
+    (lambda: dict(input_ids=_ids().at[1, 3].set(V)), r"input_ids.*vocab_size=40"),
+    (lambda: dict(input_ids=_ids().at[0, 0].set(-1)), r"input_ids.*vocab_size=40"),
+    (lambda: dict(input_ids=_ids(), attention_mask=jnp.ones((B, L + 1), jnp.int32)),
+     r"attention_mask has shape \(2, 9\)"),
+    (lambda: dict(input_ids=jnp.ones((B, 64), jnp.int32)), r"(exceeds|beyond)"),
+    (lambda: dict(input_ids=None), r"pass exactly one of input_ids or inputs_embeds"),
+])
+def test_bad_model_inputs_name_the_argument(name, inputs, rule):
+    if name == "mega" and rule == r"(exceeds|beyond)":
+        pytest.skip("MEGA has no position table: its rotary bias and EMA take any length")
+    with pytest.raises(ValueError, match=rule):
+        _apply(name, "mlm", **inputs())
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("bad,value", [((1, 2), V), ((0, 5), -3), ((1, 7), 10**6)])
+def test_masked_lm_labels_out_of_range_fail_eagerly_and_under_checked_jit(name, bad, value):
+    labels = jnp.full((B, L), -100, jnp.int32).at[0, 1].set(5).at[bad].set(value)
+    _, params = _model(name, "mlm")
+    if bad == (1, 2):  # eagerly (the forward runs op by op first, so once per family)
+        with pytest.raises(ValueError, match=rf"labels: .*\[0, (vocab_size=)?40\) or -100.*got {value}"):
+            _apply(name, "mlm", params, input_ids=_ids(), labels=labels)
+    with pytest.raises(ValueError, match=rf"labels: .*got {value} at index \[{bad[0]} {bad[1]}\]"):
+        _mlm_loss(name, True)(params, _ids(), labels)
+    # Without the checked mode, jit stays free of checks: no error, and the out-of-bounds gather's loss is
+    # meaningless (NaN here), which is what the checked mode is for.
+    assert np.shape(_mlm_loss(name, False)(params, _ids(), labels)) == ()
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("labels,rule", [
+    (lambda: jnp.asarray([0, 2]), r"labels: class ids must be in \[0, 2\) or -100.*got 2"),
+    (lambda: jnp.asarray([0, 1, 1]), r"labels: shape \(3,\) does not match the logits \(2, 2\)"),
+])
+def test_classification_labels_are_checked(name, labels, rule):
+    _, params = _model(name, "cls")
+    with pytest.raises(ValueError, match=rule):
+        _apply(name, "cls", params, input_ids=_cls_ids(name), labels=labels())
+
+
+@pytest.mark.parametrize("problem,labels,rule", [
+    (None, [0, -5], r"labels: class ids must be in \[0, 2\).*got -5 at index \[1\]"),
+    # Float labels mean multi-label (HF's rule): one target per label, so [batch] floats are the wrong shape.
+    (None, [0.0, 1.0], r"labels: shape \(2,\) does not match the logits \(2, 2\) \(multi-label"),
+    ("multi_label_classification", [[0.0, 2.0], [1.0, 0.0]], r"labels: multi-label targets must be in \[0, 1\]"),
+    ("multi_label_classification", [[0.0, 1.0, 0.0]], r"labels: shape \(1, 3\) does not match the logits"),
+    ("regression", [[0.5, 1.0, 2.0]], r"labels: shape \(1, 3\) does not match the predictions"),
+    ("single_label_classification", [0.0, 1.0], r"labels: class ids must be integers"),
+])
+def test_every_classification_loss_checks_its_labels(problem, labels, rule):
+    from layers.losses import sequence_classification_loss
+
+    with pytest.raises(ValueError, match=rule):
+        sequence_classification_loss(jnp.zeros((2, 2)), jnp.asarray(labels), num_labels=2, problem_type=problem)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_out_of_vocabulary_ids_under_checked_jit(name):
+    _, params = _model(name, "mlm")
+    run = _checked_logits(name)
+    with pytest.raises(ValueError, match=r"input_ids: ids must be in \[0, vocab_size=40\); got 99 at index \[1 4\]"):
+        run(params, _ids().at[1, 4].set(99))
+    assert run(params, _ids()).shape == (B, L, V)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Checkpoint directories and files
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    module, params = _model("albert", "mlm")
+    path = str(tmp_path_factory.mktemp("saved"))
+    jaxmodels.save_pretrained(module, params, path)
+    return path
+
+
+def _copy(saved, tmp_path) -> str:
+    import shutil
+
+    target = str(tmp_path / "ckpt")
+    shutil.copytree(saved, target)
+    return target
+
+
+def test_missing_directory_and_config(tmp_path):
+    with pytest.raises(ValueError, match=r"is not a directory"):
+        jaxmodels.from_pretrained(str(tmp_path / "nope"))
+    with pytest.raises(ValueError, match=r"has no config\.json"):
+        jaxmodels.from_pretrained(str(tmp_path))
+
+
+@pytest.mark.parametrize("content,rule", [
+    ("{not json", r"config\.json: not valid JSON \(.* at line 1 column 2\)"),
+    ("[1, 2]", r"config\.json: holds a JSON list, not an object"),
+    ('{"hidden_size": 8}', r"config\.json: has no 'model_type'"),
+    ('{"model_type": "albert", "hidden_size": "big"}', r"AlbertConfig\.hidden_size='big': must be an int"),
+])
+def test_bad_config_json_names_the_file(saved, tmp_path, content, rule):
+    path = _copy(saved, tmp_path)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        f.write(content)
+    with pytest.raises(ValueError, match=rule):
+        jaxmodels.from_pretrained(path)
+
+
+def test_truncated_safetensors_names_the_file(saved, tmp_path):
+    path = _copy(saved, tmp_path)
+    weights = os.path.join(path, "model.safetensors")
+    with open(weights, "r+b") as f:
+        f.truncate(os.path.getsize(weights) // 2)
+    with pytest.raises(ValueError, match=r"model\.safetensors: not a readable safetensors file.*truncated"):
+        jaxmodels.from_pretrained(path)
+
+
+def test_shard_index_naming_a_missing_file(saved, tmp_path):
+    path = _copy(saved, tmp_path)
+    os.remove(os.path.join(path, "model.safetensors"))
+    with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
+        json.dump({"weight_map": {"albert.embeddings.word_embeddings.weight": "model-00001-of-00002.safetensors"}}, f)
+    with pytest.raises(ValueError, match=r"model-00001-of-00002\.safetensors: missing \(named by the checkpoint's"):
+        jaxmodels.from_pretrained(path)
+    with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
+        f.write("{")
+    with pytest.raises(ValueError, match=r"model\.safetensors\.index\.json: not valid JSON"):
+        jaxmodels.from_pretrained(path)
+
+
+class _Payload:
+    """Unpickling this runs ``os.system`` (what a malicious checkpoint does); the loader must never do it."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickled_code_is_refused_and_never_runs(saved, tmp_path):
+    torch = pytest.importorskip("torch")
+    path = _copy(saved, tmp_path)
+    os.remove(os.path.join(path, "model.safetensors"))
+    marker = str(tmp_path / "pwned")
+    torch.save({"albert.embeddings.word_embeddings.weight": torch.zeros(2), "x": _Payload(marker)},
+               os.path.join(path, "pytorch_model.bin"), pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    with pytest.raises(ValueError, match=r"pytorch_model\.bin: refused\. .*can run arbitrary code.*safetensors"):
+        jaxmodels.from_pretrained(path)
+    assert not os.path.exists(marker)
+    with open(os.path.join(path, "pytorch_model.bin"), "wb") as f:
+        f.write(b"PK\x03\x04 truncated")
+    with pytest.raises(ValueError, match=r"pytorch_model\.bin: not a readable PyTorch checkpoint"):
+        jaxmodels.from_pretrained(path)
+
+
+def test_weights_of_another_model(saved, tmp_path):
+    path = _copy(saved, tmp_path)
+    config = json.load(open(os.path.join(path, "config.json")))
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump({**config, "hidden_size": 32, "intermediate_size": 24}, f)
+    with pytest.raises(ValueError, match=r"checkpoint tensor albert\..* has shape .* which does not fit"):
+        jaxmodels.from_pretrained(path)
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(_config("mega"), f)
+    with pytest.raises(ValueError, match=r"holds none of the weights of MegaModel"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            jaxmodels.from_pretrained(path)
+
+
+def test_doorway_refuses_no_files(tmp_path):
+    os.makedirs(tmp_path / "w")
+    with open(tmp_path / "w" / "config.json", "w") as f:
+        json.dump(_config("albert"), f)
+    with pytest.raises(ValueError, match=r"holds no model\.safetensors.*refused"):
+        jaxmodels.from_pretrained(str(tmp_path / "w"))
+    assert isinstance(hf_io, object)
+
+
+def test_unboxed_params_only():
+    module, params = _model("albert", "mlm")
+    assert not any(isinstance(x, nn.Partitioned) for x in jax.tree.leaves(params, is_leaf=lambda x: isinstance(
+        x, nn.Partitioned)))
