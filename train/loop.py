@@ -50,13 +50,17 @@ def _seed_keys(config) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 def check_batch(batch: dict, vocab_size: int, split: str) -> dict:
     """Host-side (numpy) check of a batch before it reaches the device: a token id outside the model's vocabulary
-    would be clamped by the embedding gather under jit and train on garbage without a word."""
-    ids = np.asarray(batch["inputs"])
-    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
-        bad = np.argwhere((ids < 0) | (ids >= vocab_size))[0]
-        raise ValueError(f"data ({split}): token id {int(ids[tuple(bad)])} at row {int(bad[0])}, position "
-                         f"{int(bad[1])} is outside the model's vocabulary [0, model.vocab_size={vocab_size}); is "
-                         "config.data.tokenizer the model's tokenizer?")
+    would be clamped by the embedding gather under jit and train on garbage without a word. Packed rows hold their
+    ids in `inputs`, encoder/decoder batches (denoising) in `input_ids` and `decoder_input_ids`."""
+    for key in ("inputs", "input_ids", "decoder_input_ids"):
+        if key not in batch:
+            continue
+        ids = np.asarray(batch[key])
+        if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+            bad = np.argwhere((ids < 0) | (ids >= vocab_size))[0]
+            raise ValueError(f"data ({split}): token id {int(ids[tuple(bad)])} at row {int(bad[0])}, position "
+                             f"{int(bad[1])} is outside the model's vocabulary [0, model.vocab_size={vocab_size}); "
+                             "is config.data.tokenizer the model's tokenizer?")
     return batch
 
 

@@ -291,3 +291,14 @@ def test_tiny_bart_learns_to_denoise(tiny_bart):
     assert float(before["accuracy"]) < 0.1
     assert float(after["accuracy"]) > 0.5
     assert float(after["loss"]) < 0.5 * float(before["loss"])
+
+
+def test_trainer_checks_the_ids_of_both_sides():
+    from train import loop
+
+    batch = _examples(0, 2)
+    batch = {k: np.asarray(v) for k, v in batch.items()}
+    assert loop.check_batch(batch, VOCAB, "train") is batch
+    bad = {**batch, "decoder_input_ids": batch["decoder_input_ids"] + VOCAB}
+    with pytest.raises(ValueError, match=r"outside the model's vocabulary \[0, model.vocab_size=64\)"):
+        loop.check_batch(bad, VOCAB, "train")
