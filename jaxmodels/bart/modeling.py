@@ -702,12 +702,18 @@ class BartModel(nn.Module):
                  deterministic: bool = True, output_attentions: bool = False,
                  output_hidden_states: bool = False) -> Seq2SeqModelOutput:
         c = self.config
-        validate_sequence(c, "", input_ids, attention_mask, position_ids, inputs_embeds)
+        batch, _ = validate_sequence(c, "", input_ids, attention_mask, position_ids, inputs_embeds)
         if decoder_input_ids is None and decoder_inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("decoder_input_ids: without them the decoder reads input_ids shifted right, and only "
                                  "inputs_embeds were given; pass decoder_input_ids or decoder_inputs_embeds")
             decoder_input_ids = shift_tokens_right(input_ids, c.pad_token_id, c.decoder_start_token_id)
+        # Both sides checked before either runs (an eager call would otherwise encode before a decoder error).
+        decoder_batch, _ = validate_sequence(c, "decoder_", decoder_input_ids, decoder_attention_mask,
+                                             decoder_position_ids, decoder_inputs_embeds)
+        if decoder_batch != batch:
+            raise ValueError(f"decoder_{'input_ids' if decoder_input_ids is not None else 'inputs_embeds'} has batch "
+                             f"{decoder_batch} but the encoder inputs have {batch}; they must match")
         flags = dict(deterministic=deterministic, output_attentions=output_attentions,
                      output_hidden_states=output_hidden_states)
         enc = self.encode(input_ids, attention_mask, position_ids, inputs_embeds, **flags)
