@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from train import objectives
@@ -50,6 +50,7 @@ def _splice(noised, lengths, original):
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(256, 512), lam=st.sampled_from([3.0, 3.0, 2.0, 3.5]),
        mask_ratio=st.sampled_from([0.3, 0.3, 0.15]))
+@example(seed=0, n=285, lam=3.0, mask_ratio=0.3)  # 0.3 * 285 = 85.5: a rate exactly half a token per row off
 def test_infilling_statistics(seed, n, lam, mask_ratio):
     rng = np.random.default_rng(seed)
     rows, masked_total, lengths = 60, 0, []
@@ -67,7 +68,7 @@ def test_infilling_statistics(seed, n, lam, mask_ratio):
     lengths = np.concatenate(lengths)
     count = len(lengths)
     rate = masked_total / (rows * n)
-    assert abs(rate - mask_ratio) <= 0.5 / n
+    assert abs(rate - mask_ratio) <= 0.5 / n + 1e-12  # round() to whole tokens: at most half a token per row
     # Poisson(lam) span lengths: the mean within 5 standard errors, less a small bias (each row's last span is cut
     # to the budget, as fairseq cuts it: ~2% at these lengths).
     mean = lengths.mean()
