@@ -312,3 +312,5 @@ def test_trainer_checks_the_ids_of_both_sides():
     bad = {**batch, "decoder_input_ids": batch["decoder_input_ids"] + VOCAB}
     with pytest.raises(ValueError, match=r"outside the model's vocabulary \[0, model.vocab_size=64\)"):
         loop.check_batch(bad, VOCAB, "train")
+    with pytest.raises(ValueError, match=r"token id 99 at row 0, position 1"):  # packed rows: their `inputs`
+        loop.check_batch({"inputs": np.asarray([[7, 99]]), "segment_ids": np.ones((1, 2))}, VOCAB, "train")
