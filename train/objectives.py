@@ -306,9 +306,10 @@ class Denoising:
         expected = {"pad_token_id": special.PAD_ID, "decoder_start_token_id": self.decoder_start_token_id}
         for field, want in expected.items():
             if getattr(config, field, want) != want:
+                alternative = " (or set config.objective.decoder_start_token_id)" if field.startswith("decoder") else ""
                 raise ValueError(f"config.model.{field}={getattr(config, field)!r}: the denoising batches use "
                                  f"{want} (train.data's <pad>=0, <s>=2, </s>=3; BART starts decoding with </s>); "
-                                 f"set it, or config.objective.decoder_start_token_id")
+                                 f"set it to {want}{alternative}")
 
     def __call__(self, module, params, batch, rng, *, deterministic: bool):
         self.check_model(type(module).__name__, module.config)
