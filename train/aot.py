@@ -224,7 +224,7 @@ def compile_train_step(config, topology: Topology | str, *, mesh: str | None = N
     total it needed), `measured` is False, and arguments / outputs / alias come from the shapes and shardings
     while temp and code are None.
     """
-    from train import experiment, partitioning
+    from train import experiment, objectives, partitioning
     from train import state as state_lib
     from train import step as step_lib
 
@@ -256,7 +256,9 @@ def compile_train_step(config, topology: Topology | str, *, mesh: str | None = N
         raise ValueError(f"config.batch_size={config.batch_size}, config.seq_len={config.seq_len}: a batch "
                          f"{shape} does not split evenly over mesh {dict(device_mesh.shape)} "
                          f"(batch over {split.get('batch')}, length over {split.get('seq_len')})") from None
-    batch = {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_sharding) for k in BATCH_KEYS}
+    # The arrays the objective's batches hold (denoising: encoder and decoder sides, each [batch, seq_len]).
+    batch = {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_sharding)
+             for k in objectives.batch_keys(objective)}
     key = jax.eval_shape(lambda: jax.random.key(config.seed, impl=config.rng_impl))
     key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=NamedSharding(device_mesh, PartitionSpec()))
     train_step = step_lib.make_train_step(module, objective, tx, schedule, shardings, batch_sharding,

@@ -161,7 +161,7 @@ def validate(config: ml_collections.ConfigDict) -> dict:
     objective = config.objective
     if not isinstance(objective, (Mapping, ml_collections.ConfigDict)) or "name" not in objective:
         _fail("objective", objective, "expected a dict with a 'name' and the objective's options")
-    objectives.get_objective(to_dict(objective))  # raises naming config.objective.<option>
+    objective = objectives.get_objective(to_dict(objective))  # raises naming config.objective.<option>
     model = model_config(config)
     vocab = model.get("vocab_size")
     if isinstance(vocab, int) and vocab < config.data.vocab_size:
@@ -173,6 +173,9 @@ def validate(config: ml_collections.ConfigDict) -> dict:
         family.check_training_length(family.config_class.from_hf_dict(model), config.seq_len)
     except ValueError as error:
         _fail("seq_len", config.seq_len, str(error))
+    if hasattr(objective, "check_model"):  # an objective that needs a kind of head or special ids (denoising)
+        architecture = (model.get("architectures") or [family.default_architecture])[0]
+        objective.check_model(architecture, family.config_class.from_hf_dict(model))
     return model
 
 

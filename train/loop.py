@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from train import checkpoint as checkpoint_lib
-from train import data, distributed, experiment, metrics as metrics_lib, partitioning
+from train import data, distributed, experiment, metrics as metrics_lib, objectives, partitioning
 from train import state as state_lib
 from train import step as step_lib
 
@@ -50,13 +50,17 @@ def _seed_keys(config) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 def check_batch(batch: dict, vocab_size: int, split: str) -> dict:
     """Host-side (numpy) check of a batch before it reaches the device: a token id outside the model's vocabulary
-    would be clamped by the embedding gather under jit and train on garbage without a word."""
-    ids = np.asarray(batch["inputs"])
-    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
-        bad = np.argwhere((ids < 0) | (ids >= vocab_size))[0]
-        raise ValueError(f"data ({split}): token id {int(ids[tuple(bad)])} at row {int(bad[0])}, position "
-                         f"{int(bad[1])} is outside the model's vocabulary [0, model.vocab_size={vocab_size}); is "
-                         "config.data.tokenizer the model's tokenizer?")
+    would be clamped by the embedding gather under jit and train on garbage without a word. Packed rows hold their
+    ids in `inputs`, encoder/decoder batches (denoising) in `input_ids` and `decoder_input_ids`."""
+    for key in ("inputs", "input_ids", "decoder_input_ids"):
+        if key not in batch:
+            continue
+        ids = np.asarray(batch[key])
+        if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+            bad = np.argwhere((ids < 0) | (ids >= vocab_size))[0]
+            raise ValueError(f"data ({split}): token id {int(ids[tuple(bad)])} at row {int(bad[0])}, position "
+                             f"{int(bad[1])} is outside the model's vocabulary [0, model.vocab_size={vocab_size}); "
+                             "is config.data.tokenizer the model's tokenizer?")
     return batch
 
 
@@ -112,14 +116,17 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
             data_dir=data_dir)
     # This process's rows of each global batch; the global batch depends on num_shards alone (not on how
     # many processes share the work), so a run reads the same data on one host or several.
+    pipeline_options = objectives.data_options(objective)  # denoising: encoder/decoder examples
     train_data = data.make_sharded_dataset(config.data.source, seq_len=config.seq_len,
                                            global_batch_size=config.batch_size, num_shards=num_shards,
-                                           seed=config.seed, tokenizer=tokenizer, data_dir=data_dir)
+                                           seed=config.seed, tokenizer=tokenizer, data_dir=data_dir,
+                                           **pipeline_options)
     eval_data = None
     if config.eval_every:
         eval_data = data.make_sharded_dataset(config.data.source, split=config.data.eval_split,
                                               seq_len=config.seq_len, global_batch_size=config.batch_size,
-                                              num_shards=num_shards, seed=0, tokenizer=tokenizer, data_dir=data_dir)
+                                              num_shards=num_shards, seed=0, tokenizer=tokenizer, data_dir=data_dir,
+                                              **pipeline_options)
         eval_start = eval_data.get_state()
 
     checkpoints = checkpoint_lib.Checkpoints(workdir, keep=config.keep_checkpoints,

@@ -11,6 +11,10 @@ name (`config.objective = dict(name="mlm", mask_prob=0.15)`). Calling it returns
 to swap) comes from `rng`, which the step derives from the seed and the step number, so a resumed run draws
 exactly the masks of an uninterrupted one. A later family adds its own with `@register("name")`
 (denoising, span QA, classification, retrieval) without touching the step.
+
+An objective whose batches the pipeline must build differently says so with `data_options()`: keyword arguments
+for `train.data.make_dataset` (`denoising` noises on the host, per example, and yields encoder/decoder batches);
+`batch_keys` names the arrays its batches hold.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
+from train.data import denoising as denoising_lib
 from train.data import tokenizer as special
 
 Array = jax.Array
@@ -257,3 +262,70 @@ class CausalLM:
         labels = jnp.where(seg[:, 1:] > 0, ids[:, 1:], IGNORE_INDEX)
         loss, accuracy = masked_mean_cross_entropy(out.logits[:, :-1], labels)
         return loss, {"loss": loss, "accuracy": accuracy}
+
+
+@register("denoising")
+@dataclasses.dataclass(frozen=True)
+class Denoising:
+    """BART pretraining: reconstruct the original text from its sentence-permuted, span-infilled version; for
+    encoder-decoder LM heads (`*ForConditionalGeneration`).
+
+    The noising runs in the data pipeline (`train.data.denoising`: Poisson(`poisson_lambda`) spans, one mask per
+    span, zero-length spans insert one, `mask_ratio` of the tokens masked, `permute_sentence_ratio` of each
+    document's sentences shuffled); the step reads `input_ids`, `attention_mask`, `decoder_input_ids` (the labels
+    shifted right after `decoder_start_token_id`, which must be the model's), `decoder_attention_mask` and
+    `labels`, and the model computes its token cross-entropy over every label (`accuracy`: arg-max hits).
+    """
+
+    mask_ratio: float = 0.3
+    poisson_lambda: float = 3.0
+    permute_sentence_ratio: float = 1.0
+    decoder_start_token_id: int = special.EOS_ID
+
+    batch_keys = denoising_lib.KEYS
+
+    def __post_init__(self):
+        try:
+            self.options()
+        except ValueError as error:
+            raise ValueError(f"config.objective.{error}") from None
+
+    def options(self) -> denoising_lib.DenoisingOptions:
+        return denoising_lib.DenoisingOptions(self.mask_ratio, self.poisson_lambda, self.permute_sentence_ratio,
+                                              self.decoder_start_token_id)
+
+    def data_options(self) -> dict:
+        return {"denoising": self.options()}
+
+    def check_model(self, architecture: str, config) -> None:
+        """The model must be an encoder-decoder LM whose special ids are the data's: `train.experiment` checks the
+        config before anything runs, the step again when it is traced (a module built some other way)."""
+        if not architecture.endswith("ForConditionalGeneration"):
+            raise ValueError(f"config.objective.name='denoising' needs an encoder-decoder LM head "
+                             f"(*ForConditionalGeneration); config.model.architectures names {architecture}")
+        expected = {"pad_token_id": special.PAD_ID, "decoder_start_token_id": self.decoder_start_token_id}
+        for field, want in expected.items():
+            if getattr(config, field, want) != want:
+                alternative = " (or set config.objective.decoder_start_token_id)" if field.startswith("decoder") else ""
+                raise ValueError(f"config.model.{field}={getattr(config, field)!r}: the denoising batches use "
+                                 f"{want} (train.data's <pad>=0, <s>=2, </s>=3; BART starts decoding with </s>); "
+                                 f"set it to {want}{alternative}")
+
+    def __call__(self, module, params, batch, rng, *, deterministic: bool):
+        self.check_model(type(module).__name__, module.config)
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask")}
+        # Rows grain pads a finite run's last batch with are zeros: their decoder mask, not their labels, says so.
+        labels = jnp.where(batch["decoder_attention_mask"] > 0, batch["labels"], IGNORE_INDEX)
+        _, loss, metrics = masked_lm_forward(module, params, inputs, labels, rng, deterministic)
+        return loss, {"loss": loss, "accuracy": metrics["mlm_accuracy"]}
+
+
+def data_options(objective) -> dict:
+    """The `train.data.make_dataset` keyword arguments `objective` needs (none for most objectives)."""
+    method = getattr(objective, "data_options", None)
+    return method() if method is not None else {}
+
+
+def batch_keys(objective) -> tuple[str, ...]:
+    """The arrays of the batches `objective` reads, each `[batch, length]` int32."""
+    return tuple(getattr(objective, "batch_keys", ("inputs", "segment_ids", "positions")))
