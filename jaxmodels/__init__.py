@@ -69,13 +69,15 @@ def params_to_hf(module: nn.Module, params: dict) -> dict:
 
 
 def from_pretrained(path: str, dtype: Any = jnp.float32, *, architecture: str | None = None,
-                    rng: jax.Array | None = None) -> tuple[nn.Module, dict]:
+                    rng: jax.Array | None = None, overrides: dict[str, Any] | None = None) -> tuple[nn.Module, dict]:
     """Loads an HF ``save_pretrained`` directory -> ``(module, params)`` with fp32 params and ``dtype`` compute.
 
     Params absent from the checkpoint (a classifier, or a pooler, on top of a pretraining checkpoint) are freshly
     initialised from ``rng`` with a warning naming them, as HF does; a checkpoint matching nothing is an error.
+    ``overrides`` are config fields put over the checkpoint's ``config.json`` (a new head's ``num_labels``), as HF's
+    ``from_pretrained(path, num_labels=3)``.
     """
-    hf_config = hf_io.read_config(path)
+    hf_config = {**hf_io.read_config(path), **(overrides or {})}
     module = from_config(hf_config, dtype=dtype, architecture=architecture)
     fam = _family_of(module)
     shapes = abstract_params(module)

@@ -35,7 +35,13 @@ global batch (shard 0's rows, then shard 1's, ...), each process reading the sha
 batch does not depend on how many processes share the work.
 
 The lower layers are public too: `TextCorpus` (the TFDS builder), `TextSource`, `read_embedded_corpus`.
+
+Fine-tuning reads the user's labelled files instead (`labelled`: JSONL / CSV rows; `task_features`: rows ->
+token features of a task head; `task_batches`: bucketed, resumable batches). `SAMPLES` is the folder of the
+small synthetic task files the fine-tuning presets train on.
 """
+
+import os
 
 from train.data.pipeline import DataIterator, ShardedBatches, make_dataset, make_sharded_dataset
 from train.data.sources import TextSource, open_source
@@ -59,7 +65,10 @@ from train.data.tokenizer import (
     load_tokenizer,
 )
 
+SAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "samples")
+
 __all__ = [
+    "SAMPLES",
     "BYTES",
     "BOS_ID",
     "ByteProcessor",

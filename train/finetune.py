@@ -1,0 +1,162 @@
+"""Fine-tuning a task head: the run's labelled files, their tokenizer, training batches and evaluation.
+
+    task = TaskData(experiment)                       # reads, tokenizes and checks both files
+    batches = task.train_batches(batch_size=32, seed=0)
+    evaluate = TaskEvaluator(task, module, experiment.objective, mesh, rules, param_shardings, key)
+    metrics = evaluate(params)                        # {"loss": ..., "accuracy": ..., ...} on the whole eval file
+
+Which tokenizer (`config.data.tokenizer`): an HF tokenizer directory (`jaxmodels.tokenizer_from_pretrained`), a
+SentencePiece `.model` file, or "" for `config.init_from`'s tokenizer when the run starts from a checkpoint and
+otherwise a SentencePiece model trained on the train file's text (`train.data.tokenizer`, cached by the file's
+contents) with `[CLS]` / `[SEP]` and the `BERT` template: a model trained from scratch needs no download.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from train import distributed, partitioning, task_metrics
+from train.data import sources, task_features
+from train.data import tokenizer as tokenizers
+from train.data.labelled import file_digest
+from train.data.task_batches import Collate, TaskBatches, eval_batches
+from train.data.task_features import IGNORE_INDEX, TaskSplit
+
+
+def tokenizer_texts(split_rows, spec) -> list[str]:
+    """Every text of the rows a tokenizer trained for them must cover (texts, words, questions, contexts,
+    choices), one document each."""
+    texts = []
+    for row in split_rows:
+        for role, field in spec.fields.items():
+            value = row.values[field]
+            if role in ("text", "text_pair", "question", "context") and isinstance(value, str):
+                texts.append(value)
+            elif role in ("tokens", "choices") and isinstance(value, list):
+                texts.append(" ".join(str(v) for v in value))
+    return texts
+
+
+def load_task_tokenizer(config, spec, train_rows, tokenizer: str | None = None) -> tuple[str, Any]:
+    """`(what it was loaded from, tokenizer)` for `config.data.tokenizer` (see the module docstring), or for
+    `tokenizer` when given (the one a stored run used)."""
+    import jaxmodels
+
+    given = tokenizer if tokenizer is not None else config.data.tokenizer
+    path = given or config.init_from
+    key = "data.tokenizer" if given else "init_from"
+    if path:
+        try:
+            if os.path.isdir(path):
+                return path, jaxmodels.tokenizer_from_pretrained(path)
+            return path, tokenizers.task_tokenizer(path)
+        except ValueError as error:
+            raise ValueError(f"config.{key}={path!r}: no tokenizer there ({error}); name one with "
+                             "config.data.tokenizer (an HF tokenizer directory or a SentencePiece .model)") from None
+    records = [{"text": t} for t in tokenizer_texts(train_rows, spec)]
+    digest = file_digest(spec.train_file)
+    stem = os.path.splitext(os.path.basename(spec.train_file))[0]
+    # Named by the file's contents and the fields read: the cache serves the same text, never an edited one.
+    fields = hashlib.sha256(json.dumps(sorted(spec.fields.items())).encode()).hexdigest()[:8]
+    name = f"task_file/{stem}_{digest}_{fields}:1.0.0"
+    source = sources.TextSource(name=name, split="train", text_key="text", data_dir=None, records=records)
+    with distributed.primary_first("tokenizer"):
+        model = tokenizers.build_tokenizer(source, vocab_size=config.data.vocab_size,
+                                           cache_dir=config.data.cache_dir or None)
+    return model, tokenizers.task_tokenizer(model)
+
+
+class TaskData:
+    """The train and eval splits of a fine-tuning run, tokenized and checked (`train.data.task_features`).
+
+    Attributes: `spec`, `tokenizer`, `tokenizer_source` (what `config.data.tokenizer` resolved to: stored in the
+    checkpoints, so `python -m train.evaluate` reloads the same one), `train`, `eval` (None without an eval file),
+    `notes` (counted warnings to show), `collate` (padding to the buckets), `token_keys`.
+    """
+
+    def __init__(self, exp, *, tokenizer_source: str | None = None):
+        spec = exp.task
+        self.spec = spec
+        train_rows = task_features.read_task_rows(spec, spec.train_file, "data.train_file")
+        # A stored run (`tokenizer_source`) reloads exactly the tokenizer it trained with.
+        self.tokenizer_source, self.tokenizer = load_task_tokenizer(exp.config, spec, train_rows, tokenizer_source)
+        vocab = exp.model.get("vocab_size")
+        if isinstance(vocab, int) and len(self.tokenizer) > vocab:
+            raise ValueError(f"config.model.vocab_size={vocab}: the tokenizer ({self.tokenizer_source}) has "
+                             f"{len(self.tokenizer)} ids; is config.data.tokenizer the model's tokenizer?")
+        self.train = task_features.build_split(train_rows, spec, self.tokenizer)
+        self.eval = None
+        if spec.eval_file:
+            eval_rows = task_features.read_task_rows(spec, spec.eval_file, "data.eval_file")
+            self.eval = task_features.build_split(eval_rows, spec, self.tokenizer,
+                                                  label_names=self.train.label_names, is_train=False)
+        self.notes = self.train.notes + (self.eval.notes if self.eval else [])
+        labels = ("labels",) if spec.kind == task_features.TOKEN_CLASSIFICATION else ()
+        self.token_keys = ("input_ids", "attention_mask", "token_type_ids") + labels
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.collate = Collate(spec.buckets, self.token_keys, {"input_ids": pad, "labels": IGNORE_INDEX})
+        self._identity = {"train_file": os.path.abspath(spec.train_file), "digest": file_digest(spec.train_file),
+                          "kind": spec.kind, "fields": dict(spec.fields), "features": len(self.train.features),
+                          "tokenizer": str(self.tokenizer_source)}
+
+    def train_batches(self, *, batch_size: int, seed: int) -> TaskBatches:
+        """Endless shuffled batches of the train split; this process's rows of each global batch."""
+        return TaskBatches(self.train.features, batch_size=batch_size, seed=seed, collate=self.collate,
+                           identity=self._identity, process_index=jax.process_index(),
+                           process_count=jax.process_count())
+
+    def shardings(self, mesh, rules, batch: dict) -> dict:
+        return partitioning.batch_shardings(mesh, rules, batch, self.token_keys)
+
+
+class TaskEvaluator:
+    """`evaluator(params) -> metrics` of the whole eval split (`train.task_metrics.score`), predicting in batches
+    of `batch_size` rows with the objective's `predict` under `jit` (one compile per bucket length)."""
+
+    def __init__(self, task: TaskData, module, objective, mesh, rules, params_shardings, key: jax.Array, *,
+                 batch_size: int, check: Callable[[dict], dict] | None = None):
+        if task.eval is None:
+            raise ValueError("config.data.eval_file: no held-out file to evaluate on")
+        self.task, self.mesh, self.rules = task, mesh, rules
+        self.batch_size = batch_size
+        self.check = check or (lambda batch: batch)
+        replicated = NamedSharding(mesh, PartitionSpec())
+        self._predict = None
+        self._make = lambda shardings: jax.jit(
+            lambda params, batch: objective.predict(module, params, batch, key),
+            in_shardings=(params_shardings, shardings), out_shardings=replicated)
+
+    def outputs(self, params) -> list[dict[str, np.ndarray]]:
+        """One dict of unpadded host arrays per eval feature (`logits`, or `start_logits` / `end_logits`)."""
+        split: TaskSplit = self.task.eval
+        kind = self.task.spec.kind
+        outputs = []
+        with partitioning.activate(self.mesh, self.rules):
+            for batch, real in eval_batches(split.features, batch_size=self.batch_size, collate=self.task.collate,
+                                            process_index=jax.process_index(), process_count=jax.process_count()):
+                shardings = self.task.shardings(self.mesh, self.rules, batch)
+                if self._predict is None:
+                    self._predict = self._make(shardings)
+                out = jax.device_get(self._predict(params, partitioning.put_batch(self.check(batch), shardings)))
+                for i in range(real):
+                    feature = split.features[len(outputs)]
+                    length = feature["input_ids"].shape[-1]
+                    outputs.append({k: _unpad(kind, v[i], length) for k, v in out.items()})
+        return outputs
+
+    def __call__(self, params) -> dict[str, Any]:
+        return task_metrics.score(self.task.eval, self.outputs(params), self.task.spec)
+
+
+def _unpad(kind: str, value: np.ndarray, length: int) -> np.ndarray:
+    """A feature's output without the positions its batch was padded with (outputs over tokens only)."""
+    if kind in (task_features.TOKEN_CLASSIFICATION, task_features.QUESTION_ANSWERING):
+        return value[:length]
+    return value
