@@ -36,11 +36,10 @@ def tokenizer_texts(split_rows, spec) -> list[str]:
     texts = []
     for row in split_rows:
         for role, field in spec.fields.items():
-            value = row.values[field]
-            if role in ("text", "text_pair", "question", "context") and isinstance(value, str):
-                texts.append(value)
-            elif role in ("tokens", "choices") and isinstance(value, list):
-                texts.append(" ".join(str(v) for v in value))
+            if role in ("text", "text_pair", "question", "context"):
+                texts.append(task_features.text_of(row, field))
+            elif role in ("tokens", "choices"):
+                texts.append(" ".join(task_features.strings_of(row, field, role)))
     return texts
 
 
@@ -60,7 +59,9 @@ def load_task_tokenizer(config, spec, train_rows, tokenizer: str | None = None) 
         except ValueError as error:
             raise ValueError(f"config.{key}={path!r}: no tokenizer there ({error}); name one with "
                              "config.data.tokenizer (an HF tokenizer directory or a SentencePiece .model)") from None
-    records = [{"text": t} for t in tokenizer_texts(train_rows, spec)]
+    records = [{"text": t} for t in tokenizer_texts(train_rows, spec) if t.strip()]
+    if not records:
+        raise ValueError(f"config.data.train_file={spec.train_file!r}: holds no text to train a tokenizer on")
     digest = file_digest(spec.train_file)
     stem = os.path.splitext(os.path.basename(spec.train_file))[0]
     # Named by the file's contents and the fields read: the cache serves the same text, never an edited one.

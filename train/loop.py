@@ -70,6 +70,17 @@ def _mean_rows(rows: list[dict]) -> dict:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
+def evaluate_lm(eval_step, params, eval_data, eval_start: dict, *, steps: int, batch_sharding, vocab_size: int,
+                split: str, key) -> dict[str, float]:
+    """The objective's metrics averaged over the first `steps` batches of the eval split (the same ones each time:
+    `eval_data` is rewound to `eval_start`)."""
+    eval_data.set_state(eval_start)
+    rows = [jax.device_get(eval_step(params, _to_device(check_batch(next(eval_data), vocab_size, split),
+                                                        batch_sharding), key))
+            for _ in range(steps)]
+    return _mean_rows([{k: float(v) for k, v in r.items()} for r in rows])
+
+
 def tokens_per_char(source, processor) -> float:
     """Tokens (with the `</s>` after each document, as the pipeline packs them) per character of the documents:
     converts a loss in nats/token into bits/character, a measure that does not depend on the tokenizer."""
@@ -255,13 +266,10 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
             if best_checkpoints is not None:
                 keep_if_best(row)
             return row
-        eval_data.set_state(eval_start)
-        rows = [jax.device_get(eval_step(state.params, _to_device(check_batch(next(eval_data), vocab_size,
-                                                                              config.data.eval_split),
-                                                                  batch_sharding), eval_key))
-                for _ in range(config.eval_steps)]
-        row = {"step": step, "split": config.data.eval_split,
-               **{f"eval_{k}": v for k, v in _mean_rows([{k: float(v) for k, v in r.items()} for r in rows]).items()}}
+        metrics = evaluate_lm(eval_step, state.params, eval_data, eval_start, steps=config.eval_steps,
+                              batch_sharding=batch_sharding, vocab_size=vocab_size, split=config.data.eval_split,
+                              key=eval_key)
+        row = {"step": step, "split": config.data.eval_split, **{f"eval_{k}": v for k, v in metrics.items()}}
         if eval_tokens_per_char is not None:
             row["eval_bits_per_char"] = row["eval_loss"] / math.log(2) * eval_tokens_per_char
         writer.write(row)

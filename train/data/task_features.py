@@ -199,14 +199,16 @@ def _class_id(row: Row, field: str, value: Any, names: tuple | None, num_labels:
 # --------------------------------------------------------------------------------------------------------------
 # Tokenization helpers
 # --------------------------------------------------------------------------------------------------------------
-def _text(row: Row, field: str) -> str:
+def text_of(row: Row, field: str) -> str:
+    """The string value of `field`, or `row.fail`."""
     value = row.values[field]
     if not isinstance(value, str):
         row.fail(field, f"expected a string, got {type(value).__name__} {value!r}")
     return value
 
 
-def _strings(row: Row, field: str, what: str) -> list[str]:
+def strings_of(row: Row, field: str, what: str) -> list[str]:
+    """The non-empty list of strings of `field` (`what` they are, for the message), or `row.fail`."""
     value = row.values[field]
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         row.fail(field, f"expected a non-empty list of strings ({what}), got {value!r}")
@@ -293,9 +295,9 @@ def _sequence_label(row: Row, spec: TaskSpec, names: tuple | None):
 
 
 def _sequence_classification(rows, spec, tokenizer, names):
-    first = [_text(r, spec.fields["text"]) for r in rows]
+    first = [text_of(r, spec.fields["text"]) for r in rows]
     pair_field = spec.fields.get("text_pair")
-    second = [_text(r, pair_field) for r in rows] if pair_field else None
+    second = [text_of(r, pair_field) for r in rows] if pair_field else None
     full = tokenizer(first, second, return_token_type_ids=True, return_attention_mask=False)
     cut = tokenizer(first, second, truncation="longest_first", max_length=spec.max_length,
                     return_token_type_ids=True, return_attention_mask=False)
@@ -327,7 +329,7 @@ def _token_classification(rows, spec, tokenizer, names):
     room = spec.max_length - tokenizer.num_special_tokens_to_add(pair=False)
     features, references, word_ids, cut = [], [], [], 0
     for row in rows:
-        words = _strings(row, words_field, "words")
+        words = strings_of(row, words_field, "words")
         tags = row.values[tags_field]
         if not isinstance(tags, list) or len(tags) != len(words):
             row.fail(tags_field, f"expected one tag per word ({len(words)} words in {words_field!r}), got {tags!r}")
@@ -417,7 +419,7 @@ def _question_answering(rows, spec, tokenizer, names):
     features, feature_rows, references, offsets, max_context, contexts = [], [], [], [], [], []
     unanswerable = 0
     for index, row in enumerate(rows):
-        question, context = _text(row, q_field), _text(row, c_field)
+        question, context = text_of(row, q_field), text_of(row, c_field)
         answers = _answers(row, a_field, context)
         references.append([text for text, _ in answers])
         contexts.append(context)
@@ -499,13 +501,13 @@ def _multiple_choice(rows, spec, tokenizer, names):
     count = None
     firsts, seconds = [], []
     for row in rows:
-        choices = _strings(row, choices_field, "choices")
+        choices = strings_of(row, choices_field, "choices")
         if count is None:
             count, first_row = len(choices), row
         elif len(choices) != count:
             row.fail(choices_field, f"{len(choices)} choices; every row needs {count}, as {first_row.where()} has "
                                     "(the model reads [batch, choices, length])")
-        firsts += [_text(row, text_field)] * count
+        firsts += [text_of(row, text_field)] * count
         seconds += choices
     full = tokenizer(firsts, seconds, return_token_type_ids=True, return_attention_mask=False)
     cut = tokenizer(firsts, seconds, truncation="longest_first", max_length=spec.max_length,
