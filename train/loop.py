@@ -2,6 +2,10 @@
 
     summary = run(config, workdir)     # what `python -m train` calls
 
+Pretraining objectives read a text corpus (`train.data`); fine-tuning objectives read the user's labelled files
+(`train.finetune`), evaluate on the whole eval file with the task's metrics and keep the best checkpoint by one of
+them in `DIR/best/` besides the latest ones in `DIR/checkpoints/`.
+
 A run resumes from the latest complete checkpoint in `workdir` (state, data-iterator position, RNG by step),
 so rerunning the same command after any interruption continues on exactly the loss trajectory of a run
 that was never interrupted. SIGTERM (preemption) finishes the current step, saves, and returns normally.
@@ -380,7 +384,8 @@ def prepare_workdir(workdir: str) -> str:
 
 
 # What makes a checkpoint of another run: its params (the model) and its optimizer state (the optimizer).
-_RUN_IDENTITY = ("optimizer",)
+# The learning-rate factors add a stage to the optimizer state, so they are part of it too.
+_RUN_IDENTITY = ("optimizer", "head_learning_rate_factor", "layer_decay")
 
 
 def check_same_run(metadata: dict, config, model_dict: dict, workdir: str) -> None:

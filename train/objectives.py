@@ -10,7 +10,12 @@ name (`config.objective = dict(name="mlm", mask_prob=0.15)`). Calling it returns
 `[batch, length]` int32, with `segment_ids == 0` on padding. All randomness (which tokens to mask, which pairs
 to swap) comes from `rng`, which the step derives from the seed and the step number, so a resumed run draws
 exactly the masks of an uninterrupted one. A later family adds its own with `@register("name")`
-(denoising, span QA, classification, retrieval) without touching the step.
+(denoising, retrieval) without touching the step.
+
+Fine-tuning objectives train task heads on `train.data.task_batches` batches (model inputs by their HF names plus
+the labels): `sequence_classification`, `token_classification`, `question_answering`, `multiple_choice`, each
+for the heads of that HF class-name suffix (`HEAD_KINDS`), and `finetune`, which follows whatever head the model
+has. They run the head with its labels, so the loss is the model's own (HF's), and add `predict` for evaluation.
 """
 
 from __future__ import annotations

@@ -167,3 +167,33 @@ def test_aot_without_libtpu_is_a_user_error(tmp_path):
     result = subprocess.run([sys.executable, "-m", "train.aot", "--config", TINY, "--topology", "v5e:2x2"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     _user_error(result, "train.aot needs libtpu")
+
+
+# Fine-tuning: a bad row of the user's file, and `python -m train.evaluate` on what is not a run.
+FINETUNE = os.path.join(ROOT, "configs", "finetune_classification.py")
+
+
+def test_bad_label_in_a_fine_tuning_file_names_file_line_and_field(cli, tmp_path):
+    train = _write(tmp_path / "train.jsonl", '{"text": "fine", "label": 1}\n{"text": "bad", "label": 7}\n')
+    result = cli(tmp_path / "w", *FAST, f"--config.data.train_file={train}", "--config.eval_every=0",
+                 "--config.warmup_steps=0",
+                 f"--config.data.cache_dir={tmp_path / 'spm'}", config=FINETUNE)
+    _user_error(result, f"error: {train}:2: field 'label': label 7 is out of range [0, 2)")
+    assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--workdir", "/no/such/run"), "error: --workdir='/no/such/run': no such directory"),
+    (("--step", "3"), "error: the following arguments are required: --workdir"),
+])
+def test_evaluate_user_errors(cli_env, args, message):
+    result = subprocess.run([sys.executable, "-m", "train.evaluate", *args], cwd=ROOT, env=cli_env,
+                            capture_output=True, text=True, timeout=300)
+    _user_error(result, message)
+
+
+def test_evaluate_a_step_the_run_does_not_have(cli_env, finished):
+    result = subprocess.run([sys.executable, "-m", "train.evaluate", "--workdir", str(finished), "--step", "9"],
+                            cwd=ROOT, env=cli_env, capture_output=True, text=True, timeout=300)
+    _user_error(result, "error: --step=9: no such checkpoint in")
+    assert "steps: [1, 2]" in result.stderr
