@@ -333,6 +333,7 @@ def test_unboxed_params_only():
 # Fine-tuning files and keys: every mistake names the file, line and field (or the config key), never a silent skip
 def _task_config(name: str, tmp_path, train, eval_rows=None, **changes):
     """The fine-tuning preset `name` reading `train` (rows, or the file's raw text) as its train file."""
+    from tests.config_keys import set_keys
     from train.experiment import load_config
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -347,14 +348,7 @@ def _task_config(name: str, tmp_path, train, eval_rows=None, **changes):
     if eval_rows is not None:
         config.data.eval_file = write("eval.jsonl", eval_rows)
     config.data.cache_dir = str(tmp_path / "spm")
-    with config.ignore_type():
-        for key, value in changes.items():
-            node = config
-            *parents, leaf = key.split(".")
-            for parent in parents:
-                node = node[parent]
-            node[leaf] = value
-    return config
+    return set_keys(config, changes)
 
 
 def _task_data(config):
@@ -442,20 +436,10 @@ def test_unanswerable_rows_are_counted_not_skipped(tmp_path):
     ("qa", {"model.num_labels": 3}, r"config\.model\.num_labels=3: a question-answering head has 2 outputs"),
 ])
 def test_bad_fine_tuning_keys_name_the_key(tmp_path, name, changes, rule):
+    from tests.config_keys import set_keys
     from train.experiment import resolve
 
-    config = _task_config(name, tmp_path, _REVIEWS)
-    with config.ignore_type():
-        for key, value in changes.items():
-            node = config
-            *parents, leaf = key.split(".")
-            for parent in parents:
-                node = node[parent]
-            if leaf not in node:
-                with node.unlocked():
-                    node[leaf] = value
-            else:
-                node[leaf] = value
+    config = set_keys(_task_config(name, tmp_path, _REVIEWS), changes)
     if "notes.txt" in str(changes.get("data.train_file", "")):
         config.data.train_file = str(tmp_path / "notes.txt")
         (tmp_path / "notes.txt").write_text("hello\n")

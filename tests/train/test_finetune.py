@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import jaxmodels
+from tests.config_keys import set_keys
 from train import finetune, loop, metrics as metrics_lib
 from train import state as state_lib
 from train.data import task_batches
@@ -53,16 +54,9 @@ def preset(name: str, **changes):
     """The fine-tuning preset `configs/finetune_<name>.py` with `changes` ("data.buckets": ... by dotted key),
     evaluating and checkpointing only at the end."""
     config = load_config(os.path.join(ROOT, "configs", f"finetune_{name}.py"))
-    changes = {"eval_every": changes.get("total_steps", config.total_steps), "async_checkpointing": False,
-               "checkpoint_every": changes.get("total_steps", config.total_steps), "log_every": 10, **changes}
-    with config.ignore_type():
-        for key, value in changes.items():
-            node = config
-            *parents, leaf = key.split(".")
-            for parent in parents:
-                node = node[parent]
-            node[leaf] = value
-    return config
+    return set_keys(config, {"eval_every": changes.get("total_steps", config.total_steps),
+                             "async_checkpointing": False, "log_every": 10,
+                             "checkpoint_every": changes.get("total_steps", config.total_steps), **changes})
 
 
 def untrained_metrics(config) -> dict:
