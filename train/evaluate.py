@@ -100,7 +100,12 @@ def evaluate(workdir: str, step: str | int | None = None, eval_file: str | None 
         if eval_file is not None:
             config.data.eval_file = eval_file
         config.eval_every = config.eval_every or 1  # evaluation is the point here
-    exp = experiment.resolve(config)
+    try:
+        exp = experiment.resolve(config)
+    except ValueError as error:
+        if str(error).startswith("config.data.eval_file=''"):
+            raise ValueError("--eval_file: the run has no eval file (config.data.eval_file); name one") from None
+        raise
     if exp.task is None and eval_file is not None:
         raise ValueError("--eval_file: only for fine-tuning runs (a language-model run reads config.data.source)")
     mesh = exp.make_mesh()

@@ -150,6 +150,11 @@ def _fail(key: str, value: Any, rule: str) -> None:
 
 def validate(config: ml_collections.ConfigDict) -> dict:
     """Checks every key of `config` and returns the resolved HF model dict. Raises ValueError naming the key."""
+    return _validated(config)[0]
+
+
+def _validated(config: ml_collections.ConfigDict) -> tuple[dict, Any, TaskSpec | None]:
+    """`validate`'s checks; returns the model dict, the objective and the fine-tuning data (or None)."""
     known = base_config()
     unknown = sorted(set(config.keys()) - set(known.keys()))
     if unknown:
@@ -213,7 +218,7 @@ def validate(config: ml_collections.ConfigDict) -> dict:
         family.check_training_length(family.config_class.from_hf_dict(model), config.seq_len)
     except ValueError as error:
         _fail("seq_len", config.seq_len, str(error))
-    return model
+    return model, objective, task
 
 
 def model_config(config: ml_collections.ConfigDict) -> dict:
@@ -468,12 +473,10 @@ class Experiment:
 
 def resolve(config: ml_collections.ConfigDict) -> Experiment:
     """Checks `config` (see `validate`) and resolves it into an `Experiment`. Raises ValueError naming the key."""
-    model = validate(config)
+    model, objective, task = _validated(config)
     import jaxmodels
 
     family = jaxmodels.family(model["model_type"])
-    objective = objectives.get_objective(to_dict(config.objective))
-    task = task_spec(config, model, objective)
     factors = None
     if config.head_learning_rate_factor != 1 or config.layer_decay != 1:
         from train import state

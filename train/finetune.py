@@ -145,7 +145,9 @@ class TaskEvaluator:
                 shardings = self.task.shardings(self.mesh, self.rules, batch)
                 if self._predict is None:
                     self._predict = self._make(shardings)
-                out = jax.device_get(self._predict(params, partitioning.put_batch(self.check(batch), shardings)))
+                out = self._predict(params, partitioning.put_batch(self.check(batch), shardings))
+                # Replicated on every device: any process reads the whole batch from its first local copy.
+                out = {k: np.asarray(v.addressable_shards[0].data) for k, v in out.items()}
                 for i in range(real):
                     feature = split.features[len(outputs)]
                     length = feature["input_ids"].shape[-1]

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import json
 import re
 from typing import Any, Mapping, Sequence
 
@@ -173,6 +174,11 @@ def _label_values(row: Row, field: str, role: str, spec: TaskSpec) -> list:
     """The label values of a row: its tags, its label, or the classes of a multi-label row."""
     value = row.values[field]
     if role == "tags" or spec.problem_type == "multi_label_classification":
+        if isinstance(value, str) and value.lstrip().startswith("["):  # a CSV cell holding a JSON list
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as error:
+                row.fail(field, f"a list of labels in a CSV cell is JSON (e.g. [\"a\", \"b\"]); {error.msg}")
         if not isinstance(value, list):
             row.fail(field, f"expected a list of {'tags' if role == 'tags' else 'labels'}, got {value!r}")
         return [csv_number(v) for v in value]
