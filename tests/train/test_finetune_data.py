@@ -90,6 +90,18 @@ def test_sequence_label_kinds(tmp_path, tokenizer, problem, labels, references, 
     assert split.features[0]["labels"].dtype == (np.int32 if problem.startswith("single") else np.float32)
 
 
+def test_multi_label_csv_cells_are_json_lists(tmp_path, tokenizer):
+    with open(tmp_path / "x.csv", "w") as f:
+        f.write('text,label\nthe film,"[""b"", ""a""]"\nthe plot,[]\nthe end,"[""a"", oops]"\n')
+    spec = _spec("sequence_classification", tmp_path / "x.csv", problem_type="multi_label_classification")
+    rows = task_features.read_task_rows(spec, spec.train_file, "data.train_file")
+    split = task_features.build_split(rows[:2], spec, tokenizer)
+    assert split.label_names == ("a", "b")
+    np.testing.assert_array_equal(np.stack(split.references), [[1, 1], [0, 0]])
+    with pytest.raises(ValueError, match=r"x\.csv:4: field 'label': a list of labels in a CSV cell is JSON"):
+        task_features.build_split(rows, spec, tokenizer)
+
+
 def test_long_rows_are_cut_and_counted(tmp_path, tokenizer):
     path = _write(tmp_path / "x.jsonl", [{"text": "the film " * 40, "label": 0}, {"text": "the film", "label": 1}])
     split = _split(_spec("sequence_classification", path, max_length=16, buckets=(16,)), tokenizer)
