@@ -1,7 +1,7 @@
 """Fine-tuning learns: each kind of task head, trained from scratch by `train.loop.run` on its preset's synthetic
 task (`tests/train/synthetic_tasks.py`, the shipped sample files), reaches a held-out metric within a bounded
-number of steps that the same model untrained does not come near (chance level). Also: an interrupted fine-tuning
-run resumes exactly, `init_from` starts a head on a pretraining checkpoint's backbone, and `train.evaluate`
+number of steps that the same model untrained does not come near (chance level), and a run of each kind stopped by
+SIGTERM resumes exactly. Also: `init_from` starts a head on a pretraining checkpoint's backbone, and `train.evaluate`
 re-scores a stored checkpoint exactly as the run did.
 
 The test process fakes 8 CPU devices (tests/conftest.py), so batches are multiples of 8.
@@ -83,10 +83,32 @@ LEARNING = [
 ]
 
 
+def run_until_sigterm(config, workdir: str, steps: int, monkeypatch) -> dict:
+    """`loop.run` with a SIGTERM sent while its `steps`-th step (counted from where it starts) draws its batch: the
+    loop saves after that step and returns."""
+    real_next = task_batches.TaskBatches.__next__
+    drawn = []
+
+    def next_then_stop(self):
+        drawn.append(1)
+        if len(drawn) == steps:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_next(self)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(task_batches.TaskBatches, "__next__", next_then_stop)
+        return loop.run(config, workdir, progress=False)
+
+
+def train_losses(workdir: str) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in metrics_lib.read_rows(workdir) if "loss" in r and "split" not in r}
+
+
 @pytest.mark.parametrize("name,changes,metric,trained,untrained", LEARNING, ids=[c[0] for c in LEARNING])
-def test_each_head_learns_its_task_and_untrained_is_near_chance(name, changes, metric, trained, untrained, tmp_path):
-    config = preset(name, **changes)
-    summary = loop.run(config, str(tmp_path), progress=False)
+def test_each_head_learns_its_task_untrained_is_near_chance_and_a_killed_run_resumes_exactly(
+        name, changes, metric, trained, untrained, tmp_path, monkeypatch):
+    config = preset(name, **changes, log_every=1)
+    summary = loop.run(config, str(tmp_path / "run"), progress=False)
     final = summary["last_eval"][f"eval_{metric}"]
     before = untrained_metrics(config)[metric]
     print(f"{name}: {metric} {final:.3f} after {config.total_steps} steps; untrained {before:.3f}")
@@ -94,8 +116,18 @@ def test_each_head_learns_its_task_and_untrained_is_near_chance(name, changes, m
     assert before <= untrained, before
     # The best checkpoint by the task's headline metric is kept beside the latest.
     assert summary["best"]["step"] == config.total_steps and os.path.isdir(summary["best"]["checkpoint"])
-    rows = metrics_lib.read_rows(str(tmp_path))
+    rows = metrics_lib.read_rows(str(tmp_path / "run"))
     assert [r["step"] for r in rows if r.get("split") == "eval"] == [config.total_steps]
+
+    # Stopped at step 10, resumed and stopped again 5 steps later: the same losses as the run never stopped, to
+    # the bit (the state and the batch iterator's position are in the checkpoint). The steps are the run's own
+    # (the persistent compilation cache serves them).
+    killed = str(tmp_path / "killed")
+    assert run_until_sigterm(config, killed, 10, monkeypatch)["final_step"] == 10
+    resumed = run_until_sigterm(config, killed, 5, monkeypatch)
+    assert resumed["start_step"] == 10 and resumed["final_step"] == 15
+    straight = train_losses(str(tmp_path / "run"))
+    assert train_losses(killed) == {step: straight[step] for step in range(1, 16)}
 
 
 def test_sigterm_then_resume_continues_the_same_run_and_evaluate_rescores_it(tmp_path, monkeypatch):
@@ -113,23 +145,11 @@ def test_sigterm_then_resume_continues_the_same_run_and_evaluate_rescores_it(tmp
     evals = {r["step"]: r for r in rows if r.get("split") == "eval"}
     assert sorted(evals) == [48, 96]
 
-    real_next = task_batches.TaskBatches.__next__
-    drawn = []
-
-    def next_then_stop(self):
-        drawn.append(1)
-        if len(drawn) == 30:  # the signal lands while step 30 runs: the loop saves after it and returns
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_next(self)
-
-    monkeypatch.setattr(task_batches.TaskBatches, "__next__", next_then_stop)
-    stopped = loop.run(config, str(tmp_path / "interrupted"), progress=False)
-    monkeypatch.undo()
+    stopped = run_until_sigterm(config, str(tmp_path / "interrupted"), 30, monkeypatch)
     assert stopped["stopped_by_signal"] == signal.SIGTERM and stopped["final_step"] == 30
     resumed = loop.run(config, str(tmp_path / "interrupted"), progress=False)
     assert resumed["start_step"] == 30 and resumed["final_step"] == 96
-    got = {r["step"]: r["loss"] for r in metrics_lib.read_rows(str(tmp_path / "interrupted")) if "loss" in r}
-    assert got == expected  # exactly
+    assert train_losses(str(tmp_path / "interrupted")) == expected  # exactly
 
     again = evaluate.evaluate(str(tmp_path / "interrupted"), 48)
     assert again["metrics"]["accuracy"] == evals[48]["eval_accuracy"]
@@ -190,3 +210,65 @@ def test_learning_rate_factors_head_and_layer_decay():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert resolve(preset("ner", layer_decay=0.8, head_learning_rate_factor=3.0)).tx is not None
+
+
+def _task_batch(kind: str, num_labels: int, labels_dtype=np.int32, choices: int = 3) -> dict:
+    """A batch of `kind` (2 rows of 8 tokens) as `train.data.task_batches` yields it."""
+    shape = (2, choices, 8) if kind == "multiple_choice" else (2, 8)
+    batch = {"input_ids": np.ones(shape, np.int32), "attention_mask": np.ones(shape, np.int32),
+             "token_type_ids": np.zeros(shape, np.int32)}
+    if kind == "question_answering":
+        return {**batch, "start_positions": np.array([1, 0], np.int32), "end_positions": np.array([2, 0], np.int32)}
+    if kind == "token_classification":
+        return {**batch, "labels": np.full(shape, -100, np.int32)}
+    if labels_dtype == np.float32:  # regression [batch] or multi-label [batch, num_labels]
+        return {**batch, "labels": np.zeros((2,) if num_labels == 1 else (2, num_labels), np.float32)}
+    return {**batch, "labels": np.zeros(2, np.int32)}
+
+
+def _every_family_head():
+    from tests.test_bad_inputs import FAMILIES
+    from train import objectives
+
+    cases = []
+    for name, entry in sorted(FAMILIES.items()):
+        for architecture in jaxmodels.registry.get(entry["config"]["model_type"]).architectures:
+            kind = objectives.head_kind(architecture)
+            if kind == "sequence_classification":
+                cases += [(entry["config"], architecture, kind, problem) for problem in
+                          ("single_label_classification", "regression", "multi_label_classification")]
+            elif kind is not None:
+                cases.append((entry["config"], architecture, kind, ""))
+    return cases
+
+
+_HEADS = _every_family_head()
+
+
+@pytest.mark.parametrize("hf_config,architecture,kind,problem", _HEADS,
+                         ids=[f"{c[1]}-{c[3]}" if c[3] else c[1] for c in _HEADS])
+def test_fine_tuning_objectives_trace_on_every_family_head(hf_config, architecture, kind, problem):
+    """Every task head of every family trains under `finetune` (the objective picked from its class name, no family
+    named in train/): the loss is a scalar and `predict` gives the head's outputs. Traced only (the models' losses
+    equal HF's in each family's parity tests)."""
+    from train import objectives
+    from train.experiment import _takes_token_types
+
+    num_labels = 1 if problem == "regression" else 2
+    module = jaxmodels.from_config({**hf_config, "num_labels": num_labels,
+                                    **({"problem_type": problem} if problem else {})}, architecture=architecture)
+    params = jax.eval_shape(lambda key: jaxmodels.init_params(module, key), jax.random.PRNGKey(0))
+    batch = _task_batch(kind, num_labels, np.float32 if problem in ("regression", "multi_label_classification")
+                        else np.int32)
+    family = jaxmodels.registry.get(hf_config["model_type"])
+    if not _takes_token_types(family, module.config, architecture):
+        batch.pop("token_type_ids")
+    objective = objectives.get_objective({"name": "finetune"})
+    rngs = jax.random.PRNGKey(1)
+    loss, metrics = jax.eval_shape(lambda p, b: objective(module, p, b, rngs, deterministic=False), params, batch)
+    assert loss.shape == () and metrics["loss"].shape == ()
+    out = jax.eval_shape(lambda p, b: objective.predict(module, p, b, rngs), params, batch)
+    expected = {"question_answering": {"start_logits": (2, 8), "end_logits": (2, 8)},
+                "token_classification": {"logits": (2, 8, num_labels)},
+                "multiple_choice": {"logits": (2, 3)}}.get(kind, {"logits": (2, num_labels)})
+    assert {k: v.shape for k, v in out.items()} == expected
