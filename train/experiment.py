@@ -36,7 +36,8 @@ _INT_KEYS = {  # key -> smallest allowed value
 }
 _FLOAT_KEYS = {"learning_rate", "end_learning_rate_factor", "weight_decay", "b1", "b2", "eps", "grad_clip_norm",
                "head_learning_rate_factor", "layer_decay"}
-_TASK_INT_KEYS = {"doc_stride": 1, "max_query_tokens": 1, "max_answer_tokens": 1}
+_TASK_INT_KEYS = {"doc_stride": 1, "max_query_tokens": 1, "max_answer_tokens": 1, "max_target_length": 2,
+                  "num_beams": 1}
 
 
 def base_config(model=""):
@@ -66,10 +67,10 @@ def base_config(model=""):
                                # the whole file is evaluated each time (config.eval_steps is for LMs)
         # Field names in the files per role; a head reads only its own roles (sequence classification: text,
         # text_pair ("" = single texts), label; token classification: tokens, tags; extractive QA: question,
-        # context, answers; multiple choice: text, choices, label).
+        # context, answers; multiple choice: text, choices, label; sequence to sequence: source, target).
         schema=ml_collections.ConfigDict(dict(
             text="text", text_pair="", label="label", tokens="tokens", tags="tags", question="question",
-            context="context", answers="answers", choices="choices")),
+            context="context", answers="answers", choices="choices", source="source", target="target")),
         labels=(),             # class / tag names in id order; () = the sorted distinct labels of train_file
         label_all_tokens=False,  # token classification: every sub-token of a word takes its tag (B-X
                                  # continuations take I-X), instead of the first one only (the rest -100)
@@ -78,6 +79,8 @@ def base_config(model=""):
         doc_stride=64,         # extractive QA: tokens between the starts of consecutive context windows
         max_query_tokens=64,   # extractive QA: questions are cut to this many tokens
         max_answer_tokens=30,  # extractive QA: longest answer (in tokens) evaluation predicts
+        max_target_length=64,  # sequence to sequence: targets are cut to this many tokens (and generated up to it)
+        num_beams=4,           # sequence to sequence: beams of the evaluation's beam search
     ))
     config.batch_size = 8      # global batch (rows per optimizer step)
     config.seq_len = 128
@@ -346,13 +349,19 @@ def task_spec(config: ml_collections.ConfigDict, model: dict, objective) -> Task
         # HF picks multi-label for float labels when problem_type is unset; a file's labels are read as the config
         # says instead, so a multi-label file needs config.model.problem_type set.
         problem_type = head.problem_type or ("regression" if head.num_labels == 1 else "single_label_classification")
+    if kind == task_features.SEQ2SEQ:
+        try:
+            family.check_training_length(head, d.max_target_length)
+        except ValueError as error:
+            _fail("data.max_target_length", d.max_target_length, f"the decoder's {error}")
     if kind == task_features.QUESTION_ANSWERING and head.num_labels != 2:
         _fail("model.num_labels", head.num_labels, "a question-answering head has 2 outputs (start and end)")
     return task_features.TaskSpec(
         kind=kind, train_file=d.train_file, eval_file=d.eval_file, fields=fields, labels=tuple(labels),
         num_labels=head.num_labels, problem_type=problem_type, max_length=config.seq_len, buckets=buckets,
         label_all_tokens=d.label_all_tokens, doc_stride=d.doc_stride, max_query_tokens=d.max_query_tokens,
-        max_answer_tokens=d.max_answer_tokens, token_type_ids=_takes_token_types(family, head, architecture))
+        max_answer_tokens=d.max_answer_tokens, max_target_length=d.max_target_length, num_beams=d.num_beams,
+        token_type_ids=_takes_token_types(family, head, architecture))
 
 
 def _takes_token_types(family, head_config, architecture: str) -> bool:

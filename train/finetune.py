@@ -74,6 +74,17 @@ def load_task_tokenizer(config, spec, train_rows, tokenizer: str | None = None) 
     return model, tokenizers.task_tokenizer(model)
 
 
+def check_seq2seq_tokens(model: dict, tokenizer, source) -> None:
+    """The model's special ids must be the tokenizer's: targets end with the template's last token, where generation
+    stops (`eos_token_id`), and are padded with `pad_token_id`. Raises ValueError naming the config key."""
+    wanted = {"eos_token_id": (task_features.end_token_id(tokenizer), "ends every text with"),
+              "pad_token_id": (tokenizer.pad_token_id, "pads with")}
+    for key, (want, what) in wanted.items():
+        if want is not None and model.get(key) != want:
+            raise ValueError(f"config.model.{key}={model.get(key)!r}: the tokenizer ({source}) {what} id {want}; "
+                             f"set config.model.{key}={want}")
+
+
 class TaskData:
     """The train and eval splits of a fine-tuning run, tokenized and checked (`train.data.task_features`).
 
@@ -99,10 +110,14 @@ class TaskData:
             self.eval = task_features.build_split(eval_rows, spec, self.tokenizer,
                                                   label_names=self.train.label_names, is_train=False)
         self.notes = self.train.notes + (self.eval.notes if self.eval else [])
-        labels = ("labels",) if spec.kind == task_features.TOKEN_CLASSIFICATION else ()
+        labels = ("labels",) if spec.kind in (task_features.TOKEN_CLASSIFICATION, task_features.SEQ2SEQ) else ()
         self.token_keys = ("input_ids", "attention_mask", "token_type_ids") + labels
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.collate = Collate(spec.buckets, self.token_keys, {"input_ids": pad, "labels": IGNORE_INDEX})
+        # A seq2seq target has a length of its own: one static decoder length, whatever the source's bucket.
+        fixed = {"labels": spec.max_target_length} if spec.kind == task_features.SEQ2SEQ else None
+        self.collate = Collate(spec.buckets, self.token_keys, {"input_ids": pad, "labels": IGNORE_INDEX}, fixed)
+        if spec.kind == task_features.SEQ2SEQ:
+            check_seq2seq_tokens(exp.model, self.tokenizer, self.tokenizer_source)
         self._identity = {"train_file": os.path.abspath(spec.train_file), "digest": file_digest(spec.train_file),
                           "kind": spec.kind, "fields": dict(spec.fields), "features": len(self.train.features),
                           "tokenizer": str(self.tokenizer_source)}
@@ -126,6 +141,7 @@ class TaskEvaluator:
         if task.eval is None:
             raise ValueError("config.data.eval_file: no held-out file to evaluate on")
         self.task, self.mesh, self.rules = task, mesh, rules
+        self.module = module
         self.batch_size = batch_size
         self.check = check or (lambda batch: batch)
         replicated = NamedSharding(mesh, PartitionSpec())
@@ -145,14 +161,30 @@ class TaskEvaluator:
                 shardings = self.task.shardings(self.mesh, self.rules, batch)
                 if self._predict is None:
                     self._predict = self._make(shardings)
-                out = self._predict(params, partitioning.put_batch(self.check(batch), shardings))
+                device_batch = partitioning.put_batch(self.check(batch), shardings)
+                out = self._predict(params, device_batch)
                 # Replicated on every device: any process reads the whole batch from its first local copy.
                 out = {k: np.asarray(v.addressable_shards[0].data) for k, v in out.items()}
+                if kind == task_features.SEQ2SEQ:
+                    out["prediction"] = self.generate(params, device_batch)
                 for i in range(real):
                     feature = split.features[len(outputs)]
                     length = feature["input_ids"].shape[-1]
                     outputs.append({k: _unpad(kind, v[i], length) for k, v in out.items()})
         return outputs
+
+    def generate(self, params, batch: dict) -> np.ndarray:
+        """Seq2seq: the text each row of `batch` decodes to by beam search (`config.data.num_beams`), special tokens
+        left out; `[batch]` strings."""
+        from jax.experimental import multihost_utils
+
+        from jaxmodels import generation
+
+        spec = self.task.spec
+        tokens = generation.generate(self.module, params, batch["input_ids"], attention_mask=batch["attention_mask"],
+                                     num_beams=spec.num_beams, max_length=spec.max_target_length + 1)
+        tokens = np.asarray(multihost_utils.process_allgather(tokens, tiled=True))
+        return np.asarray(self.task.tokenizer.batch_decode(tokens, skip_special_tokens=True), dtype=object)
 
     def __call__(self, params) -> dict[str, Any]:
         return task_metrics.score(self.task.eval, self.outputs(params), self.task.spec)

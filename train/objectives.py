@@ -13,7 +13,8 @@ exactly the masks of an uninterrupted one. A later family adds its own with `@re
 (denoising, retrieval) without touching the step.
 
 Fine-tuning objectives train task heads on `train.data.task_batches` batches (model inputs by their HF names plus
-the labels): `sequence_classification`, `token_classification`, `question_answering`, `multiple_choice`, each
+the labels): `sequence_classification`, `token_classification`, `question_answering`, `multiple_choice`,
+`seq2seq` (source -> target, an encoder-decoder's `*ForConditionalGeneration`), each
 for the heads of that HF class-name suffix (`HEAD_KINDS`), and `finetune`, which follows whatever head the model
 has. They run the head with its labels, so the loss is the model's own (HF's), and add `predict` for evaluation.
 """
@@ -274,6 +275,7 @@ HEAD_KINDS = {
     "ForTokenClassification": "token_classification",
     "ForQuestionAnswering": "question_answering",
     "ForMultipleChoice": "multiple_choice",
+    "ForConditionalGeneration": "seq2seq",
 }
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 LABEL_KEYS = {
@@ -281,6 +283,7 @@ LABEL_KEYS = {
     "token_classification": ("labels",),
     "question_answering": ("start_positions", "end_positions"),
     "multiple_choice": ("labels",),
+    "seq2seq": ("labels",),
 }
 
 
@@ -390,8 +393,29 @@ class MultipleChoice(_TaskHead):
         return {"accuracy": _class_accuracy(out.logits, batch["labels"])}
 
 
+@register("seq2seq")
+@dataclasses.dataclass(frozen=True)
+class Seq2Seq(_TaskHead):
+    """`*ForConditionalGeneration` (an encoder-decoder): `labels [batch, target_length]` the target tokens (-100 on
+    padding); the model reads them shifted right behind its decoder start token and scores each next token.
+    Evaluation generates (`train.finetune`); `predict` gives the teacher-forced loss of each row."""
+
+    kind = "seq2seq"
+
+    def predict(self, module, params, batch, rng):
+        """`target_nll [batch]` (summed over the row's target tokens) and `target_tokens [batch]`."""
+        self.check_head(module)
+        labels = batch["labels"]
+        out = _apply(module, params, {**self.model_inputs(batch), "labels": labels}, rng, True)
+        logp = jax.nn.log_softmax(out.logits.astype(jnp.float32), axis=-1)
+        mask = labels != IGNORE_INDEX
+        picked = jnp.take_along_axis(logp, jnp.where(mask, labels, 0)[..., None], axis=-1)[..., 0]
+        return {"target_nll": -jnp.sum(jnp.where(mask, picked, 0.0), axis=-1),
+                "target_tokens": jnp.sum(mask, axis=-1).astype(jnp.int32)}
+
+
 TASK_OBJECTIVES = {cls.kind: cls for cls in (SequenceClassification, TokenClassification, QuestionAnswering,
-                                              MultipleChoice)}
+                                              MultipleChoice, Seq2Seq)}
 
 
 @register("finetune")

@@ -10,7 +10,10 @@ What each kind reports (`METRICS`), computed by the libraries that define them w
   - extractive QA: SQuAD `exact_match` and `f1` (in percent, as the official script), written here: no library
     on PyPI computes them without downloading the script, so `squad_normalize` is the official normalisation
     (lowercase, no punctuation, no articles a/an/the, single spaces) written once;
-  - multiple choice: `accuracy`.
+  - multiple choice: `accuracy`;
+  - sequence to sequence: `rouge1`, `rouge2`, `rougeL` (F-measure x 100, Google's `rouge-score`, the package HF's
+    `evaluate` wraps) of the beam-search outputs against the targets, and `exact_match` (in percent) of the
+    texts; its `loss` is the teacher-forced loss per target token.
 Every kind also reports `loss`, the mean of the head's loss over the split's features (log-softmax from scipy).
 A metric that is undefined on the predictions (Pearson of a constant) is None.
 """
@@ -30,6 +33,7 @@ from train.data.task_features import (
     IGNORE_INDEX,
     MULTIPLE_CHOICE,
     QUESTION_ANSWERING,
+    SEQ2SEQ,
     SEQUENCE_CLASSIFICATION,
     TOKEN_CLASSIFICATION,
     TaskSpec,
@@ -43,10 +47,12 @@ METRICS = {
     TOKEN_CLASSIFICATION: ("loss", "accuracy", "entity_f1", "entity_precision", "entity_recall"),
     QUESTION_ANSWERING: ("loss", "exact_match", "f1"),
     MULTIPLE_CHOICE: ("loss", "accuracy"),
+    SEQ2SEQ: ("loss", "rougeL", "rouge1", "rouge2", "exact_match"),
 }
 # The metric a run keeps its best checkpoint by unless config.best_metric names another.
 HEADLINE = {"single_label_classification": "accuracy", "multi_label_classification": "f1", "regression": "pearson",
-            TOKEN_CLASSIFICATION: "entity_f1", QUESTION_ANSWERING: "f1", MULTIPLE_CHOICE: "accuracy"}
+            TOKEN_CLASSIFICATION: "entity_f1", QUESTION_ANSWERING: "f1", MULTIPLE_CHOICE: "accuracy",
+            SEQ2SEQ: "rougeL"}
 LOWER_IS_BETTER = ("loss", "mse")
 
 
@@ -69,6 +75,8 @@ def score(split: TaskSplit, outputs: Sequence[Mapping[str, np.ndarray]], spec: T
             metrics = _token_classification(split, outputs)
         elif spec.kind == QUESTION_ANSWERING:
             metrics = _question_answering(split, outputs, spec)
+        elif spec.kind == SEQ2SEQ:
+            metrics = _seq2seq(split, outputs)
         else:
             metrics = _multiple_choice(split, outputs)
     return {k: None if v is None or not math.isfinite(v) else float(v) for k, v in metrics.items()}
@@ -142,6 +150,18 @@ def _multiple_choice(split, outputs):
     references = np.asarray(split.references)
     return {"loss": _cross_entropy(logits, references).mean(),
             "accuracy": metrics.accuracy_score(references, logits.argmax(-1))}
+
+
+def _seq2seq(split, outputs):
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"])
+    scores = [scorer.score(str(target), str(o["prediction"])) for target, o in zip(split.references, outputs)]
+    tokens = sum(int(o["target_tokens"]) for o in outputs)
+    return {"loss": sum(float(o["target_nll"]) for o in outputs) / max(tokens, 1),
+            **{name: 100.0 * np.mean([s[name].fmeasure for s in scores]) for name in ("rougeL", "rouge1", "rouge2")},
+            "exact_match": 100.0 * np.mean([" ".join(str(o["prediction"]).split()) == " ".join(str(t).split())
+                                            for t, o in zip(split.references, outputs)])}
 
 
 # --------------------------------------------------------------------------------------------------------------

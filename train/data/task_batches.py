@@ -37,16 +37,21 @@ def bucket_length(length: int, buckets: Sequence[int]) -> int:
 class Collate:
     """Features (dicts of unpadded arrays) -> one batch dict, token arrays padded to the batch's bucket."""
 
-    def __init__(self, buckets: Sequence[int], token_keys: Sequence[str], pad_values: Mapping[str, int]):
+    def __init__(self, buckets: Sequence[int], token_keys: Sequence[str], pad_values: Mapping[str, int],
+                 fixed_lengths: Mapping[str, int] | None = None):
+        """`fixed_lengths`: token keys padded to a length of their own instead of the batch's bucket (a seq2seq
+        target, read by the decoder)."""
         self.buckets = tuple(buckets)
         self.token_keys = tuple(token_keys)
         self.pad_values = dict(pad_values)
+        self.fixed_lengths = dict(fixed_lengths or {})
 
     def __call__(self, features: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        length = bucket_length(max(f["input_ids"].shape[-1] for f in features), self.buckets)
+        bucket = bucket_length(max(f["input_ids"].shape[-1] for f in features), self.buckets)
         batch = {}
         for key in features[0]:
             if key in self.token_keys:
+                length = self.fixed_lengths.get(key, bucket)
                 rows = [np.pad(f[key], [(0, 0)] * (f[key].ndim - 1) + [(0, length - f[key].shape[-1])],
                                constant_values=self.pad_values.get(key, 0)) for f in features]
             else:

@@ -20,7 +20,11 @@ A feature is a dict of unpadded numpy arrays: `input_ids`, `attention_mask` and 
   of the context maps back to the characters of its word (`offsets`), so an answer predicted in tokens is a span
   of the original text;
 - multiple choice: `[text, choice]` pairs, one per choice, each cut longest-first to `max_length`; `labels` the
-  index of the right choice.
+  index of the right choice;
+- sequence to sequence (`*ForConditionalGeneration`): `source` laid out by the template and cut to `max_length`
+  (the encoder's input); `labels` the `target` laid out the same way and cut to `max_target_length` (the decoder
+  reads them shifted right behind its start token, as HF's seq2seq models do). The template's last token (`[SEP]`,
+  `</s>`) ends every target: it must be the model's `eos_token_id`, where generation stops.
 
 Rows are checked as they are converted: a label outside the label set, tags not one per word, an answer not at
 its `answer_start` or not in its context, a choice count unlike the first row's: each a `ValueError` naming the
@@ -44,12 +48,14 @@ SEQUENCE_CLASSIFICATION = "sequence_classification"
 TOKEN_CLASSIFICATION = "token_classification"
 QUESTION_ANSWERING = "question_answering"
 MULTIPLE_CHOICE = "multiple_choice"
+SEQ2SEQ = "seq2seq"
 # The roles of each kind (keys of `config.data.schema`); `text_pair` is optional ("" = single texts).
 ROLES = {
     SEQUENCE_CLASSIFICATION: ("text", "text_pair", "label"),
     TOKEN_CLASSIFICATION: ("tokens", "tags"),
     QUESTION_ANSWERING: ("question", "context", "answers"),
     MULTIPLE_CHOICE: ("text", "choices", "label"),
+    SEQ2SEQ: ("source", "target"),
 }
 OPTIONAL_ROLES = ("text_pair",)
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
@@ -69,7 +75,8 @@ class TaskSpec:
         "regression"); "" for the other kinds.
       max_length: tokens per row (per choice), `config.seq_len`.
       buckets: ascending padded lengths, the last `max_length`.
-      label_all_tokens, doc_stride, max_query_tokens, max_answer_tokens: the `config.data` options of those names.
+      label_all_tokens, doc_stride, max_query_tokens, max_answer_tokens, max_target_length, num_beams: the
+        `config.data` options of those names.
       token_type_ids: whether the model takes token types (features carry them only then).
     """
 
@@ -86,6 +93,8 @@ class TaskSpec:
     doc_stride: int = 64
     max_query_tokens: int = 64
     max_answer_tokens: int = 30
+    max_target_length: int = 64
+    num_beams: int = 4
     token_type_ids: bool = True
 
 
@@ -139,7 +148,7 @@ def _is_int(value: Any) -> bool:
 def label_names_of(rows: Sequence[Row], spec: TaskSpec) -> tuple | None:
     """The ordered label names: `spec.labels`, else the sorted distinct string labels (tags) of `rows`, else None
     for integer labels (ids themselves). Their number must be the head's `num_labels`."""
-    if spec.kind in (MULTIPLE_CHOICE, QUESTION_ANSWERING) or spec.problem_type == "regression":
+    if spec.kind in (MULTIPLE_CHOICE, QUESTION_ANSWERING, SEQ2SEQ) or spec.problem_type == "regression":
         return None
     role = "tags" if spec.kind == TOKEN_CLASSIFICATION else "label"
     field = spec.fields[role]
@@ -278,7 +287,7 @@ def build_split(rows: Sequence[Row], spec: TaskSpec, tokenizer, *, label_names: 
     if is_train:
         label_names = label_names_of(rows, spec)
     build = {SEQUENCE_CLASSIFICATION: _sequence_classification, TOKEN_CLASSIFICATION: _token_classification,
-             QUESTION_ANSWERING: _question_answering, MULTIPLE_CHOICE: _multiple_choice}[spec.kind]
+             QUESTION_ANSWERING: _question_answering, MULTIPLE_CHOICE: _multiple_choice, SEQ2SEQ: _seq2seq}[spec.kind]
     split = build(rows, spec, tokenizer, label_names)
     split.label_names = label_names
     return split
@@ -549,3 +558,31 @@ def _stack_padded(rows: Sequence[Sequence[int]], value: int) -> np.ndarray:
 
 def _pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def _seq2seq(rows, spec, tokenizer, names):
+    sources = [text_of(r, spec.fields["source"]) for r in rows]
+    targets = [text_of(r, spec.fields["target"]) for r in rows]
+    for row, target in zip(rows, targets):
+        if not target.strip():
+            row.fail(spec.fields["target"], "the target is empty (a model learns nothing from it)")
+    full = tokenizer(sources, return_token_type_ids=True, return_attention_mask=False)["input_ids"]
+    cut = tokenizer(sources, truncation=True, max_length=spec.max_length, return_token_type_ids=True,
+                    return_attention_mask=False)
+    whole = tokenizer(targets, return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+    labels = tokenizer(targets, truncation=True, max_length=spec.max_target_length, return_attention_mask=False,
+                       return_token_type_ids=False)["input_ids"]
+    features = [_feature(spec, ids, types, labels=np.asarray(y, np.int32))
+                for ids, types, y in zip(cut["input_ids"], cut["token_type_ids"], labels)]
+    notes = _cut_note(rows, sum(len(a) > len(b) for a, b in zip(full, cut["input_ids"])), spec, "sources were cut")
+    long_targets = sum(len(a) > len(b) for a, b in zip(whole, labels))
+    if long_targets:
+        notes.append(f"{rows[0].file}: {long_targets} of {len(rows)} targets were cut to "
+                     f"config.data.max_target_length={spec.max_target_length} tokens")
+    return TaskSplit(rows, features, np.arange(len(rows)), list(targets), names, notes=notes)
+
+
+def end_token_id(tokenizer) -> int | None:
+    """The id the tokenizer's template ends a text with (`[SEP]`, `</s>`), or None when it adds nothing."""
+    ids = tokenizer.build_inputs_with_special_tokens([])
+    return int(ids[-1]) if ids else None
