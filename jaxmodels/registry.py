@@ -23,6 +23,7 @@ _PACKAGES = {
     "reformer": "jaxmodels.reformer",
     "mega": "jaxmodels.mega",
     "rembert": "jaxmodels.rembert",
+    "bart": "jaxmodels.bart",
 }
 
 

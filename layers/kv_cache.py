@@ -13,6 +13,11 @@ encoder's keys and values, projected once, beside them.
 
 The caller keeps ``index + t <= max_length`` (a traced index cannot be checked; ``dynamic_update_slice`` would
 clamp the start and overwrite the last slots).
+
+BART's decoder keeps its caches in its own struct and uses the array-level helpers: ``kv_cache_write`` (one array
+of either layout, ``[batch, max_length, heads, head_dim]`` or heads-major ``[batch, heads, max_length, head_dim]``
+with ``axis=2``: a decoding loop keeps the heads-major one, so the attention matmuls read the cache in place) and
+``kv_cache_mask``; ``cached_attention_reference`` is their slow twin, HF's concatenation of past and new keys.
 """
 
 from __future__ import annotations
@@ -104,3 +109,40 @@ def decoding_masks_reference(slot_mask, index, new_mask):
             for j in range(slots):
                 mask[b, 0, i, j] = filled[b, j] and j <= int(index) + i
     return mask, filled
+
+
+def kv_cache_write(cache: Array, new: Array, index: Array, axis: int = 1) -> Array:
+    """``cache`` with ``new`` written at slots ``index .. index + t - 1`` of its length axis ``axis`` (``new`` has
+    ``t`` there and the cache's sizes elsewhere).
+
+    The same write serves keys and values (either layout) and slot validity (``[batch, max_length]`` bool, False for
+    padding). The caller keeps ``index + t <= max_length`` (a traced index cannot be checked)."""
+    zero = jnp.zeros((), jnp.int32)
+    start = [zero] * cache.ndim
+    start[axis] = jnp.asarray(index, jnp.int32)
+    return jax.lax.dynamic_update_slice(cache, new.astype(cache.dtype), tuple(start))
+
+
+def kv_cache_mask(cache_valid: Array, index: Array, length: int) -> Array:
+    """Boolean ``[batch, 1, length, max_length]`` mask of ``length`` new tokens (written at slots ``index ..``) over
+    the cache slots: slot j is visible to new token i iff ``j <= index + i`` and ``cache_valid[b, j]``."""
+    max_length = cache_valid.shape[1]
+    query_slot = jnp.asarray(index, jnp.int32) + jnp.arange(length, dtype=jnp.int32)
+    causal = jnp.arange(max_length, dtype=jnp.int32)[None, :] <= query_slot[:, None]  # [length, max_length]
+    return causal[None, None] & cache_valid[:, None, None, :]
+
+
+def cached_attention_reference(past_key, past_value, past_valid, key, value, valid, query):
+    """Slow twin (tests only): attention of ``query [b, t, h, d]`` over ``concat(past, new)`` keys, causal over the
+    concatenation, padding keys masked, as HF's cached decoding computes it. Returns ``[b, t, h, d]`` float64."""
+    import numpy as np
+
+    from layers.attention import dot_product_attention_reference
+
+    keys = np.concatenate([np.asarray(past_key), np.asarray(key)], axis=1)
+    values = np.concatenate([np.asarray(past_value), np.asarray(value)], axis=1)
+    valid_all = np.concatenate([np.asarray(past_valid, bool), np.asarray(valid, bool)], axis=1)
+    past, t = past_key.shape[1], key.shape[1]
+    causal = np.arange(past + t)[None, :] <= (past + np.arange(t))[:, None]
+    mask = causal[None, None] & valid_all[:, None, None, :]
+    return dot_product_attention_reference(query, keys, values, mask=mask)[0]
