@@ -32,11 +32,11 @@ from train.data.task_features import IGNORE_INDEX, TaskSplit
 
 def tokenizer_texts(split_rows, spec) -> list[str]:
     """Every text of the rows a tokenizer trained for them must cover (texts, words, questions, contexts,
-    choices), one document each."""
+    choices, sources and targets), one document each."""
     texts = []
     for row in split_rows:
         for role, field in spec.fields.items():
-            if role in ("text", "text_pair", "question", "context"):
+            if role in ("text", "text_pair", "question", "context", "source", "target"):
                 texts.append(task_features.text_of(row, field))
             elif role in ("tokens", "choices"):
                 texts.append(" ".join(task_features.strings_of(row, field, role)))
@@ -77,9 +77,12 @@ def load_task_tokenizer(config, spec, train_rows, tokenizer: str | None = None) 
 def check_seq2seq_tokens(model: dict, tokenizer, source) -> None:
     """The model's special ids must be the tokenizer's: targets end with the template's last token, where generation
     stops (`eos_token_id`), and are padded with `pad_token_id`. Raises ValueError naming the config key."""
-    wanted = {"eos_token_id": (task_features.end_token_id(tokenizer), "ends every text with"),
-              "pad_token_id": (tokenizer.pad_token_id, "pads with")}
+    end = task_features.end_token_id(tokenizer)
+    wanted = {"eos_token_id": (end, "ends every text with"), "pad_token_id": (tokenizer.pad_token_id, "pads with"),
+              "forced_eos_token_id": (end, "ends every text with")}
     for key, (want, what) in wanted.items():
+        if key == "forced_eos_token_id" and model.get(key) is None:
+            continue  # no forced end: nothing to agree on
         if want is not None and model.get(key) != want:
             raise ValueError(f"config.model.{key}={model.get(key)!r}: the tokenizer ({source}) {what} id {want}; "
                              f"set config.model.{key}={want}")
@@ -184,6 +187,10 @@ class TaskEvaluator:
         tokens = generation.generate(self.module, params, batch["input_ids"], attention_mask=batch["attention_mask"],
                                      num_beams=spec.num_beams, max_length=spec.max_target_length + 1)
         tokens = np.asarray(multihost_utils.process_allgather(tokens, tiled=True))
+        # A model whose vocabulary is larger than its tokenizer's (one trained from scratch on a small file) may
+        # generate ids the tokenizer cannot write: they read as the unknown token (a wrong word).
+        unknown = self.task.tokenizer.unk_token_id
+        tokens = np.where(tokens < len(self.task.tokenizer), tokens, 0 if unknown is None else unknown)
         return np.asarray(self.task.tokenizer.batch_decode(tokens, skip_special_tokens=True), dtype=object)
 
     def __call__(self, params) -> dict[str, Any]:

@@ -6,7 +6,8 @@ that the shipped files are what `write_samples` writes).
 - ner: capitalised words are entities (a first name, maybe a surname: PER; a city: LOC), the rest `O`;
 - qa: a context of filler and code words; the answer is the code word after the marker "the code is";
 - choice: a question asks for a kind of thing (a fruit, an animal, a tool, a colour); the four choices are one of
-  each kind, and the right one is of the kind asked.
+  each kind, and the right one is of the kind asked;
+- reverse (sequence to sequence): the target is the source's words in reverse order.
 
     python -m tests.train.synthetic_tasks train/data/samples     # rewrites the shipped files
 """
@@ -30,6 +31,8 @@ CODES = ("apple", "river", "stone", "cloud", "tiger", "lemon", "piano", "rocket"
 KINDS = {"fruit": ("apple", "pear", "plum", "mango", "cherry"), "animal": ("horse", "tiger", "sheep", "goose", "camel"),
          "tool": ("hammer", "saw", "drill", "wrench", "chisel"), "colour": ("red", "blue", "green", "yellow", "purple")}
 QUESTIONS = ("which one is a {}", "pick the {}", "name the {} among these", "the {} is which")
+WORDS = ("red", "blue", "green", "cat", "dog", "sun", "moon", "tree", "river", "stone", "bird", "fish", "rain", "snow",
+         "fire", "wind")
 
 SAMPLES = {  # file name -> (generator, rows, seed)
     "classification_train.jsonl": ("classification", 320, 1),
@@ -40,6 +43,8 @@ SAMPLES = {  # file name -> (generator, rows, seed)
     "qa_eval.jsonl": ("qa", 80, 6),
     "choice_train.jsonl": ("choice", 320, 7),
     "choice_eval.jsonl": ("choice", 80, 8),
+    "reverse_train.jsonl": ("reverse", 320, 9),
+    "reverse_eval.jsonl": ("reverse", 80, 10),
 }
 
 
@@ -100,6 +105,15 @@ def choice(rows: int, seed: int) -> list[dict]:
         options = [rng.choice(KINDS[k]) for k in kinds]
         label = rng.randrange(4)
         out.append({"text": rng.choice(QUESTIONS).format(kinds[label]) + " ?", "choices": options, "label": label})
+    return out
+
+
+def reverse(rows: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(rows):
+        words = rng.choices(WORDS, k=rng.randint(3, 7))
+        out.append({"source": " ".join(words), "target": " ".join(reversed(words))})
     return out
 
 
