@@ -243,6 +243,38 @@ def test_squad_metrics_and_normalisation():
     assert task_metrics.squad_f1("", "") == 1.0 and task_metrics.squad_f1("Paris", "") == 0.0
 
 
+def test_seq2seq_features_and_rouge(tmp_path, tokenizer):
+    rows = [{"source": "the film was long", "target": "long was film the"},
+            {"source": "the plot " * 10, "target": "short"}, {"source": "friday", "target": "the film " * 12}]
+    spec = _spec("seq2seq", _write(tmp_path / "s.jsonl", rows), max_length=12, buckets=(12,), max_target_length=8)
+    split = _split(spec, tokenizer)
+    first = split.features[0]
+    assert list(first["input_ids"]) == tokenizer("the film was long")["input_ids"]
+    assert list(first["labels"]) == tokenizer("long was film the")["input_ids"]
+    assert len(split.features[1]["input_ids"]) == 12 and len(split.features[2]["labels"]) == 8
+    assert split.features[2]["labels"][-1] == task_features.end_token_id(tokenizer) == tokenizer.sep_token_id
+    assert split.notes == [f"{spec.train_file}: 1 of 3 sources were cut to config.seq_len=12 tokens",
+                           f"{spec.train_file}: 1 of 3 targets were cut to config.data.max_target_length=8 tokens"]
+    collate = task_batches.Collate(spec.buckets, ("input_ids", "attention_mask", "token_type_ids", "labels"),
+                                   {"input_ids": tokenizer.pad_token_id, "labels": IGNORE_INDEX}, {"labels": 8})
+    batch = collate(split.features[:2])
+    assert batch["input_ids"].shape == (2, 12) and batch["labels"].shape == (2, 8)
+    assert (batch["labels"][1, len(split.features[1]["labels"]):] == IGNORE_INDEX).all()
+    # ROUGE by rouge-score: the exact target scores 100, the words in the source's order less (longest common
+    # subsequence of 1 of 4 words), nothing 0; the loss is per target token.
+    outputs = [{"prediction": p, "target_nll": np.float32(n), "target_tokens": np.int32(t)} for p, n, t in
+               [("long was film the", 1.0, 6), ("", 2.0, 3), ("the film was long", 3.0, 11)]]
+    metrics = task_metrics.score(split, outputs, spec)
+    assert metrics["loss"] == pytest.approx(6.0 / 20)
+    assert metrics["exact_match"] == pytest.approx(100 / 3)
+    from rouge_score import rouge_scorer
+
+    expected = [rouge_scorer.RougeScorer(["rougeL"]).score(t, o["prediction"])["rougeL"].fmeasure
+                for t, o in zip(split.references, outputs)]
+    assert expected[0] == 1.0 and expected[1] == 0.0
+    assert metrics["rougeL"] == pytest.approx(100 * np.mean(expected))
+
+
 def test_classification_and_entity_metrics(tmp_path, tokenizer):
     spec = _spec("sequence_classification", "unused", num_labels=3)
     split = task_features.TaskSplit(rows=[None] * 4, features=[{}] * 4, feature_rows=np.arange(4),
