@@ -1,7 +1,9 @@
 """Fine-tuning an encoder-decoder on source -> target pairs (summarisation-style): a tiny BART trained from scratch
 on the shipped sample pairs, whose target is the source's words in reverse order, with a SentencePiece tokenizer
 trained on the file. Evaluation decodes the eval sources by beam search (config.data.num_beams) and scores them
-by ROUGE-L (Google's rouge-score); about two minutes on a 2-core CPU, ROUGE-L reaches 100 by step 600.
+by ROUGE-L (Google's rouge-score); about two minutes on a 2-core CPU. The loss sits at the words' frequencies
+for 400-600 steps before the model finds where to look; once it does, ROUGE-L reaches 100 (measured: 100 at step
+600 on one CPU device, still 22 at step 600 on 8 emulated ones: raise config.total_steps if it has not).
 
     python -m train --config configs/finetune_seq2seq.py --workdir /tmp/seq2seq
 
@@ -32,7 +34,6 @@ def get_config():
     config.data.max_target_length = 16
     config.data.num_beams = 4
     config.seq_len = 16
-    # The loss sits at the words' frequencies for ~400 steps, then drops as the model finds where to look.
     config.learning_rate = 1e-3
     config.total_steps = 600
     config.eval_every = 200

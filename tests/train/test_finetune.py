@@ -73,6 +73,8 @@ def untrained_metrics(config) -> dict:
 
 # (preset, overrides, metric, trained at least, untrained at most). Chance: accuracy 0.5 (two balanced classes),
 # entity F1 ~0 (tags guessed), exact match ~0 (a word guessed in a context of 14-40), accuracy 0.25 (4 choices).
+# Seq2seq has no learning test yet: its preset's tiny BART leaves the words' unigram loss only after ~450-600+
+# steps (the step varies with the device layout), too many and too unsteady for the suite.
 # One bucket each (bucketing is tested in test_finetune_data.py): one step to compile per run.
 CLASSIFICATION = {"total_steps": 96, "warmup_steps": 8, "data.buckets": (32,)}
 LEARNING = [
@@ -107,6 +109,8 @@ def train_losses(workdir: str) -> dict[int, float]:
 @pytest.mark.parametrize("name,changes,metric,trained,untrained", LEARNING, ids=[c[0] for c in LEARNING])
 def test_each_head_learns_its_task_untrained_is_near_chance_and_a_killed_run_resumes_exactly(
         name, changes, metric, trained, untrained, tmp_path, monkeypatch):
+    from train import evaluate
+
     config = preset(name, **changes, log_every=1)
     summary = loop.run(config, str(tmp_path / "run"), progress=False)
     final = summary["last_eval"][f"eval_{metric}"]
@@ -118,6 +122,8 @@ def test_each_head_learns_its_task_untrained_is_near_chance_and_a_killed_run_res
     assert summary["best"]["step"] == config.total_steps and os.path.isdir(summary["best"]["checkpoint"])
     rows = metrics_lib.read_rows(str(tmp_path / "run"))
     assert [r["step"] for r in rows if r.get("split") == "eval"] == [config.total_steps]
+    # `python -m train.evaluate` re-scores the checkpoint from the run's stored config and tokenizer.
+    assert evaluate.evaluate(str(tmp_path / "run"))["metrics"][metric] == pytest.approx(final, rel=1e-6)
 
     # Stopped at step 10, resumed and stopped again 5 steps later: the same losses as the run never stopped, to
     # the bit (the state and the batch iterator's position are in the checkpoint). The steps are the run's own
