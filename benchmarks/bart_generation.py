@@ -3,6 +3,7 @@
 .generate``, greedy and 4-beam search.
 
     python benchmarks/bart_generation.py [--batch 4] [--source 512] [--new 64] [--rounds 3] [--skip "HF Flax"]
+    python benchmarks/bart_generation.py --small     # a smoke run: 2 + 2 layers, d=256, 128-token input, 16 new
 
 The model has BART-base's shapes (6 + 6 layers, d=768, 12 heads, FFN 3072, vocab 50265; the ``bart-base`` preset)
 with random weights (torch seed 0), saved once and loaded by all three, fp32. Every implementation encodes the same
@@ -22,8 +23,11 @@ few cores), built and warmed up one after another. Timed runs are interleaved ro
 implementation per round and mode); each row's speed-ups over the HF implementations are the medians (and range) of
 per-round ratios, steadier on a shared host than ratios of medians. "CPU s" is the worker's CPU time of a run (all
 its threads), which other work on the host inflates less than wall time. "compile s" is the first call minus a
-steady one. Before the table: the CPU, the host's load average and an fp32 GEMM calibration (``[1024, 768] @
-[768, 3072]``) in XLA and torch. Not a test: nothing here asserts on time.
+steady one. Before the table: the command, date, CPU and the fp32 GEMM calibration in XLA and torch
+(``machine.py``; each worker times it after its first calls, the line gives each framework's median over its
+workers), and the host's 1-minute load average before and after the run (the rows are wall times).
+
+Results, past and present: ``benchmarks/RESULTS.md``. Not a test: nothing here asserts on time.
 """
 
 from __future__ import annotations
@@ -36,9 +40,8 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from albert_train_step import GEMM_SHAPE, cpu_description, gemm_gflops  # noqa: E402
+import machine  # noqa: E402  (benchmarks/ is sys.path[0] when this runs as a script)
 
 IMPLEMENTATIONS = ("ours", "ours split", "HF Flax", "HF PyTorch")
 MODES = {"greedy": 1, "beam 4": 4}
@@ -50,14 +53,21 @@ def make_ids(batch: int, source: int, vocab: int) -> np.ndarray:
     return ids
 
 
-def save_model(directory: str) -> dict:
-    """BART-base-shaped HF PyTorch model with random weights, saved to ``directory``; returns its config dict."""
+SMALL = dict(encoder_layers=2, decoder_layers=2, d_model=256, encoder_attention_heads=4, decoder_attention_heads=4,
+             encoder_ffn_dim=1024, decoder_ffn_dim=1024)
+
+
+def save_model(directory: str, small: bool = False) -> dict:
+    """BART-base-shaped HF PyTorch model with random weights, saved to ``directory``; returns its config dict.
+    ``small``: the smoke-run shapes (``SMALL``)."""
     import torch
     import transformers
 
     from jaxmodels import registry
 
     config = {k: v for k, v in registry.preset("bart-base").items() if k not in ("model_type", "architectures")}
+    if small:
+        config.update(SMALL)
     torch.manual_seed(0)
     transformers.BartForConditionalGeneration(transformers.BartConfig(**config)).save_pretrained(directory)
     return config
@@ -115,7 +125,7 @@ def _worker(name, conn, directory, ids, new):
         run(beams)
         first[mode] = time.perf_counter() - start
     framework = "torch" if name == "HF PyTorch" else "jax"
-    conn.send((first, gemm_gflops(framework)))
+    conn.send((first, machine.gemm_gflops(framework)))
     while True:
         message = conn.recv()
         if message == "stop":
@@ -135,18 +145,24 @@ def _same(ours: np.ndarray, reference: np.ndarray, pad: int = 1) -> bool:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--source", type=int, default=512)
-    parser.add_argument("--new", type=int, default=64)
+    parser.add_argument("--source", type=int, default=None, help="encoder tokens per example (default 512)")
+    parser.add_argument("--new", type=int, default=None, help="generated tokens per example (default 64)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--small", action="store_true",
+                        help="smoke run: 2 + 2 layers, d=256, FFN 1024 (source 128 and new 16 unless given)")
     parser.add_argument("--skip", action="append", default=[], choices=IMPLEMENTATIONS,
                         help="leave an implementation out (repeatable)")
     args = parser.parse_args()
+    if args.source is None:
+        args.source = 128 if args.small else 512
+    if args.new is None:
+        args.new = 16 if args.small else 64
     names = [n for n in IMPLEMENTATIONS if n not in args.skip]
     import multiprocessing
 
     load_before = os.getloadavg()[0]  # a shared host's other work shows here: every time below is wall time
     directory = tempfile.mkdtemp(prefix="bart_generation_")
-    config = save_model(directory)
+    config = save_model(directory, args.small)
     ids = make_ids(args.batch, args.source, config["vocab_size"])
     ctx = multiprocessing.get_context("spawn")
     conns, workers, first, gemm = {}, [], {}, {}
@@ -176,14 +192,16 @@ def main():
         worker.join()
 
     tokens = args.batch * args.new
-    m, k, n = GEMM_SHAPE
-    print(f"\nBART-base generation (random weights, fp32): batch {args.batch}, source {args.source} tokens, "
+    print()
+    frameworks = {"jax": [gemm[n] for n in names if n != "HF PyTorch"],
+                  "torch": [gemm[n] for n in names if n == "HF PyTorch"]}
+    machine.print_header([f for f, g in frameworks.items() if g],
+                         gflops={f: float(np.median(g)) for f, g in frameworks.items() if g})
+    shape = ("2 + 2 layers, d=256 (--small)" if args.small else "BART-base shapes (6 + 6 layers, d=768)")
+    print(f"BART generation, {shape}, random weights, fp32: batch {args.batch}, source {args.source} tokens, "
           f"{args.new} new tokens per example, {args.rounds} timed rounds, one worker process each")
-    print(f"CPU: {cpu_description()}; 1-minute load average {load_before:.1f} before the run, "
-          f"{os.getloadavg()[0]:.1f} after")
-    for framework, name in (("XLA", "ours"), ("torch", "HF PyTorch")):
-        if name in gemm:
-            print(f"fp32 GEMM {m}x{k}x{n} in {framework}: {gemm[name]:.1f} GFLOP/s")
+    print(f"1-minute load average: {load_before:.1f} before the run, {os.getloadavg()[0]:.1f} after "
+          f"({os.cpu_count()} cores)")
     references = [n for n in names if n.startswith("HF")]
     print(f"{'implementation':<12} {'mode':<7} {'s (median)':>10} {'CPU s':>7} {'tokens/s':>9} {'compile s':>10} "
           + "".join(f"{f'x faster than {r} (median [min, max])':>39}" for r in references) + f" {'= HF PyTorch':>13}")

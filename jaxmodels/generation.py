@@ -159,10 +159,10 @@ def generate(module, params: Any, input_ids: Array, *, max_new_tokens: int | Non
     shapes and options.
 
     Decoder-only modules: ``input_ids`` is the prompt; returns ``[batch, prompt + max_new_tokens]``.
-    ``max_new_tokens`` is required, ``eos_token_id`` None never stops, ``pad_token_id`` defaults to 0,
     ``attention_mask [batch, prompt]`` (1 = token) marks prompt padding (left-pad prompts of unequal length; the
-    generated tokens are real), and ``model_kwargs`` (arrays, e.g. Reformer's ``lsh_rotations``) are passed to every
-    model call; the encoder-decoder options below are refused.
+    generated tokens are real). ``max_new_tokens`` is required, ``eos_token_id`` None never stops, ``pad_token_id``
+    defaults to 0, and ``model_kwargs`` (arrays, e.g. Reformer's ``lsh_rotations``) are passed to every model call;
+    the encoder-decoder options below are refused.
 
     Encoder-decoder modules (see the module docstring): ``input_ids`` (and ``attention_mask``) are the encoder
     inputs; returns the decoder sequences ``[batch, max_length]``, starting with ``decoder_start_token_id`` and
@@ -175,6 +175,9 @@ def generate(module, params: Any, input_ids: Array, *, max_new_tokens: int | Non
     """
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must have shape [batch, length], got {tuple(input_ids.shape)}")
+    if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
+        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; it must match input_ids "
+                         f"{tuple(input_ids.shape)}")
     if do_sample and rng is None:
         raise ValueError("rng: a PRNG key is required when do_sample=True")
     if do_sample:
@@ -189,9 +192,6 @@ def generate(module, params: Any, input_ids: Array, *, max_new_tokens: int | Non
             early_stopping=early_stopping, no_repeat_ngram_size=no_repeat_ngram_size,
             forced_bos_token_id=forced_bos_token_id, forced_eos_token_id=forced_eos_token_id,
             decoder_start_token_id=decoder_start_token_id)
-        if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has "
-                             f"{tuple(input_ids.shape)}; they must match")
         fn = _cached_or_fresh(_build_seq2seq_cached, module, options)
         return fn(params, input_ids, attention_mask, rng if do_sample else None, values)
 
@@ -204,9 +204,6 @@ def generate(module, params: Any, input_ids: Array, *, max_new_tokens: int | Non
     if given:
         raise ValueError(f"{given}: options of encoder-decoder generation; {type(module).__name__} is a decoder-only "
                          "model (it has no encode method)")
-    if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
-        raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}; it must match input_ids "
-                         f"{tuple(input_ids.shape)}")
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens!r}: must be a positive int")
     batch, prompt_len = input_ids.shape

@@ -1,7 +1,7 @@
 """The bad-input catalogue, in process: what a user gets for a wrong config dict, model input, label or checkpoint
 file, for every family. Each case asserts the exception type and that the message names the field / argument /
 file, so no mistake is silent or ends in a library traceback. (Command line, workdir and fault cases: tests/e2e/
-test_bad_runs.py.) A new family adds its tiny config to ``FAMILIES`` and is covered by every case."""
+test_bad_runs.py.) A new family adds its tiny config to ``tests/families.py`` and is covered by every case."""
 
 from __future__ import annotations
 
@@ -21,32 +21,8 @@ import jaxmodels
 from jaxmodels import hf_io
 from layers.checks import checked
 
-# Per family: a tiny HF config of a masked-LM head, of a sequence-classification head, and fields to misuse.
-FAMILIES = {
-    "albert": dict(
-        config=dict(model_type="albert", vocab_size=40, embedding_size=8, hidden_size=16, num_hidden_layers=1,
-                    num_attention_heads=2, intermediate_size=24, max_position_embeddings=16),
-        mlm="AlbertForMaskedLM", cls="AlbertForSequenceClassification", bool_field=None,
-        int_field="hidden_size", float_field="layer_norm_eps", act_field="hidden_act"),
-    "reformer": dict(
-        config=dict(model_type="reformer", vocab_size=40, hidden_size=8, num_attention_heads=2, attention_head_size=4,
-                    feed_forward_size=12, attn_layers=["local", "local"], local_attn_chunk_length=4,
-                    axial_pos_embds=False, max_position_embeddings=16, is_decoder=False),
-        mlm="ReformerForMaskedLM", cls="ReformerForSequenceClassification", bool_field="axial_pos_embds",
-        int_field="hidden_size", float_field="layer_norm_eps", act_field="hidden_act"),
-    "rembert": dict(
-        config=dict(model_type="rembert", vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                    input_embedding_size=8, output_embedding_size=12, intermediate_size=24,
-                    max_position_embeddings=16),
-        mlm="RemBertForMaskedLM", cls="RemBertForSequenceClassification", bool_field="is_decoder",
-        int_field="hidden_size", float_field="layer_norm_eps", act_field="hidden_act"),
-    "mega": dict(
-        config=dict(model_type="mega", vocab_size=40, hidden_size=8, num_hidden_layers=1, intermediate_size=12,
-                    ema_projection_size=2, shared_representation_size=4, nffn_hidden_size=12, max_positions=16),
-        mlm="MegaForMaskedLM", cls="MegaForSequenceClassification", bool_field="bidirectional",
-        int_field="hidden_size", float_field="dropout_prob", act_field="activation"),
-}
-NAMES = sorted(FAMILIES)
+from tests.families import FAMILIES, NAMES  # a new family adds its tiny config there
+
 B, L, V = 2, 8, 40
 
 
@@ -80,6 +56,12 @@ def _checked_logits(name: str):
 
 def _ids(seed=0):
     return jnp.asarray(np.random.RandomState(seed).randint(1, V, (B, L)), jnp.int32)
+
+
+def _cls_ids(name):
+    """``_ids()``, ending with the family's ``cls_eos`` once per row where its classifier pools at the eos."""
+    ids, eos = _ids(), FAMILIES[name].get("cls_eos")
+    return ids if eos is None else jnp.where(ids == eos, eos + 1, ids).at[:, -1].set(eos)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -184,7 +166,7 @@ def test_masked_lm_labels_out_of_range_fail_eagerly_and_under_checked_jit(name, 
 def test_classification_labels_are_checked(name, labels, rule):
     _, params = _model(name, "cls")
     with pytest.raises(ValueError, match=rule):
-        _apply(name, "cls", params, input_ids=_ids(), labels=labels())
+        _apply(name, "cls", params, input_ids=_cls_ids(name), labels=labels())
 
 
 @pytest.mark.parametrize("problem,labels,rule", [
@@ -327,6 +309,89 @@ def test_unboxed_params_only():
     module, params = _model("albert", "mlm")
     assert not any(isinstance(x, nn.Partitioned) for x in jax.tree.leaves(params, is_leaf=lambda x: isinstance(
         x, nn.Partitioned)))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# REALM: its models take candidates, retrieved blocks and an index rather than one [batch, length] head, so they
+# have a section of their own.
+_REALM = dict(model_type="realm", vocab_size=V, hidden_size=8, retriever_proj_size=4, num_hidden_layers=1,
+              num_attention_heads=2, intermediate_size=12, max_position_embeddings=16, num_candidates=3,
+              span_hidden_size=6, max_span_width=3, reader_beam_size=2, reader_seq_len=12, num_block_records=5,
+              searcher_beam_size=4)
+
+
+@functools.cache
+def _realm(architecture: str):
+    """The module and its abstract params: every check below fails before a param is read, so none is computed."""
+    module = jaxmodels.from_config(_REALM, architecture=architecture)
+    return module, jaxmodels.abstract_params(module)
+
+
+def _realm_apply(architecture: str, *args, variables=None, **kwargs):
+    module, params = _realm(architecture)
+    return module.apply({"params": params, **(variables or {})}, *args, **kwargs)
+
+
+def _blocks(rows=5, dtype=jnp.int32, width=6):
+    from jaxmodels.realm import BlockTokens
+
+    return BlockTokens(jnp.ones((rows, width), dtype), jnp.full((rows,), width, jnp.int32), cls_token_id=2,
+                       sep_token_id=3, pad_token_id=0, special_ids=(0, 1, 2, 3))
+
+
+@pytest.mark.parametrize("architecture,inputs,rule", [
+    ("RealmScorer", lambda: dict(input_ids=_ids(), candidate_input_ids=jnp.ones((B, 2, L), jnp.int32)),
+     r"candidate_input_ids has 2 candidates per example .*config\.num_candidates=3"),
+    ("RealmScorer", lambda: dict(input_ids=_ids(), candidate_input_ids=jnp.ones((B, 3, L), jnp.int32).at[0, 1, 2].set(V)),
+     r"candidate_input_ids: ids must be in \[0, vocab_size=40\)"),
+    ("RealmKnowledgeAugEncoder", lambda: dict(input_ids=jnp.ones((B, 4, L), jnp.int32)),
+     r"input_ids has 4 candidates per example .*config\.num_candidates=3"),
+    ("RealmKnowledgeAugEncoder", lambda: dict(input_ids=jnp.ones((B, 3, L), jnp.int32), labels=_ids()),
+     r"relevance_score is required with labels"),
+    ("RealmKnowledgeAugEncoder", lambda: dict(input_ids=jnp.ones((B, 3, L), jnp.int32), labels=_ids().at[1, 1].set(V),
+                                              relevance_score=jnp.zeros((B, 3))),
+     r"labels: token ids must be in \[0, vocab_size=40\) or -100.*got 40"),
+    ("RealmKnowledgeAugEncoder", lambda: dict(input_ids=jnp.ones((B, 3, L), jnp.int32), labels=_ids(),
+                                              relevance_score=jnp.zeros((B, 2))),
+     r"relevance_score has shape \(2, 2\); expected \(2, 3\)"),
+    ("RealmReader", lambda: dict(input_ids=_ids(), relevance_score=jnp.zeros(2), block_mask=jnp.ones((2, L), bool)),
+     r"token_type_ids is required"),
+    ("RealmReader", lambda: dict(input_ids=_ids()[:, :2], token_type_ids=_ids()[:, :2] * 0,
+                                 relevance_score=jnp.zeros(2), block_mask=jnp.ones((2, 2), bool)),
+     r"input length 2 must be >= config\.max_span_width=3"),
+    ("RealmReader", lambda: dict(input_ids=_ids(), token_type_ids=_ids() * 0, relevance_score=jnp.zeros(4),
+                                 block_mask=jnp.ones((4, L), bool), start_positions=jnp.zeros(4, jnp.int32),
+                                 end_positions=jnp.zeros(4, jnp.int32), has_answers=jnp.ones(4, bool)),
+     r"start_positions has shape \(4,\); expected \[S=4, max_answers\]"),
+    ("RealmEmbedder", lambda: dict(input_ids=jnp.ones((B, 20), jnp.int32)), r"exceeds max_position_embeddings=16"),
+])
+def test_realm_bad_inputs_name_the_field(architecture, inputs, rule):
+    with pytest.raises(ValueError, match=rule):
+        _realm_apply(architecture, **inputs())
+
+
+@pytest.mark.parametrize("change,rule", [
+    (dict(block_emb=jnp.zeros((6, 4))), r"block_emb has shape \(6, 4\); expected \[num_block_records=5"),
+    (dict(block_emb=jnp.zeros((5, 4), jnp.int32)), r"block_emb must be floating point"),
+    (dict(blocks=_blocks(rows=4)), r"blocks\.token_ids has shape \(4, 6\); expected \[5 \(the rows of block_emb\)"),
+    (dict(blocks=_blocks(dtype=jnp.float32)), r"blocks\.token_ids must be integer token ids, got float32"),
+    (dict(blocks=None), r"blocks: the pre-tokenised evidence blocks .* are required"),
+    (dict(beam_size=6), r"beam_size=6 is larger than the index \(num_block_records=5\)"),
+    (dict(deterministic=False, config=dict(searcher_beam_size=9)),
+     r"searcher_beam_size=9 is larger than the index \(num_block_records=5\)"),
+    (dict(answer_ids=jnp.ones((B, 3), jnp.int32)), r"answer_ids has shape \(2, 3\); expected \[batch=2, answers"),
+    (dict(no_buffers=True), r"block_emb: missing; apply with \{'params': params, 'buffers'"),
+])
+def test_realm_open_qa_checks_the_index_and_the_block_store(change, rule):
+    module, params = _realm("RealmForOpenQA")
+    if "config" in change:
+        module = module.clone(config=module.config.replace(**change["config"]))
+    variables = {"params": params}
+    if not change.get("no_buffers"):
+        variables["buffers"] = {"block_emb": change.get("block_emb", jnp.zeros((5, 4)))}
+    kwargs = {k: v for k, v in change.items() if k in ("beam_size", "deterministic", "answer_ids")}
+    with pytest.raises(ValueError, match=rule):
+        module.apply(variables, _ids(), blocks=change.get("blocks", _blocks()), **kwargs)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import sentencepiece as spm
 from tokenizers import Tokenizer as LibraryTokenizer
 from tokenizers import models, normalizers, pre_tokenizers, trainers
 
+import jaxmodels
 from jaxmodels.albert import AlbertTokenizer
 from jaxmodels.reformer import ReformerTokenizer
 from jaxmodels.tokenization import (
@@ -133,9 +134,9 @@ def rembert_tokenizer(directory):
 
 
 def realm_tokenizer(directory):
-    """What the REALM family will register: BERT's WordPiece without the NFC step (REALM's copy of the
-    BasicTokenizer predates it)."""
-    return Tokenizer.from_pretrained(directory, template=BERT, vocab_options={"nfc": False})
+    """The REALM family's tokenizer (its record's factory): BERT's WordPiece without the NFC step (REALM's copy of
+    the BasicTokenizer predates it)."""
+    return jaxmodels.family("realm").tokenizer(directory)
 
 
 _BPE_SPECIALS = ["<mask>", "<s>", "</s>", "<pad>", "<unk>", " <mask>", "<mask> ", "<MASK>", "<mask>x"]
@@ -410,10 +411,12 @@ def test_tokenizer_from_pretrained_picks_the_class(T, bpe_files, wordpiece_file,
     assert type(mega_bare) is Tokenizer and mega_bare.template is ROBERTA
     bert = tokenizer_from_pretrained(saved("bert", T.BertTokenizer(wordpiece_file)))
     assert type(bert) is Tokenizer and bert.template is BERT and bert.clean_up_tokenization_spaces
+    realm = tokenizer_from_pretrained(saved("realm", T.RealmTokenizer(wordpiece_file)))
+    assert realm.template is BERT and realm(["cafe\u0301"]) == dict(T.RealmTokenizer(wordpiece_file)(["cafe\u0301"]))
     text = "Hello <mask> naïve [MASK] world"
     for tokenizer, hf in ((bart, T.BartTokenizer(*bpe_files)), (mega, T.RobertaTokenizer(*bpe_files)),
                           (mega_bare, T.RobertaTokenizer(*bpe_files)),
-                          (bert, T.BertTokenizer(wordpiece_file)), (albert, T.AlbertTokenizer(sentencepiece_file))):
+                          (bert, T.BertTokenizer(wordpiece_file)), (realm, T.RealmTokenizer(wordpiece_file)), (albert, T.AlbertTokenizer(sentencepiece_file))):
         assert tokenizer(text, text) == dict(hf(text, text))
 
     empty = tmp_path / "empty"

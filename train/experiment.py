@@ -107,8 +107,9 @@ def base_config(model=""):
     config.axis_rules = "default"  # logical -> mesh axis rules: a name from train.partitioning.RULE_SETS, or pairs
     config.dtype = "float32"     # compute dtype; params stay float32
     config.remat = False
-    config.init_from = ""        # an HF checkpoint directory to start from; config.model's fields go on top of its
-                                 # config.json (a head's num_labels, architectures: a fresh head on its backbone)
+    config.init_from = ""        # weights to start from: an HF directory or Hub id, or an Orbax checkpoint;
+                                 # config.model's fields go on top of its config.json (a head's num_labels,
+                                 # architectures: a fresh head on its backbone)
     # Fine-tuning: the eval metric whose best checkpoint is kept in DIR/best/ besides the latest ones ("" = the
     # task's headline metric: accuracy, entity_f1, SQuAD f1, pearson for regression; see train.task_metrics).
     config.best_metric = ""
@@ -274,11 +275,13 @@ def model_config(config: ml_collections.ConfigDict) -> dict:
 
 
 def _over_checkpoint(init_from: str, model: dict) -> dict:
-    """`model`'s fields over the config.json of the HF directory `init_from`."""
-    from jaxmodels import hf_io
+    """`model`'s fields over the config.json of the checkpoint `init_from` (an HF directory or Hub id, or an Orbax
+    checkpoint), read as `jaxmodels.from_pretrained` reads it."""
+    from jaxmodels import hf_io, hub, orbax_io
 
     try:
-        base = hf_io.read_config(init_from)
+        path = hub.resolve(init_from, files=hub.MODEL_FILES)
+        base = orbax_io.read_config(path) if orbax_io.is_orbax(path) else hf_io.read_config(path)
     except ValueError as error:
         raise ValueError(f"config.init_from={init_from!r}: {error}") from error
     if "model_type" in model and model["model_type"] != base["model_type"]:

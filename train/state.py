@@ -70,10 +70,12 @@ def init_train_state(module: nn.Module, tx: optax.GradientTransformation, rng: j
                      init_from: str | None = None) -> tuple[TrainState, TrainState]:
     """`(state, shardings)`: a fresh (or `init_from`-loaded) state laid out on `mesh` by the logical `rules`.
 
-    `init_from` is an HF `save_pretrained` directory read by `jaxmodels.from_pretrained` into `module`'s class and
-    config (its fields over the checkpoint's, so a pretraining or bare-model checkpoint can start a task head);
-    weights the checkpoint lacks (a new head) are initialised from `rng` with a warning naming them, as HF does.
-    A checkpoint tensor of another shape than `module` needs is a `ValueError` naming `config.init_from`.
+    `init_from` is what `jaxmodels.from_pretrained` reads (an HF directory or Hub id, an Orbax params directory from
+    `python -m jaxmodels.convert`, or a training run's checkpoint), loaded straight into the params' shardings on
+    `mesh`, into `module`'s class and config (its fields over the checkpoint's, so a pretraining or bare-model
+    checkpoint can start a task head); weights the checkpoint lacks (a new head) are initialised from `rng` with a
+    warning naming them, as HF does. A checkpoint tensor of another shape than `module` needs is a `ValueError`
+    naming `config.init_from`.
     """
     shardings = state_shardings(module, tx, mesh, rules)
 
@@ -83,7 +85,8 @@ def init_train_state(module: nn.Module, tx: optax.GradientTransformation, rng: j
     if init_from:
         target = {**module.config.to_hf_dict(), "architectures": [type(module).__name__]}
         try:
-            loaded_module, loaded = jaxmodels.from_pretrained(init_from, rng=rng, overrides=target)
+            loaded_module, loaded = jaxmodels.from_pretrained(init_from, rng=rng, mesh=mesh, rules=rules,
+                                                              overrides=target)
         except ValueError as error:
             message = str(error)
             raise ValueError(message if message.startswith("config.init_from") else

@@ -27,6 +27,12 @@ POSITION_OFFSET = 2
 @dataclasses.dataclass(frozen=True)
 class BartConfig(HFConfig):
     model_type: ClassVar[str] = "bart"
+    # HF writes num_hidden_layers (= encoder_layers); released checkpoints (facebook/bart-base, -large, -large-cnn)
+    # carry fairseq-era keys that HF 4.46.3's BART stores and never reads.
+    hf_derived_keys: ClassVar[frozenset] = frozenset({
+        "num_hidden_layers", "add_bias_logits", "add_final_layer_norm", "classif_dropout", "normalize_before",
+        "normalize_embedding", "static_position_embeddings", "extra_pos_embeddings", "output_past",
+        "do_blenderbot_90_layernorm", "gradient_checkpointing"})
 
     vocab_size: int = 50265
     max_position_embeddings: int = 1024
@@ -98,9 +104,11 @@ class BartConfig(HFConfig):
 
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any], *, strict: bool = False):
+        if not isinstance(d, dict):
+            return super().from_hf_dict(d, strict=strict)  # raises, naming the type
         d = dict(d)
         # Old BART-CNN configs ask for a forced BOS with this flag; HF's BartConfig turns it into the id.
-        if d.get("forced_bos_token_id") is None and d.get("force_bos_token_to_be_generated"):
+        if d.pop("force_bos_token_to_be_generated", False) and d.get("forced_bos_token_id") is None:
             d["forced_bos_token_id"] = d.get("bos_token_id", cls.bos_token_id)
         return super().from_hf_dict(d, strict=strict)
 

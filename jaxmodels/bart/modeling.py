@@ -52,8 +52,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmodels.bart.config import LAYER_NORM_EPS, POSITION_OFFSET, BartConfig
-from jaxmodels.input_checks import check_range, is_concrete
-from layers import axes
+from jaxmodels.input_checks import check_array, check_nonempty, check_range, is_concrete
+from layers import axes, checks
 from layers.activations import get_activation
 from layers.attention import dot_product_attention, padding_mask
 from layers.dense import Dense
@@ -185,6 +185,8 @@ def _seq2seq_fields(out: Seq2SeqModelOutput) -> dict:
 # Input validation (static shapes, concrete values): fails before tracing with the argument named.
 # ---------------------------------------------------------------------------------------------------------------
 def _sequence_shape(config: BartConfig, ids_name: str, ids, embeds_name: str, embeds) -> tuple[int, int]:
+    check_array(ids_name, ids)
+    check_array(embeds_name, embeds)
     if (ids is None) == (embeds is None):
         raise ValueError(f"pass exactly one of {ids_name} or {embeds_name}")
     if ids is not None:
@@ -193,14 +195,14 @@ def _sequence_shape(config: BartConfig, ids_name: str, ids, embeds_name: str, em
             raise ValueError(f"{ids_name} must have shape [batch, length], got {shape}")
         if not jnp.issubdtype(ids.dtype, jnp.integer):
             raise ValueError(f"{ids_name} must be integer, got {ids.dtype}")
-        check_range(ids_name, ids, config.vocab_size, f"ids must be in [0, vocab_size={config.vocab_size})")
     else:
         shape = tuple(embeds.shape[:-1])
         if embeds.ndim != 3 or embeds.shape[-1] != config.d_model:
             raise ValueError(f"{embeds_name} must have shape [batch, length, d_model={config.d_model}], got "
                              f"{tuple(embeds.shape)}")
-    if shape[1] == 0:
-        raise ValueError(f"{ids_name} must have length >= 1")
+    check_nonempty(ids_name if ids is not None else embeds_name, shape)
+    if ids is not None:
+        check_range(ids_name, ids, config.vocab_size, f"ids must be in [0, vocab_size={config.vocab_size})")
     return shape
 
 
@@ -214,9 +216,11 @@ def validate_sequence(config: BartConfig, prefix: str, ids, mask, position_ids, 
     ids_name, embeds_name = f"{prefix}input_ids", f"{prefix}inputs_embeds"
     shape = _sequence_shape(config, ids_name, ids, embeds_name, embeds)
     mask_name = "decoder_attention_mask" if prefix else "attention_mask"
+    positions_name = f"{prefix}position_ids"
+    check_array(mask_name, mask)
+    check_array(positions_name, position_ids)
     if mask is not None and tuple(mask.shape) != shape:
         raise ValueError(f"{mask_name} has shape {tuple(mask.shape)} but {ids_name} has shape {shape}; they must match")
-    positions_name = f"{prefix}position_ids"
     if position_ids is not None:
         if tuple(position_ids.shape) not in (shape, (1, shape[1])):
             raise ValueError(f"{positions_name} has shape {tuple(position_ids.shape)}; expected {shape} or "
@@ -698,12 +702,18 @@ class BartModel(nn.Module):
                  deterministic: bool = True, output_attentions: bool = False,
                  output_hidden_states: bool = False) -> Seq2SeqModelOutput:
         c = self.config
+        batch, _ = validate_sequence(c, "", input_ids, attention_mask, position_ids, inputs_embeds)
         if decoder_input_ids is None and decoder_inputs_embeds is None:
             if input_ids is None:
                 raise ValueError("decoder_input_ids: without them the decoder reads input_ids shifted right, and only "
                                  "inputs_embeds were given; pass decoder_input_ids or decoder_inputs_embeds")
-            validate_sequence(c, "", input_ids, attention_mask, position_ids, None)
             decoder_input_ids = shift_tokens_right(input_ids, c.pad_token_id, c.decoder_start_token_id)
+        # Both sides checked before either runs (an eager call would otherwise encode before a decoder error).
+        decoder_batch, _ = validate_sequence(c, "decoder_", decoder_input_ids, decoder_attention_mask,
+                                             decoder_position_ids, decoder_inputs_embeds)
+        if decoder_batch != batch:
+            raise ValueError(f"decoder_{'input_ids' if decoder_input_ids is not None else 'inputs_embeds'} has batch "
+                             f"{decoder_batch} but the encoder inputs have {batch}; they must match")
         flags = dict(deterministic=deterministic, output_attentions=output_attentions,
                      output_hidden_states=output_hidden_states)
         enc = self.encode(input_ids, attention_mask, position_ids, inputs_embeds, **flags)
@@ -813,9 +823,14 @@ class BartForConditionalGeneration(_BartSeq2SeqHead):
                  decoder_inputs_embeds=None, *, deterministic: bool = True, output_attentions: bool = False,
                  output_hidden_states: bool = False) -> Seq2SeqLMOutput:
         c = self.config
-        if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
+        check_array("labels", labels)
+        if labels is not None:
             if labels.ndim != 2 or not jnp.issubdtype(labels.dtype, jnp.integer):
                 raise ValueError(f"labels must be integer [batch, length], got {labels.dtype} {tuple(labels.shape)}")
+            # Before the shift: an out-of-range label would otherwise be reported as a decoder input id.
+            checks.check_range("labels", labels, c.vocab_size,
+                               f"token ids must be in [0, vocab_size={c.vocab_size}) or -100 (ignored)", ignore=-100)
+        if labels is not None and decoder_input_ids is None and decoder_inputs_embeds is None:
             decoder_input_ids = shift_tokens_right(labels, c.pad_token_id, c.decoder_start_token_id)
         out = self._model_call(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, position_ids,
                                decoder_position_ids, inputs_embeds, decoder_inputs_embeds, deterministic,
@@ -825,9 +840,6 @@ class BartForConditionalGeneration(_BartSeq2SeqHead):
         if labels is not None:
             if tuple(labels.shape) != tuple(h.shape[:2]):
                 raise ValueError(f"labels has shape {tuple(labels.shape)}; the decoder ran on {tuple(h.shape[:2])}")
-            if is_concrete(labels):
-                check_range("labels", np.where(np.asarray(labels) == -100, 0, np.asarray(labels)), c.vocab_size,
-                            f"labels must be -100 (ignored) or in [0, vocab_size={c.vocab_size})")
             kernel, bias = self._projection()
             loss = projected_cross_entropy(h, kernel, bias, labels)
         return Seq2SeqLMOutput(self._logits(h), loss, **_seq2seq_fields(out))
@@ -871,7 +883,9 @@ class BartForSequenceClassification(_BartSeq2SeqHead):
             raise ValueError("input_ids: sequence classification reads the eos positions from input_ids; "
                              "inputs_embeds alone are not supported (as in HF)")
         validate_sequence(c, "", input_ids, attention_mask, position_ids, inputs_embeds)
+        check_array("labels", labels)
         for name, x in (("decoder_input_ids", decoder_input_ids), ("decoder_inputs_embeds", decoder_inputs_embeds)):
+            check_array(name, x)
             if x is not None and x.shape[1] != input_ids.shape[1]:
                 raise ValueError(f"{name} has length {x.shape[1]} but input_ids has {input_ids.shape[1]}: the eos "
                                  "positions of input_ids index the decoder states, so the lengths must match")
@@ -903,6 +917,8 @@ class BartForQuestionAnswering(_BartSeq2SeqHead):
                  inputs_embeds=None, decoder_inputs_embeds=None, *, deterministic: bool = True,
                  output_attentions: bool = False,
                  output_hidden_states: bool = False) -> Seq2SeqQuestionAnsweringModelOutput:
+        check_array("start_positions", start_positions)
+        check_array("end_positions", end_positions)
         out = self._model_call(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask, position_ids,
                                decoder_position_ids, inputs_embeds, decoder_inputs_embeds, deterministic,
                                output_attentions, output_hidden_states)
@@ -956,6 +972,7 @@ class BartForCausalLM(_BartHead):
                  deterministic: bool = True, output_attentions: bool = False,
                  output_hidden_states: bool = False) -> CausalLMOutputWithCrossAttentions:
         c = self.config
+        check_array("labels", labels)
         decoder = self.model.decoder
         out = decoder(input_ids, attention_mask, position_ids, inputs_embeds, encoder_hidden_states,
                       encoder_attention_mask, cache=cache, deterministic=deterministic,

@@ -132,9 +132,16 @@ def test_input_errors_name_the_argument(model):
     too_long = np.full((1, BASE["max_position_embeddings"] + 1), 5)
     with pytest.raises(ValueError, match="input_ids has length 25, beyond max_position_embeddings=24"):
         module.apply(v, too_long)
+    with pytest.raises(ValueError, match="decoder_input_ids has length 25, beyond max_position_embeddings=24"):
+        module.apply(v, ids, decoder_input_ids=too_long.repeat(3, axis=0))
+    with pytest.raises(ValueError, match=r"decoder_attention_mask has shape \(3, 4\) but decoder_input_ids has "
+                                         r"shape \(3, 6\)"):
+        module.apply(v, ids, decoder_input_ids=ids[:, :6], decoder_attention_mask=mask[:, :4])
+    with pytest.raises(ValueError, match="decoder_input_ids has batch 2 but the encoder inputs have 3"):
+        module.apply(v, ids, decoder_input_ids=ids[:2])
     with pytest.raises(ValueError, match="attention_mask has shape"):
         module.apply(v, ids, mask[:, :5])
-    with pytest.raises(ValueError, match=r"input_ids: ids must be in \[0, vocab_size=64\)"):
+    with pytest.raises(ValueError, match=r"input_ids: ids must be in \[0, vocab_size=64\); got 64"):
         module.apply(v, ids + 64)
     with pytest.raises(ValueError, match="decoder_position_ids has shape"):
         module.apply(v, ids, decoder_input_ids=ids, decoder_position_ids=np.zeros((2, 2), np.int32))

@@ -1,5 +1,6 @@
 """The static KV cache (``layers.kv_cache``) against its loop twins, attention through it against the full causal
-pass, and BERT's post-LN layer (``layers.post_ln_layer``) against its float64 twin, with cross-attention and cache."""
+pass and against HF's concatenation of past and new keys (decoding in steps of random sizes, spare slots, padding),
+and BERT's post-LN layer (``layers.post_ln_layer``) against its float64 twin, with cross-attention and cache."""
 
 from __future__ import annotations
 
@@ -13,8 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from layers import attention, kv_cache
-from layers.attention import dot_product_attention
-from layers.kv_cache import cached_attention_reference, kv_cache_mask, kv_cache_write
 from layers.activations import get_activation
 from layers.post_ln_layer import PostLNLayer, post_ln_layer_reference
 
@@ -127,10 +126,10 @@ def test_relative_positions_refuse_a_cache():
 
 @jax.jit
 def _attend(cache_k, cache_v, cache_valid, k, v, valid, q, index):
-    cache_k, cache_v, cache_valid = (kv_cache_write(c, x, index) for c, x in ((cache_k, k), (cache_v, v),
-                                                                             (cache_valid, valid)))
-    out, _ = dot_product_attention(q, cache_k, cache_v, mask=kv_cache_mask(cache_valid, index, q.shape[1]))
-    return out, cache_k, cache_v, cache_valid
+    cache_k, cache_v, cache_valid = (kv_cache.kv_cache_write(c, x, index)
+                                     for c, x in ((cache_k, k), (cache_v, v), (cache_valid, valid)))
+    mask = kv_cache.kv_cache_mask(cache_valid, index, q.shape[1])
+    return attention.dot_product_attention(q, cache_k, cache_v, mask=mask)[0], cache_k, cache_v, cache_valid
 
 
 @settings(max_examples=6, deadline=None)
@@ -148,8 +147,8 @@ def test_cached_attention_equals_concatenation(steps, spare, seed):
     for t in steps:
         new = slice(start, start + t)
         out, *cache = _attend(*cache, keys[:, new], values[:, new], valid[:, new], queries[:, new], jnp.int32(start))
-        ref = cached_attention_reference(keys[:, :start], values[:, :start], valid[:, :start], keys[:, new],
-                                         values[:, new], valid[:, new], queries[:, new])
+        ref = kv_cache.cached_attention_reference(keys[:, :start], values[:, :start], valid[:, :start],
+                                                  keys[:, new], values[:, new], valid[:, new], queries[:, new])
         np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-5)
         start += t
     np.testing.assert_array_equal(np.asarray(cache[2])[:, :total], valid)

@@ -115,7 +115,7 @@ def test_token_labels_first_piece_or_every_piece(tmp_path, tokenizer, all_tokens
              "tags": ["O", "B-PER", "I-PER", "O", "B-LOC"]}]
     names = ("O", "B-PER", "I-PER", "B-LOC")
     spec = _spec("token_classification", _write(tmp_path / "x.jsonl", rows), labels=names, num_labels=4,
-                 label_all_tokens=all_tokens)
+                 label_all_tokens=all_tokens, max_length=64, buckets=(64,))
     split = _split(spec, tokenizer)
     feature, words = split.features[0], split.word_ids[0]
     pieces = task_features.pieces_of_words(tokenizer, rows[0]["tokens"])

@@ -1,0 +1,52 @@
+"""REALM checkpoint names: our param paths <-> HF state-dict keys (renames, transposes and per-layer stacking).
+
+Our tree mirrors HF's module names, with three differences:
+- ``encoder.layer`` is one stacked tree ``[num_hidden_layers, ...]``; leaf i is ``<prefix>encoder.layer.{i}.<rest>``.
+- The masked-LM heads are ``layers.heads.MaskedLMHead`` (``predictions.dense`` / ``predictions.LayerNorm``), HF's
+  ``predictions.transform.dense`` / ``predictions.transform.LayerNorm``; their ``bias`` is also written as
+  ``predictions.decoder.bias`` (HF ties the two and loses the bias when only one is in a safetensors file).
+- The scorer's one embedder (``query_embedder`` here) is written under both HF names, ``embedder.*`` and
+  ``query_embedder.*``, as HF's own ``pytorch_model.bin`` holds it; it is read from ``embedder.*``.
+"""
+
+from __future__ import annotations
+
+from jaxmodels.hf_io import torch_leaf
+from jaxmodels.realm.config import RealmConfig
+
+BASE_MODEL_PREFIX = "realm"
+# In HF checkpoints but never read as params: the knowledge-augmented encoder's decoder weight is the word-embedding
+# table (tied), and RealmForOpenQA's `block_emb` is the retrieval index, a buffer outside the params (read by
+# jaxmodels.realm.load_block_emb).
+TIED_KEYS = ("cls.predictions.decoder.weight", "block_emb")
+_LAYER = ("encoder", "layer")
+_SCORER_EMBEDDER = "query_embedder"
+
+
+def _hf_name(path: tuple[str, ...]) -> str:
+    name = torch_leaf(path)
+    for part in ("dense", "LayerNorm"):
+        name = name.replace(f"cls.predictions.{part}.", f"cls.predictions.transform.{part}.")
+    return name
+
+
+def key_fn(config: RealmConfig):
+    """``(path, shape) -> [(hf_name, index)]`` for any REALM param tree (see ``jaxmodels.hf_io``)."""
+
+    def names(path: tuple[str, ...]) -> list[tuple[str, tuple]]:
+        for at in range(len(path) - 1):
+            if path[at:at + 2] == _LAYER:
+                stem, rest = ".".join(path[:at + 2]), torch_leaf(path[at + 2:])
+                return [(f"{stem}.{i}.{rest}", (i,)) for i in range(config.num_hidden_layers)]
+        name = _hf_name(path)
+        if name.endswith("cls.predictions.bias"):
+            return [(name, ()), (name[: -len("bias")] + "decoder.bias", ())]
+        return [(name, ())]
+
+    def keys(path, shape):
+        if path[0] == _SCORER_EMBEDDER:
+            inner = names(path[1:])
+            return [(f"{prefix}.{name}", index) for prefix in ("embedder", "query_embedder") for name, index in inner]
+        return names(path)
+
+    return keys
