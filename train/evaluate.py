@@ -67,79 +67,84 @@ def evaluate(workdir: str, step: str | int | None = None, eval_file: str | None 
     config, model = stored_config(workdir)
     latest = checkpoint_lib.Checkpoints(workdir, async_save=False)
     best = checkpoint_lib.Checkpoints(workdir, async_save=False, name=checkpoint_lib.BEST)
-    steps = {"checkpoints": latest.all_steps(), "best": best.all_steps()}
-    if step == "best":
-        if not steps["best"]:
-            raise ValueError(f"--step=best: {workdir} holds no best checkpoint (fine-tuning runs with evaluation "
-                             "keep one)")
-        manager, step = best, max(steps["best"])
-    elif step is None:
-        if not steps["checkpoints"]:
-            raise ValueError(f"--workdir={workdir!r}: holds no checkpoint yet")
-        manager, step = latest, max(steps["checkpoints"])
-    else:
-        try:
-            step = int(step)
-        except ValueError:
-            raise ValueError(f"--step={step!r}: expected a step number or 'best'") from None
-        if step in steps["checkpoints"]:
-            manager = latest
-        elif step in steps["best"]:
-            manager = best
-        else:
-            raise ValueError(f"--step={step}: no such checkpoint in {workdir} (steps: {steps['checkpoints']}; "
-                             f"best: {steps['best']})")
-    metadata = manager.read_metadata(step)
-    tokenizer = metadata.get("tokenizer") or ""
-    with config.unlocked(), config.ignore_type():
-        # The resolved model and the tokenizer the run trained with, so nothing is re-derived from paths that
-        # may have changed since (init_from's directory is not needed: the weights are the checkpoint's).
-        config.model = model
-        config.init_from = ""
-        config.data.tokenizer = tokenizer
-        if eval_file is not None:
-            config.data.eval_file = eval_file
-        config.eval_every = config.eval_every or 1  # evaluation is the point here
+    # Closed on every path: an open manager's threads outlive a user error and print their noise at exit.
     try:
-        exp = experiment.resolve(config)
-    except ValueError as error:
-        if str(error).startswith("config.data.eval_file=''"):
-            raise ValueError("--eval_file: the run has no eval file (config.data.eval_file); name one") from None
-        raise
-    if exp.task is None and eval_file is not None:
-        raise ValueError("--eval_file: only for fine-tuning runs (a language-model run reads config.data.source)")
-    mesh = exp.make_mesh()
-    module = exp.build_module(mesh)
-    shardings = state_lib.state_shardings(module, exp.tx, mesh, exp.rules)
-    state, _, _ = manager.restore(step, state_lib.abstract_state(shardings, module, exp.tx))
-    _, _, eval_key = loop._seed_keys(config)
-    vocab_size = module.config.vocab_size
-    with partitioning.activate(mesh, exp.rules):
-        if exp.task is not None:
-            task = finetune.TaskData(exp, tokenizer_source=tokenizer)
-            evaluator = finetune.TaskEvaluator(task, module, exp.objective, mesh, exp.rules, shardings.params,
-                                               eval_key, batch_size=config.batch_size,
-                                               check=lambda b: loop.check_batch(b, vocab_size, "eval"))
-            metrics = evaluator(state.params)
+        steps = {"checkpoints": latest.all_steps(), "best": best.all_steps()}
+        if step == "best":
+            if not steps["best"]:
+                raise ValueError(f"--step=best: {workdir} holds no best checkpoint (fine-tuning runs with evaluation "
+                                 "keep one)")
+            manager, step = best, max(steps["best"])
+        elif step is None:
+            if not steps["checkpoints"]:
+                raise ValueError(f"--workdir={workdir!r}: holds no checkpoint yet")
+            manager, step = latest, max(steps["checkpoints"])
         else:
-            from train import step as step_lib
+            try:
+                step = int(step)
+            except ValueError:
+                raise ValueError(f"--step={step!r}: expected a step number or 'best'") from None
+            if step in steps["checkpoints"]:
+                manager = latest
+            elif step in steps["best"]:
+                manager = best
+            else:
+                raise ValueError(f"--step={step}: no such checkpoint in {workdir} (steps: {steps['checkpoints']}; "
+                                 f"best: {steps['best']})")
+        metadata = manager.read_metadata(step)
+        tokenizer = metadata.get("tokenizer") or ""
+        with config.unlocked(), config.ignore_type():
+            # The resolved model and the tokenizer the run trained with, so nothing is re-derived from paths that
+            # may have changed since (init_from's directory is not needed: the weights are the checkpoint's).
+            config.model = model
+            config.init_from = ""
+            config.data.tokenizer = tokenizer
+            if eval_file is not None:
+                config.data.eval_file = eval_file
+            config.eval_every = config.eval_every or 1  # evaluation is the point here
+        try:
+            exp = experiment.resolve(config)
+        except ValueError as error:
+            if str(error).startswith("config.data.eval_file=''"):
+                raise ValueError("--eval_file: the run has no eval file (config.data.eval_file); name one") from None
+            raise
+        if exp.task is None and eval_file is not None:
+            raise ValueError("--eval_file: only for fine-tuning runs (a language-model run reads config.data.source)")
+        mesh = exp.make_mesh()
+        module = exp.build_module(mesh)
+        shardings = state_lib.state_shardings(module, exp.tx, mesh, exp.rules)
+        state, _, _ = manager.restore(step, state_lib.abstract_state(shardings, module, exp.tx))
+        _, _, eval_key = loop._seed_keys(config)
+        vocab_size = module.config.vocab_size
+        with partitioning.activate(mesh, exp.rules):
+            if exp.task is not None:
+                task = finetune.TaskData(exp, tokenizer_source=tokenizer)
+                evaluator = finetune.TaskEvaluator(task, module, exp.objective, mesh, exp.rules, shardings.params,
+                                                   eval_key, batch_size=config.batch_size,
+                                                   check=lambda b: loop.check_batch(b, vocab_size, "eval"))
+                metrics = evaluator(state.params)
+            else:
+                from train import step as step_lib
 
-            batch_sharding = partitioning.batch_sharding(mesh, exp.rules)
-            eval_step = step_lib.make_eval_step(module, exp.objective, shardings.params, batch_sharding)
-            eval_data = data.make_sharded_dataset(
-                config.data.source, split=config.data.eval_split, seq_len=config.seq_len,
-                global_batch_size=config.batch_size, num_shards=config.data.shards or jax.process_count(), seed=0,
-                tokenizer=tokenizer, data_dir=config.data.data_dir or None)
-            metrics = loop.evaluate_lm(eval_step, state.params, eval_data, eval_data.get_state(),
-                                       steps=config.eval_steps, batch_sharding=batch_sharding,
-                                       vocab_size=vocab_size, split=config.data.eval_split, key=eval_key)
-    result = {"step": int(step), "checkpoint": os.path.join(manager.directory, str(step)),
-              **({"eval_file": config.data.eval_file} if exp.task is not None else {}), "metrics": metrics}
-    if jax.process_index() == 0:
-        os.makedirs(os.path.join(workdir, "evaluations"), exist_ok=True)
-        with open(os.path.join(workdir, "evaluations", f"{step}.json"), "w") as f:
-            json.dump(result, f, indent=2)
-    return result
+                batch_sharding = partitioning.batch_sharding(mesh, exp.rules)
+                eval_step = step_lib.make_eval_step(module, exp.objective, shardings.params, batch_sharding)
+                eval_data = data.make_sharded_dataset(
+                    config.data.source, split=config.data.eval_split, seq_len=config.seq_len,
+                    global_batch_size=config.batch_size, num_shards=config.data.shards or jax.process_count(), seed=0,
+                    tokenizer=tokenizer, data_dir=config.data.data_dir or None)
+                metrics = loop.evaluate_lm(eval_step, state.params, eval_data, eval_data.get_state(),
+                                           steps=config.eval_steps, batch_sharding=batch_sharding,
+                                           vocab_size=vocab_size, split=config.data.eval_split, key=eval_key)
+        result = {"step": int(step), "checkpoint": os.path.join(manager.directory, str(step)),
+                  **({"eval_file": config.data.eval_file} if exp.task is not None else {}), "metrics": metrics}
+        if jax.process_index() == 0:
+            os.makedirs(os.path.join(workdir, "evaluations"), exist_ok=True)
+            with open(os.path.join(workdir, "evaluations", f"{step}.json"), "w") as f:
+                json.dump(result, f, indent=2)
+        return result
+    finally:
+        latest.close()
+        best.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -243,8 +243,11 @@ def _every_family_head():
         for architecture in jaxmodels.registry.get(entry["config"]["model_type"]).architectures:
             kind = objectives.head_kind(architecture)
             if kind == "sequence_classification":
-                cases += [(entry["config"], architecture, kind, problem) for problem in
-                          ("single_label_classification", "regression", "multi_label_classification")]
+                # The problem types are each family's own loss code (checked against HF by its parity tests):
+                # traced here on one family.
+                problems = ("single_label_classification", "regression", "multi_label_classification") \
+                    if name == "albert" else ("single_label_classification",)
+                cases += [(entry["config"], architecture, kind, problem) for problem in problems]
             elif kind is not None:
                 cases.append((entry["config"], architecture, kind, ""))
     return cases
