@@ -236,6 +236,10 @@ def compile_train_step(config, topology: Topology | str, *, mesh: str | None = N
         if batch_size is not None:
             config.batch_size = batch_size
     exp = experiment.resolve(config)
+    if exp.task is not None:
+        raise ValueError(f"config.objective.name={config.objective.name!r}: train.aot compiles the steps of "
+                         "language-model objectives; a fine-tuning step's batch shapes (buckets, choices) come from "
+                         "its data files")
     devices = topology_devices(topology)
 
     import jax

@@ -40,7 +40,13 @@ Poisson span infilling) from `(seed, shard, example index)` into encoder/decoder
 `input_ids`, `attention_mask`, `decoder_input_ids`, `decoder_attention_mask`, `labels`.
 
 The lower layers are public too: `TextCorpus` (the TFDS builder), `TextSource`, `read_embedded_corpus`.
+
+Fine-tuning reads the user's labelled files instead (`labelled`: JSONL / CSV rows; `task_features`: rows ->
+token features of a task head; `task_batches`: bucketed, resumable batches). `SAMPLES` is the folder of the
+small synthetic task files the fine-tuning presets train on.
 """
+
+import os
 
 from train.data.pipeline import DataIterator, ShardedBatches, make_dataset, make_sharded_dataset
 from train.data.sources import TextSource, open_source
@@ -64,7 +70,10 @@ from train.data.tokenizer import (
     load_tokenizer,
 )
 
+SAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "samples")
+
 __all__ = [
+    "SAMPLES",
     "BYTES",
     "BOS_ID",
     "ByteProcessor",
