@@ -1,6 +1,7 @@
 """A character-level Reformer LM at 64K tokens per sequence: the paper's enwik8 setting (the 12-layer d=1024
-`reformer-enwik8` model, local + LSH attention, 4 hash rounds), on the bytes of the embedded corpus. Sized for a TPU
-slice (`python -m train.aot --config configs/reformer_enwik8.py --topology v5e:2x2`); on a CPU, shrink it:
+`reformer-enwik8` model, local + LSH attention, 4 hash rounds), on the bytes of the embedded corpus. For a TPU
+slice with 32 GiB chips or more: one 64K row needs ~16.3 GiB per chip, just over a v5e chip's 16 GiB (train/AOT.md;
+check with `python -m train.aot --config configs/reformer_enwik8.py --topology v4:2x2x1`). On a CPU, shrink it:
 
     python -m train --config configs/reformer_enwik8.py --workdir runs/enwik8 \
         --config.model.attn_layers='["local","lsh"]' --config.batch_size=1

@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from layers.checks import check_rank, check_shape
+
 from layers import axes
 
 Array = jax.Array
@@ -20,6 +22,9 @@ Array = jax.Array
 
 def layer_norm(x: Array, scale: Array | None, bias: Array | None, *, epsilon: float) -> Array:
     """LayerNorm over the last axis. ``x [..., d]``, ``scale``/``bias`` ``[d]``; returns ``[..., d]`` in fp32."""
+    check_rank("x", x, set(range(1, 9)), "[..., d]")
+    check_shape("scale", scale, (x.shape[-1],), f"[d={x.shape[-1]}] (the last axis of x)")
+    check_shape("bias", bias, (x.shape[-1],), f"[d={x.shape[-1]}] (the last axis of x)")
     x = x.astype(jnp.float32)
     mean = jnp.mean(x, axis=-1, keepdims=True)
     centred = x - mean
