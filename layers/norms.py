@@ -61,6 +61,10 @@ class LayerNorm(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     axis_name: str = axes.EMBED
+    # Keep only the input for the backward pass and recompute the normalisation there (same ops, same values):
+    # autodiff would otherwise save the centred input, the normalised input and the scaled one, three fp32 copies
+    # of an activation that its caller usually keeps anyway (a reversible layer's rebuilt input, say).
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -74,4 +78,5 @@ class LayerNorm(nn.Module):
             bias = self.param(
                 "bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), (self.axis_name,)), (d,), self.param_dtype
             )
-        return layer_norm(x, scale, bias, epsilon=self.epsilon).astype(self.dtype)
+        norm = lambda x, scale, bias: layer_norm(x, scale, bias, epsilon=self.epsilon).astype(self.dtype)  # noqa
+        return (jax.checkpoint(norm) if self.remat else norm)(x, scale, bias)
