@@ -56,8 +56,11 @@ def largest_k(x: Array, k: int) -> tuple[Array, Array]:
     turns that back into its TopK kernel only when nothing else slices the sort's outputs; a later slice of the
     values or indices (the k-th value, the best candidate) merges into that slice and leaves a full sort of the
     vocabulary behind (measured: 170 ms instead of 1 ms per beam-search step over ``[4, 4 * 50265]``). The
-    optimization barrier keeps the two slices apart."""
-    return jax.lax.optimization_barrier(jax.lax.top_k(x, k))
+    optimization barrier keeps the two slices apart. A third operand keeps the barrier from taking the TopK tuple
+    itself, which XLA:CPU's TopK decomposer cannot handle (a check failure when the input is sharded)."""
+    values, indices = jax.lax.top_k(x, k)
+    values, indices, _ = jax.lax.optimization_barrier((values, indices, jnp.zeros((), jnp.int32)))
+    return values, indices
 
 
 def process_logits(logits: Array, *, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Array:
@@ -75,7 +78,10 @@ def process_logits(logits: Array, *, temperature: float = 1.0, top_k: int = 0, t
         raise ValueError(f"top_k={top_k}: must be >= 0")
     logits = logits.astype(jnp.float32) / temperature
     if top_k > 0:
-        kth = largest_k(logits, min(top_k, logits.shape[-1]))[0][..., -1:]
+        # Plain top_k here: the optimization barrier of largest_k crashed XLA:CPU's TopK decomposer when the
+        # logits are sharded over several devices (the Colab quickstart's 4-device mesh), and sampling's one top-k
+        # per step is cheap either way.
+        kth = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))[0][..., -1:]
         logits = jnp.where(logits < kth, -jnp.inf, logits)
     if top_p < 1.0:
         order = jnp.argsort(-logits, axis=-1)

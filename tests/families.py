@@ -68,7 +68,7 @@ FAMILIES = {
                     intermediate_size=12, attention_window=4, max_position_embeddings=16),
         mlm="LongformerForMaskedLM", cls="LongformerForSequenceClassification", bool_field=None,
         int_field="hidden_size", float_field="layer_norm_eps", act_field="hidden_act",
-        # QA and multiple choice make question tokens global: under jit their count needs a static bound.
+        # QA and multiple choice make question tokens global: a static bound keeps their global rows narrow under jit.
         module_fields={"LongformerForQuestionAnswering": dict(max_global_tokens=12),
                        "LongformerForMultipleChoice": dict(max_global_tokens=12)},
         breaks={arch: {"padding": _POSITIONS_FROM_IDS}

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from typing import Any, Optional
 
 import flax
@@ -575,18 +576,32 @@ class LongformerForQuestionAnswering(_LongformerHead):
                  position_ids=None, inputs_embeds=None, start_positions=None, end_positions=None, *,
                  deterministic: bool = True, output_attentions: bool = False, output_hidden_states: bool = False):
         c = self.config
+        bound = None
         if global_attention_mask is None and input_ids is not None:
             validate_inputs(c, input_ids, attention_mask, None, token_type_ids, position_ids, inputs_embeds)
             global_attention_mask = question_global_mask(input_ids, c.sep_token_id)
+            bound = _automatic_bound(self, input_ids)
         out = self._backbone()(input_ids, attention_mask, global_attention_mask, token_type_ids, position_ids,
                                inputs_embeds, deterministic=deterministic, output_attentions=output_attentions,
-                               output_hidden_states=output_hidden_states)
+                               output_hidden_states=output_hidden_states, global_bound=bound)
         start, end = split_span_logits(self._dense(c.num_labels, "qa_outputs")(out.last_hidden_state))
         loss = None
         if start_positions is not None and end_positions is not None:
             loss = span_loss(start, end, start_positions, end_positions)
         return LongformerQuestionAnsweringModelOutput(start, end, loss, out.hidden_states, out.attentions,
                                                       out.global_attentions)
+
+
+def _automatic_bound(head: nn.Module, input_ids: Array) -> Optional[int]:
+    """The static global-slot bound of an automatic (question / choice) mask made from traced ids with no
+    ``max_global_tokens``: every position (always enough, so a jitted training step works), at the cost of global
+    rows as wide as full attention; a warning says to set the field."""
+    if is_concrete(input_ids) or getattr(head, "max_global_tokens", None) is not None:
+        return None
+    warnings.warn(f"{type(head).__name__} under jit without max_global_tokens: its automatic global mask gets one "
+                  f"slot per position ({input_ids.shape[1]}), as costly as full attention; set max_global_tokens "
+                  "to a bound on the global tokens per row", stacklevel=3)
+    return int(input_ids.shape[1])
 
 
 class LongformerForMultipleChoice(_LongformerHead):
@@ -604,14 +619,16 @@ class LongformerForMultipleChoice(_LongformerHead):
                                 inputs_embeds, rank=3)
         num_choices = shape[1]
         flat_ids, flat_global = flatten_choices(input_ids), flatten_choices(global_attention_mask)
+        bound = None
         if global_attention_mask is None and input_ids is not None:
             flat_global = choice_global_mask(flat_ids, c.sep_token_id)
+            bound = _automatic_bound(self, flat_ids)
         out = self._backbone(add_pooling_layer=True)(
             flat_ids, flatten_choices(attention_mask), flat_global,
             flatten_choices(token_type_ids),
             flatten_choices(position_ids) if position_ids is not None and position_ids.ndim == 3 else position_ids,
             flatten_choices(inputs_embeds), deterministic=deterministic, output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states)
+            output_hidden_states=output_hidden_states, global_bound=bound)
         pooled = Dropout(c.hidden_dropout_prob)(out.pooler_output, deterministic=deterministic)
         logits = self._dense(1, "classifier")(pooled).reshape(-1, num_choices)
         loss = None if labels is None else cross_entropy(logits, labels)

@@ -55,11 +55,19 @@ def test_bad_model_inputs_name_the_argument(inputs, rule):
         _trace(LongformerModel(LongformerConfig(**TINY)), **inputs)
 
 
-def test_question_answering_under_jit_needs_a_bound():
-    ids = jnp.asarray([[0, 5, 2, 2, 7, 8, 2, 1]])
-    with pytest.raises(ValueError, match=r"max_global_tokens: .*set max_global_tokens on the module"):
-        _trace(LongformerForQuestionAnswering(LongformerConfig(**TINY)), input_ids=ids)
-    _trace(LongformerForQuestionAnswering(LongformerConfig(**TINY), max_global_tokens=4), input_ids=ids)
+def test_question_answering_under_jit_without_a_bound_gives_every_position_a_slot():
+    """The automatic question mask from traced ids (a jitted training step) with no max_global_tokens: one slot
+    per position (always enough), with a warning naming the field; the same logits as a tight bound."""
+    ids = jnp.asarray([[0, 5, 2, 2, 7, 8, 2, 1], [0, 5, 6, 2, 2, 8, 2, 1]])
+    unbounded = LongformerForQuestionAnswering(LongformerConfig(**TINY))
+    params = jax.jit(lambda key: jaxmodels.init_params(unbounded, key))(jax.random.PRNGKey(0))
+    run = lambda module: jax.jit(lambda p, x: module.apply({"params": p}, input_ids=x).start_logits)(params, ids)
+    with pytest.warns(UserWarning, match=r"without max_global_tokens: .* one slot per position \(8\)"):
+        loose = run(unbounded)
+    tight = run(unbounded.clone(max_global_tokens=3))
+    np.testing.assert_allclose(np.asarray(loose), np.asarray(tight), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"max_global_tokens: the global attention mask is traced"):
+        _trace(LongformerModel(LongformerConfig(**TINY)), input_ids=ids, global_attention_mask=jnp.ones_like(ids))
 
 
 def test_global_slots_from_concrete_masks_and_their_overflow():
