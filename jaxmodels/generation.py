@@ -78,9 +78,8 @@ def process_logits(logits: Array, *, temperature: float = 1.0, top_k: int = 0, t
         raise ValueError(f"top_k={top_k}: must be >= 0")
     logits = logits.astype(jnp.float32) / temperature
     if top_k > 0:
-        # Plain top_k here: the optimization barrier of largest_k crashed XLA:CPU's TopK decomposer when the
-        # logits are sharded over several devices (the Colab quickstart's 4-device mesh), and sampling's one top-k
-        # per step is cheap either way.
+        # Plain top_k: sampling slices only the k-th value of one [batch, vocab] top-k per step (largest_k's
+        # barrier is for beam search, whose later slices would otherwise turn the TopK kernel into a full sort).
         kth = jax.lax.top_k(logits, min(top_k, logits.shape[-1]))[0][..., -1:]
         logits = jnp.where(logits < kth, -jnp.inf, logits)
     if top_p < 1.0:
