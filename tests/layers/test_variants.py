@@ -11,6 +11,10 @@ Tolerances (``TOLERANCE``), stated per dtype against the twin evaluated on the s
 A twin that compares in its own, looser way (LSH's self-only rows, EMA's scale-relative error) is reused from the
 primitive's own test module rather than restated here.
 
+Primitives with static options that change their program (banded attention's window and global slots, a decoding
+loop's step count and cache layout) take their menu entry as a static first argument (``static=True``): the entry
+is hashable, so the jitted variant still compiles once per entry and dtype.
+
 Compile budget: the variant-wrapped function is made once per test (``self.variant`` outside the hypothesis loop),
 and every primitive draws its shapes from at most three fixed entries, so the jitted variant compiles at most
 (menu x dtypes) times however many examples run.
@@ -30,9 +34,9 @@ from absl.testing import parameterized
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from layers import attention, axial, chunked, dense, dropout, heads, embeddings, gated_attention, kv_cache, local, lsh, norms
+from layers import attention, axial, banded, chunked, dense, dropout, heads, embeddings, gated_attention, kv_cache, local, lsh, norms
 from layers import relative_bias, retrieval, scale_norm, span_reader, vocab_loss
-from tests.layers import test_ema, test_lsh
+from tests.layers import test_banded, test_ema, test_lsh
 from tests.profiles import examples
 
 F32, BF16 = "float32", "bfloat16"
@@ -41,8 +45,9 @@ TOLERANCE = {F32: dict(rtol=2e-5, atol=2e-5), BF16: dict(rtol=3e-2, atol=3e-2)}
 
 @dataclasses.dataclass(frozen=True)
 class Primitive:
-    """``fn(*arrays)`` (static options bound) and its twin; ``make(rng, shape, dtype) -> arrays``; ``check``
-    compares (default: ``chex.assert_trees_all_close`` at the dtype's tolerance)."""
+    """``fn(*arrays)`` (static options bound) and its twin; ``make(rng, shape, dtype) -> arrays``;
+    ``check(got, args, shape, dtype)`` compares (default: ``chex.assert_trees_all_close`` at the dtype's
+    tolerance)."""
 
     fn: Callable
     twin: Callable
@@ -51,6 +56,7 @@ class Primitive:
     dtypes: tuple = (F32,)
     check: Callable | None = None
     per_device: bool = False
+    static: bool = False  # fn(shape, *arrays): the menu entry as a static (hashable) first argument
 
 
 def _normal(rng, shape, dtype=F32, scale=1.0):
@@ -171,19 +177,119 @@ def _keep_mask_inputs(rng, shape, dtype):
     return (jax.random.key(int(rng.integers(0, 2**31))),)
 
 
-def _lsh_check(got, args, shape):
+def _lsh_check(got, args, shape, dtype):
     qk, v, buckets, mask = args
     test_lsh.assert_matches_reference(got, np.asarray(qk), np.asarray(v), np.asarray(buckets), chunk_length=4,
                                       attention_mask=np.asarray(mask), causal=True)
 
 
-def _ema_check(got, args, shape):
+def _ema_check(got, args, shape, dtype):
     params, x, mask = args
     test_ema._assert_close(got, test_ema.ema.damped_ema_reference(params, x, mask))
 
 
 def _keep_mask_twin(key, shape):
     return dropout.keep_mask_reference(np.asarray(jax.random.bits(key, (2,), jnp.uint32)), shape, 0.3)
+
+
+# Banded attention: (one-sided window w, length, global slots G, chunk_length). The hard regimes: a window much
+# shorter than the text with global tokens and the local rows in scan steps of two blocks; w = 1 with no slot (the
+# purely local program); a window wider than half the text with a slot per position (every token may be global).
+# Every key_mode draws padding; row 1 is by turns padding only, all global, free of globals or right-padded.
+def _banded(shape, q, k, v, mode, qg, kg, vg):
+    w, _, g, chunk = shape
+    glob = dict(slots=banded.global_tokens(mode, g), global_query=qg, global_key=kg, global_value=vg) if g else {}
+    out = banded.banded_attention(q, k, v, mode, one_sided_window=w, return_probs=True, chunk_length=chunk, **glob)
+    return out.out, out.probs, out.global_probs
+
+
+def _banded_inputs(rng, shape, dtype):
+    _, length, g, _ = shape
+    pattern = ("padding_only", "all_global", "no_global", "right_padded")[int(rng.integers(0, 4))]
+    q, k, v, kg, vg = (_normal(rng, (test_banded.B, length, 2, 4), dtype, 2.0) for _ in range(5))
+    qg = _normal(rng, (test_banded.B, max(g, 1), 2, 4), dtype, 2.0)
+    return q, k, v, jnp.asarray(test_banded._key_mode(rng, length, g, pattern)), qg, kg, vg
+
+
+def _banded_check(got, args, shape, dtype):
+    w, length, g, _ = shape
+    q, k, v, mode, qg, kg, vg = _f32(args)  # the twin in fp32 on the same (possibly bf16-rounded) values
+    slots = banded.global_tokens(mode, g) if g else None
+    glob = dict(slots=slots, global_query=qg, global_key=kg, global_value=vg) if g else {}
+    out, probs, global_probs = banded.banded_attention_reference(q, k, v, mode, one_sided_window=w, **glob)
+    got_out, got_probs, got_global = _f32(got)
+    want = (out, probs, None if global_probs is None else jnp.swapaxes(global_probs, 2, 3))
+    assert (got_global is None) == (want[2] is None)
+    # HF's band layout [B, H, L, G + 2w + 1] spread over the key positions, as the twin returns them.
+    got = (got_out, test_banded.dense_probs(jnp.asarray(got_probs), slots, w, length), got_global)
+    chex.assert_trees_all_close(_f32(got), _f32(want), **TOLERANCE[dtype])
+
+
+# Cached attention: the decoding loop the models run (write the new keys and values into the static cache at the
+# fill index, mask by slot, attend over every slot) against HF's concatenation of the past keys with the new ones,
+# step by step. Entries (layout, batch, slots, new tokens per step, steps): the key layout [b, slots, h, d] through
+# decoding_masks / write_kv (attention_block, RemBERT), and the heads-major [b, h, slots, d] through kv_cache_write
+# on axis 2 / kv_cache_mask (BART's decoder). The cache starts partially filled at a drawn index, its unfilled slots
+# hold garbage keys, values and validity (never visible, whatever they contain), and a few steps follow.
+def _cached(shape, cache_k, cache_v, slot_valid, keys, values, valid, queries, start):
+    layout, _, _, t, steps = shape
+    outs = []
+    for s in range(steps):
+        index, new = start + s * t, slice(s * t, (s + 1) * t)
+        if layout == "key":
+            mask, slot_valid = kv_cache.decoding_masks(slot_valid, index, valid[:, new])
+            cache_k, cache_v = kv_cache.write_kv((cache_k, cache_v), keys[:, new], values[:, new], index)
+            k, v = cache_k, cache_v
+        else:
+            slot_valid = kv_cache.kv_cache_write(slot_valid, valid[:, new], index)
+            mask = kv_cache.kv_cache_mask(slot_valid, index, t)
+            cache_k, cache_v = (kv_cache.kv_cache_write(c, jnp.swapaxes(x[:, new], 1, 2), index, axis=2)
+                                for c, x in ((cache_k, keys), (cache_v, values)))
+            k, v = (jnp.swapaxes(c, 1, 2) for c in (cache_k, cache_v))
+        outs.append(attention.dot_product_attention(queries[:, new], k, v, mask=mask)[0])
+    return jnp.concatenate(outs, axis=1), cache_k, cache_v, slot_valid
+
+
+def _cached_inputs(rng, shape, dtype):
+    layout, b, slots, t, steps = shape
+    h, d, total = 2, 4, t * steps
+    start = int(rng.integers(0, slots - total + 1))
+    cache = [_normal(rng, (b, slots, h, d), dtype, 2.0) for _ in range(2)]  # garbage beyond the filled slots
+    slot_valid = rng.random((b, slots)) < 0.7
+    valid = rng.random((b, total)) < 0.7
+    if start:
+        slot_valid[:, 0] = True  # every query sees a key: a fully masked row has no defined softmax
+    else:
+        valid[:, 0] = True
+    if layout == "heads":
+        cache = [jnp.swapaxes(c, 1, 2) for c in cache]
+    keys, values, queries = (_normal(rng, (b, total, h, d), dtype, 2.0) for _ in range(3))
+    return (*cache, jnp.asarray(slot_valid), keys, values, jnp.asarray(valid), queries, jnp.asarray(start, jnp.int32))
+
+
+def _cached_check(got, args, shape, dtype):
+    layout, _, _, t, steps = shape
+    cache_k, cache_v, slot_valid, keys, values, valid, queries, start = (np.asarray(a) for a in _f32(args))
+    if layout == "heads":
+        cache_k, cache_v = (np.swapaxes(c, 1, 2) for c in (cache_k, cache_v))
+    start, total = int(start), t * steps
+    past_k, past_v, past_valid = cache_k[:, :start], cache_v[:, :start], slot_valid[:, :start]
+    outs = []
+    for s in range(steps):
+        new, seen = slice(s * t, (s + 1) * t), slice(0, s * t)
+        outs.append(kv_cache.cached_attention_reference(
+            np.concatenate([past_k, keys[:, seen]], 1), np.concatenate([past_v, values[:, seen]], 1),
+            np.concatenate([past_valid, valid[:, seen]], 1), keys[:, new], values[:, new], valid[:, new],
+            queries[:, new]))
+    want_k, want_v = kv_cache.write_kv_reference((cache_k, cache_v), keys, values, start)
+    if layout == "heads":
+        want_k, want_v = (np.swapaxes(c, 1, 2) for c in (want_k, want_v))
+    want_valid = slot_valid.copy()
+    want_valid[:, start:start + total] = valid
+    out, got_k, got_v, got_valid = _f32(got)
+    chex.assert_trees_all_close((out, got_k, got_v), _f32((np.concatenate(outs, 1), want_k, want_v)),
+                                **TOLERANCE[dtype])
+    np.testing.assert_array_equal(got_valid, want_valid)
 
 
 PRIMITIVES: dict[str, Primitive] = {
@@ -251,7 +357,7 @@ PRIMITIVES: dict[str, Primitive] = {
                                    _marginal_inputs, ((2, 9), (3, 4))),
     "correct_spans": Primitive(
         span_reader.correct_spans, None, _correct_span_inputs, ((6, 3, 2), (5, 2, 1)),
-        check=lambda got, args, shape: np.testing.assert_array_equal(
+        check=lambda got, args, shape, dtype: np.testing.assert_array_equal(
             np.asarray(got), span_reader.correct_spans_reference(shape[0], shape[1], *map(np.asarray, args[2:])))),
     "chunked_apply": Primitive(
         lambda x, k: chunked.chunked_apply(lambda t: jnp.tanh(t @ k), x, chunk_size=3),
@@ -262,12 +368,18 @@ PRIMITIVES: dict[str, Primitive] = {
         heads.pooler_reference, lambda rng, s, d: _dense_inputs(rng, s, d), ((2, 5, 8, 8), (1, 3, 4, 4))),
     "keep_mask": Primitive(lambda key: dropout.keep_mask(key, (3, 5), 0.3),
                            lambda key: _keep_mask_twin(key, (3, 5)), _keep_mask_inputs, ((3, 5),), per_device=True),
+    "banded_attention": Primitive(_banded, None, _banded_inputs,
+                                  ((2, 12, 3, 4), (1, 8, 0, None), (4, 8, 8, None)), (F32, BF16),
+                                  check=_banded_check, static=True),
+    "cached_attention": Primitive(_cached, None, _cached_inputs,
+                                  (("key", 2, 10, 2, 3), ("heads", 1, 7, 1, 4)), (F32, BF16),
+                                  check=_cached_check, static=True),
 }
 
 
 def _compare(primitive: Primitive, got, args, shape, dtype):
     if primitive.check is not None:
-        primitive.check(got, args, shape)
+        primitive.check(got, args, shape, dtype)
         return
     want = primitive.twin(*args)
     chex.assert_trees_all_close(_f32(got), _f32(want), **TOLERANCE[dtype])
@@ -281,14 +393,16 @@ class PrimitiveVariantsTest(chex.TestCase):
 
     def _property(self, name: str):
         primitive = PRIMITIVES[name]
-        fn = self.variant(primitive.fn)  # one wrapped (and, jitted, compiled-per-shape) function for all examples
+        # One wrapped (and, jitted, compiled-per-shape) function for all examples.
+        fn = self.variant(primitive.fn, static_argnums=(0,)) if primitive.static else self.variant(primitive.fn)
 
         @settings(max_examples=examples(2))
         @given(shape=st.sampled_from(primitive.shapes), dtype=st.sampled_from(primitive.dtypes),
                seed=st.integers(0, 2**16))
         def check(shape, dtype, seed):
             args = primitive.make(np.random.default_rng(seed), shape, dtype)
-            _compare(primitive, fn(*args), args, shape, dtype)
+            got = fn(shape, *args) if primitive.static else fn(*args)
+            _compare(primitive, got, args, shape, dtype)
 
         check()
 
@@ -316,10 +430,6 @@ def test_every_primitive_with_a_twin_is_covered():
         # jitted against their twins in their own modules' tests (test_core, test_kv_cache, test_span_reader,
         # test_stacked, test_reversible); not repeated under every variant here to keep compiles bounded:
         "masked_lm_head", "post_ln_layer", "scan_layers", "reversible_stack", "span_logits",
-        # Merged with Longformer and BART after this file was written, covered against their twins in their own
-        # tests (test_banded: hypothesis over windows, globals and padding, jitted; test_kv_cache: a decoding
-        # step's attention over the cache against HF's concatenation); not yet under the variants here:
-        "banded_attention", "cached_attention",
         # Helpers of the twins above, not primitives (numpy window counts, the candidate list):
         "span_candidates", "weighted_masked_softmax", "lsh_window_counts", "lsh_valid_keys", "lsh_counts",
     }
