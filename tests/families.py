@@ -14,7 +14,8 @@ Optional, read by the model laws (every architecture of the family's registry re
     of ``[batch, length]``: kinds ``"tokens"`` ``[batch, length]``, ``"choices"`` ``[batch, 2, length]``,
     ``"candidates"`` ``[batch, config.num_candidates, length]`` (each with its ``*attention_mask``), and
     ``"candidate_scores"`` (float ``[batch, num_candidates]``). ``*ForMultipleChoice`` defaults to choices.
-  heavy: the head the compile-heavy laws (eager, mesh, bf16, gradients) run on; default ``mlm``.
+  eager_marker: architecture -> an id the eager call checks the ids for (concrete values only: jit cannot check
+    them), e.g. a separator or eos per row; the jit == eager law puts it once at each row's last real token.
   skip: architecture -> why the laws do not apply to it (say what covers it instead).
   causal: architecture -> config overrides under which that head is a causal decoder (checked for causality).
   module_fields: architecture -> module fields (``module.clone(**fields)``) a jitted call of that head needs.
@@ -71,6 +72,8 @@ FAMILIES = {
         # QA and multiple choice make question tokens global: a static bound keeps their global rows narrow under jit.
         module_fields={"LongformerForQuestionAnswering": dict(max_global_tokens=12),
                        "LongformerForMultipleChoice": dict(max_global_tokens=12)},
+        # Eagerly, QA and multiple choice place the question's global tokens before the first separator.
+        eager_marker={"LongformerForQuestionAnswering": 2, "LongformerForMultipleChoice": 2},
         breaks={arch: {"padding": _POSITIONS_FROM_IDS}
                 for arch in ("LongformerModel", "LongformerForMaskedLM", "LongformerForTokenClassification",
                              "LongformerForQuestionAnswering", "LongformerForSequenceClassification",
@@ -83,6 +86,7 @@ FAMILIES = {
                     max_position_embeddings=16, num_labels=2),
         mlm="BartForConditionalGeneration", cls="BartForSequenceClassification", bool_field="scale_embedding",
         int_field="d_model", float_field="dropout", act_field="activation_function", cls_eos=2,
+        eager_marker={"BartForSequenceClassification": 2},  # eagerly, every row must hold its eos (HF's rule)
         breaks={arch: {"padding": _BART_SHIFTED}
                 for arch in ("BartModel", "BartForConditionalGeneration", "BartForQuestionAnswering")}),
 }
@@ -90,7 +94,6 @@ NAMES = sorted(FAMILIES)
 
 # Families with no masked-LM / classification pair (so not in the catalogue above) still obey the model laws.
 REALM = dict(
-    heavy="RealmScorer",
     config=dict(model_type="realm", vocab_size=40, hidden_size=16, retriever_proj_size=8, num_hidden_layers=1,
                 num_attention_heads=2, num_candidates=3, intermediate_size=24, max_position_embeddings=16,
                 span_hidden_size=10, max_span_width=3, reader_beam_size=2, reader_seq_len=12,
