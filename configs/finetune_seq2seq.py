@@ -1,10 +1,11 @@
 """Fine-tuning an encoder-decoder on source -> target pairs (summarisation-style): a tiny BART trained from scratch
 on the shipped sample pairs, whose target is the source's words in reverse order, with a SentencePiece tokenizer
 trained on the file. Evaluation decodes the eval sources by beam search (config.data.num_beams) and scores them
-by ROUGE-L (Google's rouge-score) and exact match; both reach 100 within the 300 steps (about a minute on a 2-core
-CPU). The weights start at std 0.1 (model.init_std; BART's 0.02 is for its d_model=768) and train at lr 5e-3: the
-tiny model's attention logits then start large enough for the decoder to find the source word to copy within ~100
-steps; at std 0.02 and lr 1e-3 the loss sat at the words' frequencies for 400-600.
+by ROUGE-L (Google's rouge-score) and exact match: about a minute on a 2-core CPU, both 100 at step 300 (measured
+on one CPU device: ROUGE-L 87 / 99.8 / 100 and exact match 41 / 99 / 100 at steps 100 / 200 / 300). The weights
+start at std 0.1 (model.init_std, about 1/sqrt(d_model); BART's 0.02 is for d_model=768): at 0.02 this narrow
+model's attention logits start near zero, and its loss sat at the words' frequencies for 400-600 steps (at lr
+1e-3; 3e-3 alone did not shorten it) before the decoder found which source word to read.
 
     python -m train --config configs/finetune_seq2seq.py --workdir /tmp/seq2seq
 
