@@ -186,8 +186,9 @@ def _inputs(case: Case, rng: np.random.Generator, *, full: bool = False, sparse_
 
 def _leaves(outputs) -> dict:
     leaves, _ = jax.tree_util.tree_flatten_with_path(jax.device_get(outputs))
+    # jnp's dtype lattice, not numpy's: numpy does not count bfloat16 (an ml_dtypes type) as inexact.
     return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves
-            if np.issubdtype(np.asarray(leaf).dtype, np.inexact)}
+            if jnp.issubdtype(np.asarray(leaf).dtype, jnp.inexact)}
 
 
 def _positions(leaf: np.ndarray, inputs: dict) -> np.ndarray | None:
@@ -379,7 +380,9 @@ def test_mesh_bf16_and_gradients(case):
         outputs, outputs16, grads = jax.jit(program, compiler_options=FAST_COMPILE)(placed, batch)
     want = _run(case, inputs)
     _assert_close(_leaves(outputs), want, what="data=4 x tensor=2 mesh vs one device")
-    for name, leaf in _leaves(outputs16).items():
+    got16 = _leaves(outputs16)
+    assert got16.keys() == want.keys() and want, (sorted(got16), sorted(want))
+    for name, leaf in got16.items():
         leaf = leaf.astype(np.float32)
         assert np.isfinite(leaf).all(), f"bf16 output {name} not finite"
         bound = BF16_BOUND * max(1.0, float(np.abs(want[name]).max()))
