@@ -59,7 +59,7 @@ from layers.embeddings import Embed
 from layers.heads import split_span_logits
 from layers.local import MASK_VALUE as LOCAL_MASK_VALUE
 from layers.local import LocalSelfAttention, local_attention
-from layers.losses import cross_entropy, sequence_classification_loss, span_loss
+from layers.losses import IGNORE_INDEX, cross_entropy, sequence_classification_loss, span_loss
 from layers.lsh import MASK_VALUE as LSH_MASK_VALUE
 from layers.lsh import SELF_MASK_VALUE as LSH_SELF_MASK_VALUE
 from layers.lsh import LSHSelfAttention, key_normalize, lsh_attention, lsh_hash
@@ -67,7 +67,7 @@ from layers.norms import LayerNorm, layer_norm
 from layers.reversible import SplitF, reversible_stack
 from layers.sequence_parallel import SequenceSharding
 from layers.stacked import check_scan_unroll, init_stacked, resolve_residuals, scan_layers
-from layers.vocab_loss import masked_lm_loss
+from layers.vocab_loss import masked_lm_loss, projected_cross_entropy
 
 Array = jax.Array
 
@@ -581,9 +581,23 @@ class ReformerEncoder(nn.Module):
             all_hidden = tuple(state for state, _ in stack.outputs) + (y2,) if output_hidden_states else None
             all_probs = tuple(probs for _, probs in stack.outputs) if output_attentions else None
 
-        h = jnp.concatenate([y1, y2], axis=-1)
-        h = LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="layer_norm")(h)
-        h = Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
+        scale, bias = _NormParams(2 * c.hidden_size, name="layer_norm")()
+        seeds = None
+        if not deterministic and c.hidden_dropout_prob > 0.0:
+            seeds = mask_seeds(self.make_rng("dropout"))
+
+        def final(inputs):
+            # LN(concat[Y1, Y2]) -> dropout, per position: chunked (the backward recomputes it a chunk at a time, so
+            # no whole-length normalised copy or mask is kept), the dropout mask the block of the whole-length one.
+            a, b, pos = inputs
+            h = layer_norm(jnp.concatenate([a, b], axis=-1), scale, bias, epsilon=c.layer_norm_eps).astype(self.dtype)
+            if seeds is None:
+                return h
+            return dropout_block(h, c.hidden_dropout_prob, seeds, global_shape=(batch, y1.shape[1], h.shape[-1]),
+                                 offset=(0, pos[0, 0], 0))
+
+        pos = jnp.arange(y1.shape[1], dtype=jnp.int32)[None]
+        h = chunked_apply(final, (y1, y2, pos), chunk_size=ff_chunk if y1.shape[1] == length else 0, axis=1)
         if cache is not None:
             return h, all_hidden, all_probs, new_cache
         return h, all_hidden, all_probs
@@ -772,6 +786,10 @@ class ReformerModel(nn.Module):
         return ReformerModelOutput(last_hidden_state=h, cache=new_cache)
 
 
+# Positions per step of the causal LM loss (``projected_cross_entropy``): ``[batch, chunk, vocab]`` logits at a time.
+CAUSAL_LOSS_CHUNK = 4096
+
+
 class ReformerOnlyLMHead(nn.Module):
     """``decoder`` (Linear 2H -> V, no bias) + ``bias``, applied in chunks of ``chunk_size_lm_head`` positions."""
 
@@ -779,9 +797,10 @@ class ReformerOnlyLMHead(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, h, chunked: bool = True, labels=None):
+    def __call__(self, h, chunked: bool = True, labels=None, causal: bool = False):
         """``logits [b, l, vocab]``; with masked-LM ``labels [b, l]`` also the loss, projected at the labelled rows
-        only (``layers.vocab_loss``): ``(logits, loss)``."""
+        only (``layers.vocab_loss``): ``(logits, loss)``. ``causal``: the loss is the causal LM's (position i
+        predicts label i + 1), in chunks of ``CAUSAL_LOSS_CHUNK`` positions, never holding whole-length logits."""
         c = self.config
         kernel = _DenseParams(c.vocab_size, 2 * c.hidden_size, (axes.EMBED, axes.VOCAB), _normal(c),
                               name="decoder")()
@@ -791,7 +810,26 @@ class ReformerOnlyLMHead(nn.Module):
                                chunk_size=c.chunk_size_lm_head if chunked else 0, axis=1)
         if labels is None:
             return logits
+        if causal:
+            shifted = jnp.concatenate([labels[:, 1:], jnp.full_like(labels[:, :1], IGNORE_INDEX)], axis=1)
+            return logits, projected_cross_entropy(h.astype(self.dtype), kernel, bias, shifted,
+                                                   chunk=min(CAUSAL_LOSS_CHUNK, h.shape[1]))
         return logits, masked_lm_loss(self, h.astype(self.dtype), kernel, bias, labels)
+
+
+class _NormParams(nn.Module):
+    """Only declares a ``LayerNorm``'s ``scale`` / ``bias [features]`` (same names, inits and axes), for a norm
+    computed inside a chunked scan."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self):
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), (axes.EMBED,)),
+                           (self.features,))
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes.EMBED,)),
+                          (self.features,))
+        return scale, bias
 
 
 class _DenseParams(nn.Module):
@@ -851,11 +889,14 @@ class ReformerModelWithLMHead(_ReformerHead):
         out = self._backbone(input_ids, attention_mask, position_ids, inputs_embeds, num_hashes, lsh_rotations,
                              deterministic, output_hidden_states, output_attentions, cache)
         head = ReformerOnlyLMHead(c, self.dtype, name="lm_head")
-        # A cached call sees arbitrary token counts: the chunked head needs a multiple of its chunk.
-        logits = head(out.last_hidden_state) if cache is None else head(out.last_hidden_state, chunked=False)
         loss = None
-        if labels is not None:
-            loss = cross_entropy(logits[:, :-1], labels[:, 1:])
+        if cache is None and labels is not None:
+            logits, loss = head(out.last_hidden_state, labels=labels, causal=True)
+        else:
+            # A cached call sees arbitrary token counts: the chunked head needs a multiple of its chunk.
+            logits = head(out.last_hidden_state) if cache is None else head(out.last_hidden_state, chunked=False)
+            if labels is not None:
+                loss = cross_entropy(logits[:, :-1], labels[:, 1:])
         return ReformerModelWithLMHeadOutput(logits=logits, loss=loss, hidden_states=out.hidden_states,
                                              attentions=out.attentions, cache=out.cache)
 
