@@ -33,7 +33,16 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
 import time
+
+# layers.reversible.LOW_MEMORY_XLA_FLAGS, set before jax starts: XLA:CPU's default (concurrency-optimized) scheduler
+# makes every zero-initialised loop accumulator of the reversible backward live at once. ``--default-scheduler``
+# measures without it.
+if "--default-scheduler" not in sys.argv:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_cpu_enable_concurrency_optimized_scheduler=false").strip()
 
 import jax
 import jax.numpy as jnp
@@ -112,6 +121,8 @@ def main():
     ap.add_argument("--tokens", type=int, default=0, help="compile (and with --run, run) only this length")
     ap.add_argument("--run", action="store_true", help="with --tokens: run one step, print its time and loss")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
+    ap.add_argument("--default-scheduler", action="store_true",
+                    help="compile with XLA:CPU's default scheduler (see layers.reversible.LOW_MEMORY_XLA_FLAGS)")
     args = ap.parse_args()
     if args.tokens:
         return one_length(args.tokens, args.run, jnp.dtype(args.dtype))
