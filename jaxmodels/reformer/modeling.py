@@ -219,6 +219,8 @@ class ReformerAttention(nn.Module):
     """F of the reversible layer: ``output(self_attention(LN(x)))``. ``[b, l, H] -> ([b, l, H], buckets, probs)``.
 
     ``kind`` is ``"lsh"`` or ``"local"``. ``buckets`` (LSH, chunked lengths only) are ``[b, heads, hashes, l]``.
+    It declares the layer's params; the encoder computes the layer through ``AttentionLayer`` (the same ops on
+    these params, split for sequence chunks), so this module's own dropout masks are never drawn there.
     With ``return_normed`` the layer-normed input (what a decoding cache stores) is returned as a fourth value.
     """
 

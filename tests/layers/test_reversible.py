@@ -368,8 +368,9 @@ def test_chunked_stack_matches_reference():
     def g_whole(p, y, key, context):
         return g_chunk(p, y, key, context, 0)
 
-    run = lambda *a: jax.jit(jax.value_and_grad(functools.partial(loss, *a), argnums=(0, 1, 2, 3), has_aux=True))(  # noqa
-        f_params, g_params, x1, x2)
+    def run(*a):
+        grad = jax.value_and_grad(functools.partial(loss, *a), argnums=(0, 1, 2, 3), has_aux=True)
+        return jax.jit(grad)(f_params, g_params, x1, x2)
     (_, (r1, r2, raux)), rgrads = run(reversible_stack_reference, f_whole, g_whole, None)
     for chunk in (2, LENGTH):
         (_, (y1, y2, aux)), grads = run(reversible_stack, SplitF(split_pre, split_core, split_post), g_chunk, chunk)
