@@ -3,7 +3,7 @@
     python benchmarks/reformer_memory.py [--lengths 4096,8192,16384,32768] [--depths 6,12,24]
                                          [--search 65536,131072,...,1048576] [--budget-gib 20]
                                          [--hf-length 4096] [--steps 2]
-    python benchmarks/reformer_memory.py --tokens 1048576 [--run] [--dtype bfloat16]
+    python benchmarks/reformer_memory.py --tokens 1048576 [--run] [--dtype bfloat16] [--default-scheduler]
 
 Model: d=256 causal LM (4 heads x 64, FF 512, alternating local / LSH layers with chunks of 64, one hash round,
 chunked feed-forward of 64 positions, axial positions sized to the length, vocab 320), batch 1, fp32, dropout 0.05
@@ -24,7 +24,10 @@ set; see ``machine.py``), then four markdown tables:
 
 With ``--tokens N`` only that length is compiled (6 layers): its temp memory (GiB, KiB per token) and, with ``--run``,
 the time and loss of one step (``--dtype bfloat16``: compute in bf16, params, streams, softmax and loss fp32).
-A step at 1M tokens needs about 16 GiB of temp memory plus the params: run it on a quiet machine.
+A step at 1M tokens needs about 15 GiB of temp memory plus the params: run it on a quiet machine.
+
+XLA:CPU is run with its memory-minimising scheduler (``layers.reversible.LOW_MEMORY_XLA_FLAGS``, added to
+``XLA_FLAGS`` before jax starts); ``--default-scheduler`` measures with XLA's default one.
 
 Results, past and present: ``benchmarks/RESULTS.md``. Not a test: nothing here asserts.
 """
@@ -33,7 +36,16 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import sys
 import time
+
+# layers.reversible.LOW_MEMORY_XLA_FLAGS, set before jax starts: XLA:CPU's default (concurrency-optimized) scheduler
+# makes every zero-initialised loop accumulator of the reversible backward live at once. ``--default-scheduler``
+# measures without it.
+if "--default-scheduler" not in sys.argv:
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_cpu_enable_concurrency_optimized_scheduler=false").strip()
 
 import jax
 import jax.numpy as jnp
@@ -112,6 +124,8 @@ def main():
     ap.add_argument("--tokens", type=int, default=0, help="compile (and with --run, run) only this length")
     ap.add_argument("--run", action="store_true", help="with --tokens: run one step, print its time and loss")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
+    ap.add_argument("--default-scheduler", action="store_true",
+                    help="compile with XLA:CPU's default scheduler (see layers.reversible.LOW_MEMORY_XLA_FLAGS)")
     args = ap.parse_args()
     if args.tokens:
         return one_length(args.tokens, args.run, jnp.dtype(args.dtype))

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["chunked_apply", "chunked_apply_reference"]
+__all__ = ["chunked_apply", "chunked_apply_reference", "effective_chunk"]
 
 
 def _normalized_axis(axis: int, ndim: int, what: str) -> int:
@@ -58,18 +58,10 @@ def chunked_apply(
     Returns:
       ``fn(x)`` (same pytree, shapes and values up to float reassociation).
     """
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 0:
-        raise ValueError(f"chunk_size must be a non-negative int, got {chunk_size!r}")
     length = _chunk_length(x, axis)
-    if chunk_size and chunk_size < min_chunk and length % chunk_size == 0:  # a bad chunk_size still errors below
-        multiples = [m for m in range(-(-min_chunk // chunk_size) * chunk_size, length, chunk_size) if length % m == 0]
-        chunk_size = multiples[0] if multiples else 0
-    if chunk_size == 0 or chunk_size >= length:
+    chunk_size = effective_chunk(length, chunk_size, min_chunk)
+    if chunk_size == length:
         return fn(x)
-    if length % chunk_size:
-        raise ValueError(
-            f"the chunked axis has size {length}, which must be a multiple of chunk_size {chunk_size}"
-        )
     num_chunks = length // chunk_size
 
     def split(leaf: jax.Array) -> jax.Array:
@@ -93,6 +85,23 @@ def chunked_apply(
         return moved.reshape(moved.shape[:a] + (length,) + moved.shape[a + 2 :])
 
     return jax.tree_util.tree_map(merge, mapped)
+
+
+def effective_chunk(length: int, chunk_size: int, min_chunk: int = 0) -> int:
+    """The chunk ``chunked_apply`` uses on ``length`` positions (``length`` itself when it runs unchunked): see
+    its ``chunk_size`` and ``min_chunk``. ValueError when ``chunk_size`` is invalid or does not divide ``length``."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 0:
+        raise ValueError(f"chunk_size must be a non-negative int, got {chunk_size!r}")
+    if chunk_size and chunk_size < min_chunk and length % chunk_size == 0:  # a bad chunk_size still errors below
+        multiples = [m for m in range(-(-min_chunk // chunk_size) * chunk_size, length, chunk_size) if length % m == 0]
+        chunk_size = multiples[0] if multiples else 0
+    if chunk_size == 0 or chunk_size >= length:
+        return length
+    if length % chunk_size:
+        raise ValueError(
+            f"the chunked axis has size {length}, which must be a multiple of chunk_size {chunk_size}"
+        )
+    return chunk_size
 
 
 def chunked_apply_reference(fn: Callable[[Any], Any], x: Any, *, chunk_size: int, axis: int = 1) -> Any:

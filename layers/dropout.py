@@ -111,6 +111,17 @@ def keep_mask_reference(seeds: np.ndarray, shape: Sequence[int], rate: float) ->
     return (bits >= np.uint64(_threshold(rate))).reshape(shape)
 
 
+def dropout_block(x: Array, rate: float, seeds: Array, *, global_shape: Sequence[int], offset: Sequence[Any]) -> Array:
+    """Inverted dropout on ``x``, the block at ``offset`` of a ``global_shape`` array: the same entries as
+    ``dropout`` on the whole array with ``key`` where ``seeds = mask_seeds(key)`` (a chunk of a sequence, say)."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+    if rate == 0.0:
+        return x
+    keep = keep_mask_block(seeds, x.shape, rate, global_shape=global_shape, offset=offset)
+    return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros((), x.dtype))
+
+
 def dropout(x: Array, rate: float, key: Array, *, broadcast_dims: Sequence[int] = ()) -> Array:
     """Inverted dropout as torch's: kept entries scaled by ``1 / (1 - rate)``. ``broadcast_dims`` share one
     draw along those axes (as ``flax.linen.Dropout``). ``rate`` is a static float in [0, 1]."""

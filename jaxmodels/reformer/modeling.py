@@ -52,22 +52,22 @@ from jaxmodels.reformer.config import ReformerConfig
 from layers import axes
 from layers.activations import get_activation
 from layers.axial import AxialPositionEmbeddings
-from layers.chunked import chunked_apply
+from layers.chunked import chunked_apply, effective_chunk
 from layers.dense import Dense, dense
-from layers.dropout import Dropout
+from layers.dropout import Dropout, dropout_block, mask_seeds
 from layers.embeddings import Embed
 from layers.heads import split_span_logits
 from layers.local import MASK_VALUE as LOCAL_MASK_VALUE
-from layers.local import LocalSelfAttention
-from layers.losses import cross_entropy, sequence_classification_loss, span_loss
+from layers.local import LocalSelfAttention, local_attention
+from layers.losses import IGNORE_INDEX, cross_entropy, sequence_classification_loss, span_loss
 from layers.lsh import MASK_VALUE as LSH_MASK_VALUE
 from layers.lsh import SELF_MASK_VALUE as LSH_SELF_MASK_VALUE
-from layers.lsh import LSHSelfAttention, key_normalize, lsh_hash
+from layers.lsh import LSHSelfAttention, key_normalize, lsh_attention, lsh_hash
 from layers.norms import LayerNorm, layer_norm
-from layers.reversible import reversible_stack
+from layers.reversible import SplitF, reversible_stack
 from layers.sequence_parallel import SequenceSharding
 from layers.stacked import check_scan_unroll, init_stacked, resolve_residuals, scan_layers
-from layers.vocab_loss import masked_lm_loss
+from layers.vocab_loss import masked_lm_loss, projected_cross_entropy
 
 Array = jax.Array
 
@@ -219,6 +219,8 @@ class ReformerAttention(nn.Module):
     """F of the reversible layer: ``output(self_attention(LN(x)))``. ``[b, l, H] -> ([b, l, H], buckets, probs)``.
 
     ``kind`` is ``"lsh"`` or ``"local"``. ``buckets`` (LSH, chunked lengths only) are ``[b, heads, hashes, l]``.
+    It declares the layer's params; the encoder computes the layer through ``AttentionLayer`` (the same ops on
+    these params, split for sequence chunks), so this module's own dropout masks are never drawn there.
     With ``return_normed`` the layer-normed input (what a decoding cache stores) is returned as a fourth value.
     """
 
@@ -254,6 +256,87 @@ class ReformerAttention(nn.Module):
         out = _Output(c.hidden_size, axes.HEADS, False, c.hidden_dropout_prob, _normal(c), self.dtype,
                       name="output")(out, deterministic)
         return out, buckets, probs
+
+
+class AttentionLayer:
+    """F of the reversible layer as three pure functions of ``ReformerAttention``'s params (``{"params": ...}``,
+    plus ``"rotations"`` for hashing LSH layers), the split ``layers.reversible.SplitF`` runs in sequence chunks:
+
+      ``pre(p, x, key, mask, start)``: layer norm + projections of positions ``start ..`` of ``x [b, C, H]`` ->
+        ``(query_key, value)`` (LSH) or ``(query, key, value)`` (local), each ``[b, C, heads, head_size]``;
+      ``core(p, proj, key, mask, buckets)``: local / LSH attention on the whole length -> ``(out [b, l, heads *
+        head_size], buckets)`` (LSH buckets: hashed unless given, saved by the stack for its recomputation);
+      ``post(p, c, key, mask, start)``: output dense + dropout of positions ``start ..`` (the block at ``start``
+        of the whole-length mask, so chunks compose to the whole-length computation).
+
+    The encoder runs every path through these (one chunk for the plain scan), so the reversible and plain paths
+    draw the same dropout masks: attention probabilities from ``fold_in(key, 0)``, the output from
+    ``fold_in(key, 1)``. Values equal ``ReformerAttention`` with dropout off (its params, its ops).
+    """
+
+    def __init__(self, config: ReformerConfig, kind: str, length: int, dtype, deterministic: bool, num_hashes=None,
+                 sequence_sharding: SequenceSharding | None = None):
+        self.config, self.kind, self.length, self.dtype = config, kind, length, dtype
+        self.deterministic, self.num_hashes, self.sequence_sharding = deterministic, num_hashes, sequence_sharding
+
+    def pre(self, p, x, key, mask, start):
+        c = self.config
+        ln = p["params"]["layer_norm"]
+        h = layer_norm(x, ln["scale"], ln["bias"], epsilon=c.layer_norm_eps).astype(self.dtype)
+        sa = p["params"]["self_attention"]
+        names = ("query_key", "value") if self.kind == "lsh" else ("query", "key", "value")
+        return tuple(dense(h, sa[n]["kernel"], dtype=self.dtype).reshape(
+            h.shape[:-1] + (c.num_attention_heads, c.attention_head_size)) for n in names)
+
+    def core(self, p, proj, key, mask, buckets=None, *, return_probs=False, live_length=None):
+        c = self.config
+        lsh = self.kind == "lsh"
+        rate = c.lsh_attention_probs_dropout_prob if lsh else c.local_attention_probs_dropout_prob
+        rng = None if self.deterministic or key is None or rate == 0.0 else jax.random.fold_in(key, 0)
+        proj = tuple(nn.with_logical_constraint(t, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_HEADS, None))
+                     for t in proj)
+        if lsh:
+            out, buckets, probs = lsh_attention(
+                *proj, chunk_length=c.lsh_attn_chunk_length, num_buckets=c.resolved_num_buckets(self.length),
+                num_chunks_before=c.lsh_num_chunks_before, num_chunks_after=c.lsh_num_chunks_after,
+                rotations=p.get("rotations"), buckets=buckets, attention_mask=mask, causal=c.is_decoder,
+                dropout_rate=rate, dropout_rng=rng, deterministic=self.deterministic, return_probs=return_probs,
+                dtype=self.dtype, live_length=live_length)
+        else:
+            options = dict(chunk_length=c.local_attn_chunk_length, num_chunks_before=c.local_num_chunks_before,
+                           num_chunks_after=c.local_num_chunks_after, attention_mask=mask, causal=c.is_decoder,
+                           dropout_rate=rate, dropout_rng=rng, deterministic=self.deterministic,
+                           return_probs=return_probs, dtype=self.dtype)
+            sharding = self.sequence_sharding
+            batch, length = proj[0].shape[:2]
+            if sharding is not None and sharding.shards > 1 and length > c.local_attn_chunk_length:
+                from layers.sequence_parallel import call_sharded, sharded_local_attention
+
+                out, probs = call_sharded(sharded_local_attention, sharding, batch, length, *proj, **options)
+            else:
+                out, probs = local_attention(*proj, **options)
+            buckets = None
+        out = out.reshape(out.shape[:-2] + (-1,))
+        out = nn.with_logical_constraint(out, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_HEADS))
+        return (out, buckets, probs) if return_probs else (out, buckets)
+
+    def post(self, p, c_chunk, key, mask, start):
+        c = self.config
+        out = dense(c_chunk, p["params"]["output"]["dense"]["kernel"], dtype=self.dtype)
+        if self.deterministic or key is None or c.hidden_dropout_prob == 0.0:
+            return out
+        return dropout_block(out, c.hidden_dropout_prob, mask_seeds(jax.random.fold_in(key, 1)),
+                             global_shape=(out.shape[0], self.length) + out.shape[2:], offset=(0, start, 0))
+
+    def split(self) -> SplitF:
+        return SplitF(self.pre, self.core, self.post)
+
+    def __call__(self, p, x, key, mask, buckets=None, *, return_probs=False, live_length=None):
+        """The whole layer at once: ``(out [b, l, H], buckets, probs or None)``."""
+        proj = self.pre(p, x, key, mask, 0)
+        res = self.core(p, proj, key, mask, buckets, return_probs=return_probs, live_length=live_length)
+        out, buckets = res[0], res[1]
+        return self.post(p, out, key, mask, 0), buckets, (res[2] if return_probs else None)
 
 
 class _FeedForwardDense(nn.Module):
@@ -429,30 +512,24 @@ class ReformerEncoder(nn.Module):
 
         residuals = resolve_residuals(self.remat, self.scan_residuals)
         check_scan_unroll(self.scan_unroll)
-        attn_modules = [ReformerAttention(c, kind, self.dtype, self.sequence_sharding) for kind in kinds]
+        layers = [AttentionLayer(c, kind, length, self.dtype, deterministic, num_hashes, self.sequence_sharding)
+                  for kind in kinds]
         ff_module = ReformerFeedForward(c, self.dtype)
         positions = jnp.arange(length, dtype=jnp.int32)[None]
+        # The feed-forward's chunk; the reversible stack runs every position-wise part of a layer in chunks of it.
+        ff_chunk = effective_chunk(length, c.chunk_size_feed_forward, self.ff_min_chunk)
 
         def attend(k, p, h, f_key, mask, aux, return_probs=False):
-            rngs = {} if f_key is None else {"dropout": f_key}
-            return attn_modules[k].apply({"params": p["params"]}, h, mask, rotations=p.get("rotations"), buckets=aux,
-                                         num_hashes=num_hashes, deterministic=deterministic,
-                                         return_probs=return_probs, rngs=rngs, live_length=live_length)
+            return layers[k](p, h, f_key, mask, aux, return_probs=return_probs, live_length=live_length)
 
-        def make_f(k):
-            def f(p, h, f_key, mask, aux):
-                out, buckets, _ = attend(k, p, h, f_key, mask, aux)
-                return out, buckets
-            return f
+        def ff_chunk_fn(p, y_chunk, g_key, mask, start):
+            # Fold the chunk's first position into the key: chunks draw different masks, recomputation the same.
+            rngs = {} if g_key is None else {"dropout": jax.random.fold_in(g_key, start)}
+            return ff_module.apply({"params": p}, y_chunk, deterministic, rngs=rngs)
 
         def feed_forward(p, y, g_key, mask=None):
-            def one_chunk(inputs):
-                y_chunk, pos = inputs
-                # Fold the chunk's first position into the key: chunks draw different masks, recomputation the same.
-                rngs = {} if g_key is None else {"dropout": jax.random.fold_in(g_key, pos[0, 0])}
-                return ff_module.apply({"params": p}, y_chunk, deterministic, rngs=rngs)
-            return chunked_apply(one_chunk, (y, positions), chunk_size=c.chunk_size_feed_forward, axis=1,
-                                 min_chunk=self.ff_min_chunk)
+            return chunked_apply(lambda inputs: ff_chunk_fn(p, inputs[0], g_key, mask, inputs[1][0, 0]),
+                                 (y, positions), chunk_size=ff_chunk, axis=1)
 
         plain = output_hidden_states or output_attentions or live_length is not None
         new_cache = None
@@ -481,8 +558,9 @@ class ReformerEncoder(nn.Module):
             new_cache = {"index": fill + t_new, "mask": mask, "states": states, "buckets": buckets}
             all_hidden = all_probs = None
         elif not plain:
-            y1, y2, _ = reversible_stack(tuple(make_f(k) for k in range(period)), (feed_forward,) * period,
-                                         f_params, g_params, x, x, key=key, context=attention_mask, has_aux=True)
+            y1, y2, _ = reversible_stack(tuple(layer.split() for layer in layers), (ff_chunk_fn,) * period,
+                                         f_params, g_params, x, x, key=key, context=attention_mask, has_aux=True,
+                                         chunk=ff_chunk)
             all_hidden = all_probs = None
         else:
             def plain_layer(k):
@@ -505,9 +583,23 @@ class ReformerEncoder(nn.Module):
             all_hidden = tuple(state for state, _ in stack.outputs) + (y2,) if output_hidden_states else None
             all_probs = tuple(probs for _, probs in stack.outputs) if output_attentions else None
 
-        h = jnp.concatenate([y1, y2], axis=-1)
-        h = LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="layer_norm")(h)
-        h = Dropout(c.hidden_dropout_prob)(h, deterministic=deterministic)
+        scale, bias = _NormParams(2 * c.hidden_size, name="layer_norm")()
+        seeds = None
+        if not deterministic and c.hidden_dropout_prob > 0.0:
+            seeds = mask_seeds(self.make_rng("dropout"))
+
+        def final(inputs):
+            # LN(concat[Y1, Y2]) -> dropout, per position: chunked (the backward recomputes it a chunk at a time, so
+            # no whole-length normalised copy or mask is kept), the dropout mask the block of the whole-length one.
+            a, b, pos = inputs
+            h = layer_norm(jnp.concatenate([a, b], axis=-1), scale, bias, epsilon=c.layer_norm_eps).astype(self.dtype)
+            if seeds is None:
+                return h
+            return dropout_block(h, c.hidden_dropout_prob, seeds, global_shape=(batch, y1.shape[1], h.shape[-1]),
+                                 offset=(0, pos[0, 0], 0))
+
+        pos = jnp.arange(y1.shape[1], dtype=jnp.int32)[None]
+        h = chunked_apply(final, (y1, y2, pos), chunk_size=ff_chunk if y1.shape[1] == length else 0, axis=1)
         if cache is not None:
             return h, all_hidden, all_probs, new_cache
         return h, all_hidden, all_probs
@@ -696,6 +788,10 @@ class ReformerModel(nn.Module):
         return ReformerModelOutput(last_hidden_state=h, cache=new_cache)
 
 
+# Positions per step of the causal LM loss (``projected_cross_entropy``): ``[batch, chunk, vocab]`` logits at a time.
+CAUSAL_LOSS_CHUNK = 4096
+
+
 class ReformerOnlyLMHead(nn.Module):
     """``decoder`` (Linear 2H -> V, no bias) + ``bias``, applied in chunks of ``chunk_size_lm_head`` positions."""
 
@@ -703,9 +799,10 @@ class ReformerOnlyLMHead(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, h, chunked: bool = True, labels=None):
+    def __call__(self, h, chunked: bool = True, labels=None, causal: bool = False):
         """``logits [b, l, vocab]``; with masked-LM ``labels [b, l]`` also the loss, projected at the labelled rows
-        only (``layers.vocab_loss``): ``(logits, loss)``."""
+        only (``layers.vocab_loss``): ``(logits, loss)``. ``causal``: the loss is the causal LM's (position i
+        predicts label i + 1), in chunks of ``CAUSAL_LOSS_CHUNK`` positions, never holding whole-length logits."""
         c = self.config
         kernel = _DenseParams(c.vocab_size, 2 * c.hidden_size, (axes.EMBED, axes.VOCAB), _normal(c),
                               name="decoder")()
@@ -715,7 +812,26 @@ class ReformerOnlyLMHead(nn.Module):
                                chunk_size=c.chunk_size_lm_head if chunked else 0, axis=1)
         if labels is None:
             return logits
+        if causal:
+            shifted = jnp.concatenate([labels[:, 1:], jnp.full_like(labels[:, :1], IGNORE_INDEX)], axis=1)
+            return logits, projected_cross_entropy(h.astype(self.dtype), kernel, bias, shifted,
+                                                   chunk=min(CAUSAL_LOSS_CHUNK, h.shape[1]))
         return logits, masked_lm_loss(self, h.astype(self.dtype), kernel, bias, labels)
+
+
+class _NormParams(nn.Module):
+    """Only declares a ``LayerNorm``'s ``scale`` / ``bias [features]`` (same names, inits and axes), for a norm
+    computed inside a chunked scan."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self):
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), (axes.EMBED,)),
+                           (self.features,))
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes.EMBED,)),
+                          (self.features,))
+        return scale, bias
 
 
 class _DenseParams(nn.Module):
@@ -775,11 +891,14 @@ class ReformerModelWithLMHead(_ReformerHead):
         out = self._backbone(input_ids, attention_mask, position_ids, inputs_embeds, num_hashes, lsh_rotations,
                              deterministic, output_hidden_states, output_attentions, cache)
         head = ReformerOnlyLMHead(c, self.dtype, name="lm_head")
-        # A cached call sees arbitrary token counts: the chunked head needs a multiple of its chunk.
-        logits = head(out.last_hidden_state) if cache is None else head(out.last_hidden_state, chunked=False)
         loss = None
-        if labels is not None:
-            loss = cross_entropy(logits[:, :-1], labels[:, 1:])
+        if cache is None and labels is not None:
+            logits, loss = head(out.last_hidden_state, labels=labels, causal=True)
+        else:
+            # A cached call sees arbitrary token counts: the chunked head needs a multiple of its chunk.
+            logits = head(out.last_hidden_state) if cache is None else head(out.last_hidden_state, chunked=False)
+            if labels is not None:
+                loss = cross_entropy(logits[:, :-1], labels[:, 1:])
         return ReformerModelWithLMHeadOutput(logits=logits, loss=loss, hidden_states=out.hidden_states,
                                              attentions=out.attentions, cache=out.cache)
 

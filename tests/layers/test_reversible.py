@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from layers.reversible import reversible_stack, reversible_stack_reference
+from layers.dropout import dropout_block, mask_seeds
+from layers.reversible import SplitF, reversible_stack, reversible_stack_reference
 from layers.stacked import layer_key
 
 DEPTH, BATCH, LENGTH, EMBED, MLP = 3, 2, 8, 16, 32
@@ -310,3 +311,83 @@ def test_errors():
         reversible_stack(f_mlp, g_norm, f_params, g_params, x1.astype(jnp.int32), x2)
     with pytest.raises(ValueError, match="hold no arrays"):
         reversible_stack(f_mlp, g_norm, {}, {}, x1, x2)
+
+
+# -- sequence chunks: F = post(core(pre(x))) and G run chunk by chunk, streams updated in place -----------------
+def _chunk_dropout(key, x, start):
+    """Dropout of positions ``start ..`` of a ``[batch, LENGTH, ...]`` array: the block of the whole-length mask."""
+    if key is None:
+        return x
+    return dropout_block(x, DROPOUT, mask_seeds(key), global_shape=(x.shape[0], LENGTH) + x.shape[2:],
+                         offset=(0, start) + (0,) * (x.ndim - 2))
+
+
+def split_pre(p, x, key, context, start):
+    return (jnp.tanh(x @ p["w1"] + p["b1"]),)
+
+
+def split_core(p, a, key, context, aux):
+    """Mixes positions (a causal running mean, what attention would do) and hashes its input into an aux."""
+    (h,) = a
+    if aux is None:
+        aux = jnp.argmax(h @ p["rotation"][:MLP], axis=-1).astype(jnp.int32)
+    mixed = jnp.cumsum(h, axis=1) / jnp.arange(1, h.shape[1] + 1, dtype=h.dtype)[:, None]
+    return mixed + p["bucket_embedding"][aux] * 0.1, aux
+
+
+def split_post(p, c, key, context, start):
+    out = _chunk_dropout(None if key is None else jax.random.fold_in(key, 1), c, start) @ p["w2"]
+    return out if context is None else out + jax.lax.dynamic_slice_in_dim(context, start, c.shape[1])[:, None]
+
+
+def g_chunk(p, y, key, context, start):
+    return _chunk_dropout(key, g_norm(p, y, None, context), start)
+
+
+def f_whole(p, x, key, context, aux):
+    """The same F on the whole length (one chunk), for the reference twin."""
+    c, aux = split_core(p, split_pre(p, x, key, context, 0), key, context, aux)
+    return split_post(p, c, key, context, 0), aux
+
+
+def test_chunked_stack_matches_reference():
+    rng = np.random.default_rng(7)
+    f_params, g_params = _params(7)
+    f_params["rotation"] = jnp.asarray(rng.normal(size=(DEPTH, MLP, 4)), jnp.float32)
+    f_params["bucket_embedding"] = jnp.asarray(rng.normal(size=(DEPTH, 4, MLP)), jnp.float32)
+    x1, x2 = _inputs(7)
+    context = jnp.linspace(-0.5, 0.5, LENGTH)
+    key = jax.random.PRNGKey(7)
+
+    def loss(stack, f, g, chunk, fp, gp, x1, x2):
+        extra = {} if chunk is None else {"chunk": chunk}
+        y1, y2, aux = stack(f, g, fp, gp, x1, x2, key=key, context=context, has_aux=True, **extra)
+        w = jnp.linspace(-1.0, 2.0, y1.size).reshape(y1.shape)
+        return jnp.sum(jnp.sin(y1) * w) + jnp.sum(y2**2 * w) * 0.1, (y1, y2, aux)
+
+    def g_whole(p, y, key, context):
+        return g_chunk(p, y, key, context, 0)
+
+    def run(*a):
+        grad = jax.value_and_grad(functools.partial(loss, *a), argnums=(0, 1, 2, 3), has_aux=True)
+        return jax.jit(grad)(f_params, g_params, x1, x2)
+    (_, (r1, r2, raux)), rgrads = run(reversible_stack_reference, f_whole, g_whole, None)
+    for chunk in (2, LENGTH):
+        (_, (y1, y2, aux)), grads = run(reversible_stack, SplitF(split_pre, split_core, split_post), g_chunk, chunk)
+        np.testing.assert_allclose(np.asarray(y1), np.asarray(r1), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(y2), np.asarray(r2), rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(np.asarray(aux), np.asarray(raux))
+        assert _max_relative_error(grads, rgrads) < 1e-5
+    assert len(np.unique(np.asarray(raux))) > 1
+
+
+def test_chunked_stack_errors():
+    f_params, g_params = _params(0)
+    x1, x2 = _inputs(0)
+    split = SplitF(split_pre, split_core, split_post)
+    with pytest.raises(ValueError, match="give the stack a chunk length"):
+        reversible_stack(split, g_chunk, f_params, g_params, x1, x2)
+    with pytest.raises(ValueError, match="chunk=3: must be a positive int dividing"):
+        reversible_stack(split, g_chunk, f_params, g_params, x1, x2, chunk=3)
+    with pytest.raises(ValueError, match="every F must be a SplitF"):
+        reversible_stack(f_mlp, g_chunk, f_params, g_params, x1, x2, chunk=2)
