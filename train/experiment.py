@@ -55,6 +55,8 @@ def base_config(model=""):
         eval_split="validation",
         shards=0,              # document shards making each global batch (0 = one per process); keep it
                                # fixed to get the same batches, and resume, under any number of processes
+        block_tokens=288,      # retrieval objectives: most WordPiece tokens of an evidence block (REALM's 288)
+        max_documents=0,       # retrieval objectives: the corpus' first documents only (0 = all)
     ))
     config.batch_size = 8      # global batch (rows per optimizer step)
     config.seq_len = 128

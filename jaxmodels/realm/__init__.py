@@ -12,6 +12,7 @@ from jaxmodels.realm.modeling import (
     RealmEmbedderOutput,
     RealmForOpenQA,
     RealmForOpenQAOutput,
+    RealmForRetrievalPretraining,
     RealmKnowledgeAugEncoder,
     RealmReader,
     RealmReaderOutput,
@@ -53,6 +54,6 @@ FAMILY = Family(
 __all__ = [
     "FAMILY", "RealmConfig", "load_tokenizer", "RealmEmbedder", "RealmScorer", "RealmKnowledgeAugEncoder",
     "RealmReader", "RealmForOpenQA", "RealmEmbedderOutput", "RealmScorerOutput", "RealmReaderOutput",
-    "RealmForOpenQAOutput", "BlockTokens", "BlockStore", "RealmRetriever", "load_block_emb",
+    "RealmForOpenQAOutput", "RealmForRetrievalPretraining", "BlockTokens", "BlockStore", "RealmRetriever", "load_block_emb",
     "save_open_qa_pretrained",
 ]

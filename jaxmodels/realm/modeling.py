@@ -678,7 +678,32 @@ class RealmForOpenQA(_RealmModule):
         return sharded_take(table, ids, mesh=self.index_sharding.mesh, axis=self.index_sharding.axis)
 
 
+class RealmForRetrievalPretraining(_RealmModule):
+    """REALM's pretraining model (not an HF class): the retriever ``embedder`` (a :class:`RealmEmbedder` that embeds
+    both the masked sentences and the evidence blocks) and the knowledge-augmented ``encoder`` (a
+    :class:`RealmKnowledgeAugEncoder` over ``num_candidates`` = retrieved blocks + one null block).
+
+    Its params are ``{"embedder": ..., "encoder": ...}``; the training objective applies each part with its own
+    class (``train.objectives``), and each part's params load into that class (``embedder`` into
+    :class:`RealmEmbedder` or ``RealmForOpenQA``'s ``embedder``, as REALM initialises open-QA fine-tuning).
+    Calling it embeds ``input_ids`` and encodes them as every candidate row (what ``init`` needs); returns
+    ``(projected_score [b, P], logits [b * C, l, vocab])``.
+    """
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, deterministic: bool = True):
+        c = self.config
+        query = self._child(RealmEmbedder, "embedder")(input_ids, attention_mask, token_type_ids,
+                                                       deterministic=deterministic).projected_score
+        rows = jnp.repeat(input_ids[:, None], c.num_candidates, axis=1)
+        expand = lambda x: None if x is None else jnp.repeat(x[:, None], c.num_candidates, axis=1)  # noqa: E731
+        logits = self._child(RealmKnowledgeAugEncoder, "encoder")(
+            rows, expand(attention_mask), expand(token_type_ids), deterministic=deterministic).logits
+        return query, logits
+
+
 ARCHITECTURES = {
     cls.__name__: cls
-    for cls in (RealmEmbedder, RealmScorer, RealmKnowledgeAugEncoder, RealmReader, RealmForOpenQA)
+    for cls in (RealmEmbedder, RealmScorer, RealmKnowledgeAugEncoder, RealmReader, RealmForOpenQA,
+                RealmForRetrievalPretraining)
 }
