@@ -291,7 +291,7 @@ def pick_salient_span(rng: Array, spans: Array) -> Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class _RetrievalObjective:
+class _RetrievalObjective:  # noqa: B903
     """What a retrieval objective shares: the index refresh options and the retriever's params.
 
     ``refresh_every``: steps between index refreshes (re-embedding every block with the current retriever; 0 =
@@ -353,10 +353,14 @@ class RetrievalMaskedLM(_RetrievalObjective):
        scored the same way) is added, so the encoder can do without retrieval;
     4. the encoder reads ``[CLS] masked sentence [SEP] block [SEP]`` for each candidate; the loss is the negative
        marginal log-likelihood of the masked tokens, ``-log sum_z p(z|x) p(y|x, z)`` (``marginal_mlm_loss``),
-       so gradients reach both the encoder and the query/block embedder.
+       so gradients reach both the encoder and the query/block embedder;
+    5. with ``ict_weight`` > 0, plus that weight times ORQA's inverse cloze task (the masked sentence must score its
+       own block above the batch's other blocks): REALM warm-starts its retriever with ICT, since the marginal
+       likelihood alone gives the retriever no signal while its top-k is random.
     """
 
     mask_token_id: int = 4
+    ict_weight: float = 0.0
 
     def __call__(self, module, params, batch, rng, *, deterministic: bool, index=None, blocks=None):
         if index is None or blocks is None:
@@ -385,9 +389,13 @@ class RetrievalMaskedLM(_RetrievalObjective):
         width = rows.shape[-1]
         null_row = jnp.full((1, width), pad, jnp.int32).at[0, 0].set(cls_id).at[0, 1].set(sep_id)
         null_mask = (jnp.arange(width) < 2).astype(jnp.int32)[None]
-        fresh = self.embed(module, params, jnp.concatenate([rows.reshape(b * k, -1), null_row]),
-                           jnp.concatenate([row_mask.reshape(b * k, -1), null_mask]), k_block, deterministic)
-        scores = jnp.einsum("bp,bkp->bk", query, fresh[:-1].reshape(b, k, -1))
+        extra_rows, extra_mask = [null_row], [null_mask]
+        if self.ict_weight:  # the sentences' own blocks, for the inverse cloze task below
+            own, own_mask = block_rows(blocks, batch["source_block"], cls_id, sep_id, pad)
+            extra_rows, extra_mask = [own, null_row], [own_mask, null_mask]
+        fresh = self.embed(module, params, jnp.concatenate([rows.reshape(b * k, -1), *extra_rows]),
+                           jnp.concatenate([row_mask.reshape(b * k, -1), *extra_mask]), k_block, deterministic)
+        scores = jnp.einsum("bp,bkp->bk", query, fresh[:b * k].reshape(b, k, -1))
         relevance = jnp.concatenate([scores, query @ fresh[-1][:, None]], axis=1)  # the null block last
         # [CLS] masked sentence [SEP] (padded, pads unattended) then block [SEP]; the null block is just [SEP].
         block_part = jnp.concatenate([rows[..., 1:], jnp.full((b, 1, rows.shape[-1] - 1), pad, jnp.int32)], 1)
@@ -411,7 +419,19 @@ class RetrievalMaskedLM(_RetrievalObjective):
         marginal = jax.nn.logsumexp(logp[:, :, :length] + log_prior[:, :, None, None], axis=1)
         correct = (jnp.argmax(marginal, -1) == ids) & masked
         count = jnp.maximum(jnp.sum(masked), 1)
-        return loss, {"loss": loss, "mlm_accuracy": jnp.sum(correct) / count,
+        metrics = {}
+        if self.ict_weight:
+            # ORQA's inverse cloze task, REALM's retriever warm start: each masked sentence must find its own block
+            # among the batch's blocks (in-batch negatives; a block shared by two rows is correct for both).
+            source = batch["source_block"]
+            ict_logits = query @ fresh[b * k:b * k + b].T  # [b, b]
+            same = source[:, None] == source[None, :]
+            from layers.span_reader import marginal_log_loss
+
+            ict = jnp.mean(marginal_log_loss(ict_logits, same))
+            loss = loss + self.ict_weight * ict
+            metrics = {"ict_loss": ict, "ict_accuracy": jnp.mean(same[jnp.arange(b), jnp.argmax(ict_logits, 1)])}
+        return loss, {"loss": loss, **metrics, "mlm_accuracy": jnp.sum(correct) / count,
                       "null_block_probability": jnp.mean(jnp.exp(log_prior[:, k])),
                       "retrieval_entropy": -jnp.mean(jnp.sum(jnp.exp(log_prior) * log_prior, -1))}
 
@@ -439,7 +459,9 @@ class RetrievalOpenQA(_RetrievalObjective):
         ids = batch["inputs"].astype(jnp.int32)
         mask = (ids != blocks.pad_token_id).astype(jnp.int32)
         answers = batch["answers"].astype(jnp.int32)
-        out = module.apply({"params": params, "buffers": {"block_emb": index}}, ids, mask, None, answers,
+        n = module.config.num_block_records  # the index and store may hold padding rows past the blocks
+        blocks = blocks.replace(token_ids=blocks.token_ids[:n], num_tokens=blocks.num_tokens[:n])
+        out = module.apply({"params": params, "buffers": {"block_emb": index[:n]}}, ids, mask, None, answers,
                            blocks=blocks, beam_size=self.beam_size, deterministic=deterministic,
                            rngs={"dropout": rng})
         reader = out.reader_output

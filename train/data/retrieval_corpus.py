@@ -43,7 +43,7 @@ from train.data import text_corpus
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PAD, UNK, CLS, SEP, MASK = range(5)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 QUESTION_PREFIX = "which name is missing :"
 BLANK = "_"
 # A word of capitals (first letter) or a number; punctuation ends a run.
@@ -124,6 +124,7 @@ def _train_wordpiece(texts: list[str], vocab_size: int, directory: str) -> None:
                                                 lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS), min_frequency=1,
+                                        initial_alphabet=[BLANK],
                                         show_progress=False)
     tok.train_from_iterator(texts, trainer)
     vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
