@@ -117,23 +117,23 @@ def test_pretraining_loss_reaches_retriever_and_encoder(corpus):
     objective = objectives.get_objective({"name": "realm_pretrain", "ict_weight": 0.5, "mask_token_id": MASK,
                                           "embed_chunk": 4})
     blocks = corpus.store.tokens(multiple=4)
-    index = objective.embed_blocks(module, params, blocks)
+    index = jax.jit(lambda p: objective.embed_blocks(module, p, blocks))(params)
     # The refresh equals embedding each block by itself.
     one = objective.embed(module, params, *objectives.block_rows(blocks, jnp.asarray([3]), CLS, SEP, PAD),
                           jax.random.PRNGKey(0), True)
     np.testing.assert_allclose(index[3], one[0], rtol=1e-5, atol=1e-5)
     batch = {k: jnp.asarray(v[:4]) for k, v in corpus.sentences.items()}
-    (loss, metrics), grads = jax.value_and_grad(
+    (loss, metrics), grads = jax.jit(jax.value_and_grad(
         lambda p: objective(module, p, batch, jax.random.PRNGKey(1), deterministic=True, index=index, blocks=blocks),
-        has_aux=True)(params)
+        has_aux=True))(params)
     assert np.isfinite(float(loss)) and float(loss) > 0
     assert {"mlm_accuracy", "null_block_probability", "ict_loss", "retrieval_entropy"} <= set(metrics)
     norm = lambda tree: float(sum(jnp.sum(jnp.abs(x)) for x in jax.tree.leaves(tree)))  # noqa: E731
     assert norm(grads["embedder"]) > 0 and norm(grads["encoder"]) > 0
     # Without ICT the retriever still gets gradient: through the marginal over the retrieved blocks.
     plain = objectives.get_objective({"name": "realm_pretrain", "mask_token_id": MASK, "embed_chunk": 4})
-    grads = jax.grad(lambda p: plain(module, p, batch, jax.random.PRNGKey(1), deterministic=True, index=index,
-                                     blocks=blocks)[0])(params)
+    grads = jax.jit(jax.grad(lambda p: plain(module, p, batch, jax.random.PRNGKey(1), deterministic=True,
+                                             index=index, blocks=blocks)[0]))(params)
     assert norm(grads["embedder"]) > 0 and norm(grads["encoder"]) > 0
 
 
@@ -143,12 +143,12 @@ def test_open_qa_objective_metrics(corpus):
     params = jaxmodels.init_params(module, jax.random.PRNGKey(0))
     objective = objectives.get_objective({"name": "realm_openqa", "beam_size": 4, "embed_chunk": 4})
     blocks = corpus.store.tokens(multiple=4)
-    index = objective.embed_blocks(module, params, blocks)
+    index = jax.jit(lambda p: objective.embed_blocks(module, p, blocks))(params)
     q = corpus.questions("train")
     batch = {k: jnp.asarray(v[:2]) for k, v in q.items()}
-    (loss, metrics), grads = jax.value_and_grad(
+    (loss, metrics), grads = jax.jit(jax.value_and_grad(
         lambda p: objective(module, p, batch, jax.random.PRNGKey(1), deterministic=True, index=index, blocks=blocks),
-        has_aux=True)(params)
+        has_aux=True))(params)
     assert np.isfinite(float(loss))
     for key in ("recall@1", "recall@5", "recall@beam", "exact_match"):
         assert 0 <= float(metrics[key]) <= 1

@@ -18,11 +18,13 @@ What is built (`build`), deterministically from the spec:
   as REALM excludes the trivial candidate). Salient spans approximate REALM's named entities and dates without a
   tagger: maximal runs of capitalised words and numbers, not counting a sentence's first word (capitalised anyway),
   stored as a span number per WordPiece token (0 = none).
-- **Synthetic open-QA set** (provenance: generated here from the corpus, no external data): for each salient span
-  of one word whose (lower-cased) WordPiece ids occur in exactly one block of the store, one question: the
-  template ``which name is missing : <the sentence with the span replaced by "_">`` and the answer the span. The
-  answer's block is the only block holding the answer, so recall of that block is well defined. Questions are
-  split by a hash of their text: every `heldout_every`-th goes to `validation` (held out), the rest to `train`.
+- **Synthetic open-QA set** (provenance: generated here from the corpus, no external data): for each word of a
+  sentence (4+ letters, or a number) whose (lower-cased) WordPiece ids occur in exactly one block of the store, a
+  question: the template ``which word is missing : <the sentence with the word replaced by "_">``, answered by the
+  word (at most `questions_per_sentence` per sentence, the first ones). The answer's block is the only block
+  holding the answer, so recall of that block is well defined. Questions are split by a hash of their sentence:
+  every `heldout_every`-th sentence's questions go to `validation` (held out: no training question comes from
+  that sentence), the rest to `train`.
 
 Cache: `<cache_dir>/<hash of the spec>/`; the spec and counts are in `corpus.json`. The store's identity
 (`identity`: a hash of its token ids and counts) goes into checkpoints so a resumed run refuses another store.
@@ -43,8 +45,8 @@ from train.data import text_corpus
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 PAD, UNK, CLS, SEP, MASK = range(5)
-FORMAT_VERSION = 2
-QUESTION_PREFIX = "which name is missing :"
+FORMAT_VERSION = 3
+QUESTION_PREFIX = "which word is missing :"
 BLANK = "_"
 # A word of capitals (first letter) or a number; punctuation ends a run.
 _WORD = re.compile(r"[A-Za-z0-9']+|[^\sA-Za-z0-9']")
@@ -59,7 +61,8 @@ class RetrievalCorpusSpec:
       line or several per line); block_tokens: the most WordPiece tokens of a block; vocab_size: WordPiece pieces;
     max_documents: the first documents only (0 = all; the tiny presets and tests use a few); query_len: tokens of a
     sentence or question row with its [CLS] and [SEP] (longer ones are dropped); answer_len: tokens of an answer;
-    heldout_every: one question in this many is held out.
+    heldout_every: the questions of one sentence in this many are held out; questions_per_sentence: the most
+    questions made from one sentence.
     """
 
     source: str = "kjv"
@@ -69,10 +72,12 @@ class RetrievalCorpusSpec:
     query_len: int = 48
     answer_len: int = 4
     heldout_every: int = 5
+    questions_per_sentence: int = 2
 
     def __post_init__(self):
         for name, low in (("block_tokens", 4), ("vocab_size", 64), ("max_documents", 0), ("query_len", 8),
-                          ("answer_len", 1), ("heldout_every", 2)):
+                          ("answer_len", 1), ("heldout_every", 2),
+                          ("questions_per_sentence", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"config.data.{name}={value!r}: expected an int >= {low}")
@@ -216,6 +221,14 @@ def _write(spec: RetrievalCorpusSpec, path: str) -> None:
     vocab_cache: dict[str, list[int]] = {}
     for sentence, _, block in sentence_rows:
         words = salient_words(sentence)
+        # Answer candidates: words of 4+ letters (or numbers); kept below when they occur in exactly one block.
+        for m in _WORD.finditer(sentence):
+            word = m.group()
+            if (len(word) >= 4 and word.isalpha()) or word.isdigit():
+                if word not in vocab_cache:
+                    vocab_cache[word] = encode([word])[0]
+                if 0 < len(vocab_cache[word]) <= spec.answer_len:
+                    candidates.append((sentence, m.start(), m.end(), tuple(vocab_cache[word]), block))
         if not words:
             continue
         # Word by word (BERT's pre-tokeniser splits there anyway), so each token knows its word.
@@ -233,13 +246,6 @@ def _write(spec: RetrievalCorpusSpec, path: str) -> None:
             sent_ids.append([CLS] + ids + [SEP] + [PAD] * (width - len(ids)))
             sent_spans.append([0] + spans + [0] * (width + 1 - len(ids)))
             sent_block.append(block)
-        counts: dict[int, int] = {}
-        for _, _, span in words:
-            counts[span] = counts.get(span, 0) + 1
-        for start, end, span in words:  # one-word spans as answers
-            answer = vocab_cache[sentence[start:end]]
-            if counts[span] == 1 and 0 < len(answer) <= spec.answer_len:
-                candidates.append((sentence, start, end, tuple(answer), block))
     # Which blocks hold each candidate answer (its n-grams over every block's tokens).
     wanted = {c[3] for c in candidates}
     holders: dict[tuple, set] = {a: set() for a in wanted}
@@ -250,19 +256,23 @@ def _write(spec: RetrievalCorpusSpec, path: str) -> None:
                 gram = tuple(row[i:i + n])
                 if gram in holders:
                     holders[gram].add(b)
-    questions = [(f"{QUESTION_PREFIX} {s[:a]}{BLANK}{s[e:]}", list(ans), block)
-                 for s, a, e, ans, block in candidates if holders[ans] == {block}]
+    questions, per_sentence = [], {}
+    for s, a, e, ans, block in candidates:
+        if holders[ans] == {block} and per_sentence.get((s, block), 0) < spec.questions_per_sentence:
+            per_sentence[(s, block)] = per_sentence.get((s, block), 0) + 1
+            questions.append((f"{QUESTION_PREFIX} {s[:a]}{BLANK}{s[e:]}", list(ans), block, s))
     arrays: dict[str, Any] = {
         "sentence_inputs": np.asarray(sent_ids, np.int32).reshape(-1, spec.query_len),
         "sentence_salient_spans": np.asarray(sent_spans, np.int32).reshape(-1, spec.query_len),
         "sentence_source_block": np.asarray(sent_block, np.int32),
     }
-    q_ids = encode([q for q, _, _ in questions]) if questions else []
+    q_ids = encode([q[0] for q in questions]) if questions else []
     split_rows: dict[str, list] = {"train": [], "validation": []}
-    for (question, answer, block), ids in zip(questions, q_ids):
+    for (question, answer, block, sentence), ids in zip(questions, q_ids):
         if len(ids) > width:
             continue
-        digest = int(hashlib.sha256(question.encode()).hexdigest(), 16)
+        # Split by sentence: a held-out question's sentence has no training question.
+        digest = int(hashlib.sha256(sentence.encode()).hexdigest(), 16)
         split = "validation" if digest % spec.heldout_every == 0 else "train"
         split_rows[split].append(([CLS] + ids + [SEP] + [PAD] * (width - len(ids)),
                                   answer + [-1] * (spec.answer_len - len(answer)), block))
