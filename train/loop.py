@@ -103,7 +103,7 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
 
         with distributed.primary_first("retrieval corpus"):
             params_sharding = state_lib.state_shardings(module, tx, mesh, rules).params
-            retrieval, module = RetrievalSetup.create(config, objective, module, mesh, params_sharding)
+            retrieval, module, objective = RetrievalSetup.create(config, objective, module, mesh, params_sharding)
         tokenizer = retrieval.corpus.path
         train_data = ExampleBatches(examples(objective, retrieval.corpus, "train"),
                                     global_batch_size=config.batch_size, seed=config.seed,

@@ -262,13 +262,15 @@ class CausalLM:
 # --------------------------------------------------------------------------------------------------------------
 # Retrieval-augmented objectives (REALM): the index of block embeddings lives in the train state, not the params
 # --------------------------------------------------------------------------------------------------------------
-def block_rows(blocks, ids: Array, cls_id: int, sep_id: int, pad_id: int) -> tuple[Array, Array]:
+def block_rows(blocks, ids: Array, cls_id: int, sep_id: int, pad_id: int, take=None) -> tuple[Array, Array]:
     """``[CLS] block [SEP]`` rows of blocks ``ids [...]``: ``(input_ids, attention_mask) [..., block_len + 2]``.
 
-    ``blocks`` is a ``BlockTokens`` (``token_ids [N, block_len]``, ``num_tokens [N]``, the block's full count)."""
-    tokens = jnp.take(blocks.token_ids, ids, axis=0).astype(jnp.int32)
+    ``blocks`` is a ``BlockTokens`` (``token_ids [N, block_len]``, ``num_tokens [N]``, the block's full count);
+    ``take(table, ids)`` gathers rows (default ``jnp.take``; ``layers.retrieval.sharded_take`` for a sharded store)."""
+    take = take or (lambda table, i: jnp.take(table, i, axis=0))
+    tokens = take(blocks.token_ids, ids).astype(jnp.int32)
     width = tokens.shape[-1]
-    n = jnp.minimum(jnp.take(blocks.num_tokens, ids, axis=0), width)[..., None]
+    n = jnp.minimum(take(blocks.num_tokens, ids), width)[..., None]
     p = jnp.arange(width + 2)
     body = jnp.take(tokens, jnp.clip(p - 1, 0, width - 1), axis=-1)
     row = jnp.where(p == 0, cls_id, jnp.where(p <= n, body, jnp.where(p == n + 1, sep_id, pad_id)))
@@ -302,6 +304,10 @@ class _RetrievalObjective:  # noqa: B903
     refresh_every: int = 0
     retriever: str = "embedder"
     embed_chunk: int = 64
+    index_axis: str = "data"
+    # Set by the trainer (not a config option): the mesh whose `index_axis` splits the index and the block store
+    # by rows; retrieval then searches and gathers shard by shard (layers.retrieval).
+    index_mesh: Any = dataclasses.field(default=None, compare=False)
 
     uses_index = True
 
@@ -325,16 +331,34 @@ class _RetrievalObjective:  # noqa: B903
         return out.projected_score.astype(jnp.float32)
 
     def embed_blocks(self, module, params, blocks) -> Array:
-        """Every block's embedding ``[N, P]`` fp32 (the index), in scan steps of ``embed_chunk`` rows (``N`` must be
-        a multiple of it)."""
+        """Every block's embedding ``[N, P]`` fp32 (the index), in scan steps of ``embed_chunk`` rows."""
         n = blocks.token_ids.shape[0]
-        ids = jnp.arange(n).reshape(-1, min(self.embed_chunk, n))
+        c = min(self.embed_chunk, n)
 
         def one(chunk_ids):
             rows, mask = block_rows(blocks, chunk_ids, blocks.cls_token_id, blocks.sep_token_id, blocks.pad_token_id)
             return self.embed(module, params, rows, mask, jax.random.PRNGKey(0), True)
 
-        return jax.lax.map(one, ids).reshape(n, -1)
+        full = n // c * c
+        parts = [jax.lax.map(one, jnp.arange(full).reshape(-1, c)).reshape(full, -1)]
+        if n > full:
+            parts.append(one(jnp.arange(full, n)))
+        return jnp.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def search(self, query: Array, index: Array, k: int, num_valid: int):
+        from layers import retrieval
+
+        if self.index_mesh is None:
+            return retrieval.mips_topk(query, index, k, num_valid=num_valid)
+        return retrieval.sharded_mips_topk(query, index, k, mesh=self.index_mesh, axis=self.index_axis,
+                                           num_valid=num_valid)
+
+    def take(self):
+        from layers import retrieval
+
+        if self.index_mesh is None:
+            return None
+        return lambda table, ids: retrieval.sharded_take(table, ids, mesh=self.index_mesh, axis=self.index_axis)
 
 
 @register("realm_pretrain")
@@ -379,19 +403,17 @@ class RetrievalMaskedLM(_RetrievalObjective):
         query_ids = jnp.where(masked, self.mask_token_id, ids)
         labels = jnp.where(masked, ids, IGNORE_INDEX)
         query = self.embed(module, params, query_ids, valid.astype(jnp.int32), k_query, deterministic)  # [b, P]
-        from layers.retrieval import mips_topk
-
-        top = mips_topk(jax.lax.stop_gradient(query), index, k + 1, num_valid=c.num_block_records)
+        top = self.search(jax.lax.stop_gradient(query), index, k + 1, c.num_block_records)
         retrieved, _ = exclude_and_keep(top.ids, top.scores, batch["source_block"].astype(top.ids.dtype), k)
         b = ids.shape[0]
-        rows, row_mask = block_rows(blocks, retrieved, cls_id, sep_id, pad)  # [b, k, Lb + 2]
+        rows, row_mask = block_rows(blocks, retrieved, cls_id, sep_id, pad, self.take())  # [b, k, Lb + 2]
         # The retrieved blocks and the null block ([CLS] [SEP], empty evidence) embedded by the current retriever.
         width = rows.shape[-1]
         null_row = jnp.full((1, width), pad, jnp.int32).at[0, 0].set(cls_id).at[0, 1].set(sep_id)
         null_mask = (jnp.arange(width) < 2).astype(jnp.int32)[None]
         extra_rows, extra_mask = [null_row], [null_mask]
         if self.ict_weight:  # the sentences' own blocks, for the inverse cloze task below
-            own, own_mask = block_rows(blocks, batch["source_block"], cls_id, sep_id, pad)
+            own, own_mask = block_rows(blocks, batch["source_block"], cls_id, sep_id, pad, self.take())
             extra_rows, extra_mask = [own, null_row], [own_mask, null_mask]
         fresh = self.embed(module, params, jnp.concatenate([rows.reshape(b * k, -1), *extra_rows]),
                            jnp.concatenate([row_mask.reshape(b * k, -1), *extra_mask]), k_block, deterministic)
@@ -459,9 +481,11 @@ class RetrievalOpenQA(_RetrievalObjective):
         ids = batch["inputs"].astype(jnp.int32)
         mask = (ids != blocks.pad_token_id).astype(jnp.int32)
         answers = batch["answers"].astype(jnp.int32)
-        n = module.config.num_block_records  # the index and store may hold padding rows past the blocks
-        blocks = blocks.replace(token_ids=blocks.token_ids[:n], num_tokens=blocks.num_tokens[:n])
-        out = module.apply({"params": params, "buffers": {"block_emb": index[:n]}}, ids, mask, None, answers,
+        if getattr(module, "index_sharding", None) is None:  # unsharded: the index without its padding rows
+            n = module.config.num_block_records
+            blocks = blocks.replace(token_ids=blocks.token_ids[:n], num_tokens=blocks.num_tokens[:n])
+            index = index[:n]
+        out = module.apply({"params": params, "buffers": {"block_emb": index}}, ids, mask, None, answers,
                            blocks=blocks, beam_size=self.beam_size, deterministic=deterministic,
                            rngs={"dropout": rng})
         reader = out.reader_output

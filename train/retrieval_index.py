@@ -5,9 +5,12 @@ the index of block embeddings in the train state, and its refresh.
     state = setup.attach_index(state, step=0)        # embeds every block with the current retriever
     state, seconds = setup.refresh(state, step)       # the same, later: every objective.refresh_every steps
 
-The index has one row per block, padded to a multiple of (devices x embed chunk); its rows are split over every
-axis of the mesh, and the refresh runs under ``shard_map``: each device embeds its own blocks, in scan steps of
-``objective.embed_chunk``, and keeps its rows of the result (no gather). A refresh is a pure function of the params,
+The index has one row per block, padded to a multiple of the shards; its rows (and the block store's) are split over
+the mesh axis ``objective.index_axis`` ("data"), and the refresh runs under ``shard_map``: each device embeds its own
+blocks, in scan steps of ``objective.embed_chunk``, and keeps its rows of the result (no gather). Retrieval searches
+and gathers shard by shard (``layers.retrieval.sharded_mips_topk`` / ``sharded_take``).
+
+A refresh is a pure function of the params,
 so a run killed during one recomputes the same index from the same checkpoint; the index and the step it was
 computed at are part of the checkpointed state, so a run killed after one resumes onto the same trajectory.
 """
@@ -55,8 +58,9 @@ class RetrievalSetup:
     proj_size: int
 
     @classmethod
-    def create(cls, config, objective, module, mesh, params_sharding) -> tuple["RetrievalSetup", Any]:
-        """The setup and the module with ``num_block_records`` set to the store's block count."""
+    def create(cls, config, objective, module, mesh, params_sharding) -> tuple["RetrievalSetup", Any, Any]:
+        """The setup, the module with ``num_block_records`` set to the store's block count (and, over several
+        shards, searching its index shard by shard), and the objective bound to the mesh."""
         corpus = retrieval_corpus.RetrievalCorpus.build(corpus_spec(config), config.data.cache_dir or None)
         c = module.config
         if module.config.num_block_records != len(corpus.store):
@@ -64,14 +68,20 @@ class RetrievalSetup:
         if corpus.vocab_size > module.config.vocab_size:
             raise ValueError(f"config.model.vocab_size={module.config.vocab_size}: the corpus' WordPiece vocabulary "
                              f"has {corpus.vocab_size} pieces")
-        axes = tuple(mesh.axis_names)
-        devices = mesh.size
-        local = -(-len(corpus.store) // devices)
-        chunk = min(objective.embed_chunk, local)
-        multiple = devices * chunk
-        rows = P(axes)
-        blocks = corpus.store.tokens(multiple=multiple, sharding=NamedSharding(mesh, rows))
-        index_sharding = NamedSharding(mesh, P(axes, None))
+        axis = objective.index_axis
+        if axis not in mesh.axis_names:
+            raise ValueError(f"config.objective.index_axis={axis!r}: not an axis of the mesh {dict(mesh.shape)}")
+        shards = int(mesh.shape[axis])
+        rows = P(axis)
+        # Rows padded with empty blocks to a multiple of the shards (never retrieved: num_valid).
+        blocks = corpus.store.tokens(multiple=shards, sharding=NamedSharding(mesh, rows))
+        index_sharding = NamedSharding(mesh, P(axis, None))
+        if shards > 1:
+            from layers.retrieval import RowSharding
+
+            objective = dataclasses.replace(objective, index_mesh=mesh)
+            if hasattr(module, "index_sharding"):
+                module = module.clone(index_sharding=RowSharding(mesh, axis))
         block_sharding = jax.tree.map(lambda _: NamedSharding(mesh, rows), blocks)
 
         def local_index(params, token_ids, num_tokens):
@@ -81,13 +91,13 @@ class RetrievalSetup:
                                               blocks.replace(token_ids=token_ids, num_tokens=num_tokens))
 
         def refresh(params, blocks_):
-            return jax.shard_map(local_index, mesh=mesh, in_specs=(P(), rows, rows), out_specs=P(axes, None),
+            return jax.shard_map(local_index, mesh=mesh, in_specs=(P(), rows, rows), out_specs=P(axis, None),
                                  check_vma=False)(params, blocks_.token_ids, blocks_.num_tokens)
 
         refresh_fn = jax.jit(refresh, in_shardings=(params_sharding, block_sharding), out_shardings=index_sharding)
         setup = cls(corpus, blocks, index_sharding, {"blocks": block_sharding}, refresh_fn,
                     int(blocks.token_ids.shape[0]), module.config.retriever_proj_size)
-        return setup, module
+        return setup, module, objective
 
     @property
     def context(self) -> dict:

@@ -51,7 +51,8 @@ def test_corpus_blocks_sentences_and_questions(corpus):
         assert ids[-1] == SEP and spans.max() >= 1 and (spans[row == PAD] == 0).all()
         # The sentence lies in its source block.
         text = tok.decode(ids[1:-1])
-        assert text.replace(" ", "") in tok.decode(list(store.token_ids[block][:store.num_tokens[block]])).replace(" ", "")
+        block_text = tok.decode(list(store.token_ids[block][:store.num_tokens[block]]))
+        assert text.replace(" ", "") in block_text.replace(" ", "")
     for split in ("train", "validation"):
         q = corpus.questions(split)
         assert len(q["inputs"]) == len(q["answers"]) == len(q["answer_block"])
