@@ -16,8 +16,9 @@ TINY = dict(
     retriever_proj_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
     hidden_act="gelu_new", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=128,
     num_candidates=5,  # 4 retrieved blocks + the null block
-    span_hidden_size=32, max_span_width=4, reader_beam_size=4, reader_seq_len=96, num_block_records=1,
+    span_hidden_size=32, max_span_width=4, reader_beam_size=4, reader_seq_len=96, num_block_records=1024,
     searcher_beam_size=8, pad_token_id=0,
+    # The trainer sets num_block_records to the block store's count; this value only sizes `python -m train.aot`.
 )
 
 

@@ -386,6 +386,10 @@ class RetrievalMaskedLM(_RetrievalObjective):
     mask_token_id: int = 4
     ict_weight: float = 0.0
 
+    @staticmethod
+    def batch_shapes(batch_size: int, seq_len: int) -> dict:
+        return {"inputs": (batch_size, seq_len), "salient_spans": (batch_size, seq_len), "source_block": (batch_size,)}
+
     def __call__(self, module, params, batch, rng, *, deterministic: bool, index=None, blocks=None):
         if index is None or blocks is None:
             raise ValueError("config.objective.name='realm_pretrain' needs the index and the block store "
@@ -473,6 +477,11 @@ class RetrievalOpenQA(_RetrievalObjective):
     """
 
     beam_size: int = 8
+    answer_len: int = 4  # tokens of an answer in a batch (train.data.retrieval_corpus); shapes only
+
+    def batch_shapes(self, batch_size: int, seq_len: int) -> dict:
+        return {"inputs": (batch_size, seq_len), "answers": (batch_size, 1, self.answer_len),
+                "answer_block": (batch_size,)}
 
     def __call__(self, module, params, batch, rng, *, deterministic: bool, index=None, blocks=None):
         if index is None or blocks is None:
