@@ -156,3 +156,26 @@ def test_open_qa_objective_metrics(corpus):
     assert float(metrics["recall@1"]) <= float(metrics["recall@5"]) <= float(metrics["recall@beam"]) or \
         objective.beam_size < 5
     assert float(metrics["loss"]) == pytest.approx(float(metrics["retriever_loss"] + metrics["reader_loss"]), abs=1e-5)
+
+
+def test_sharded_retrieval_equals_one_device(corpus):
+    """The index and the store split over 4 devices (search and gather shard by shard): the same loss."""
+    import dataclasses
+
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    n = len(corpus.store)
+    module = _tiny("RealmForRetrievalPretraining", n)
+    params = jaxmodels.init_params(module, jax.random.PRNGKey(0))
+    objective = objectives.get_objective({"name": "realm_pretrain", "mask_token_id": MASK, "embed_chunk": 4})
+    mesh = Mesh(np.asarray(jax.devices()[:4]), ("data",))
+    blocks = corpus.store.tokens(multiple=4)
+    index = jax.jit(lambda p: objective.embed_blocks(module, p, blocks))(params)
+    batch = {k: jnp.asarray(v[:4]) for k, v in corpus.sentences.items()}
+    run = lambda obj, idx, blk: jax.jit(lambda p: obj(module, p, batch, jax.random.PRNGKey(1), deterministic=True,  # noqa: E731
+                                                       index=idx, blocks=blk)[0])(params)
+    rows = NamedSharding(mesh, P("data"))
+    sharded_blocks = corpus.store.tokens(multiple=4, sharding=rows)
+    sharded_index = jax.device_put(index, NamedSharding(mesh, P("data", None)))
+    sharded = dataclasses.replace(objective, index_mesh=mesh)
+    np.testing.assert_allclose(run(sharded, sharded_index, sharded_blocks), run(objective, index, blocks), rtol=1e-5)
