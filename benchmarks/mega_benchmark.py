@@ -166,7 +166,7 @@ def main():
     parser.add_argument("--chunk", type=int, default=128)
     parser.add_argument("--hf-max-len", type=int, default=8192, help="skip HF torch above this length (slow)")
     parser.add_argument("--max-temp-gib", type=float, default=24.0, help="skip our steps needing more temp memory")
-    parser.add_argument("--ema-algorithm", default="fft", choices=["fft", "scan", "chunked"])
+    parser.add_argument("--ema-algorithm", default="auto", choices=["auto", "fft", "scan", "chunked"])
     parser.add_argument("--skip", default="", help="comma list of columns to skip: mega,chunk,full-attn,hf,hf-chunk")
     args = parser.parse_args()
 

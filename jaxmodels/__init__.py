@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmodels import hf_io, registry
+from jaxmodels import hf_io, hub, orbax_io, registry, sharding
 from jaxmodels.registry import Family
 from jaxmodels.tokenization import tokenizer_from_pretrained
 
@@ -57,9 +57,10 @@ def init_params(module: nn.Module, rng: jax.Array, *, boxed: bool = False) -> di
     return params if boxed else nn.unbox(params)
 
 
-def abstract_params(module: nn.Module) -> dict:
-    """ShapeDtypeStructs of the params, without allocating or computing them."""
-    return jax.eval_shape(lambda: init_params(module, jax.random.PRNGKey(0)))
+def abstract_params(module: nn.Module, *, boxed: bool = False) -> dict:
+    """ShapeDtypeStructs of the params (boxed with their logical axis names if ``boxed``), without allocating or
+    computing them."""
+    return jax.eval_shape(lambda: init_params(module, jax.random.PRNGKey(0), boxed=boxed))
 
 
 def params_to_hf(module: nn.Module, params: dict) -> dict:
@@ -68,41 +69,106 @@ def params_to_hf(module: nn.Module, params: dict) -> dict:
     return hf_io.params_to_state_dict(nn.unbox(params), _family_of(module).key_fn(module.config))
 
 
-def from_pretrained(path: str, dtype: Any = jnp.float32, *, architecture: str | None = None,
-                    rng: jax.Array | None = None) -> tuple[nn.Module, dict]:
-    """Loads an HF ``save_pretrained`` directory -> ``(module, params)`` with fp32 params and ``dtype`` compute.
+def from_pretrained(name_or_path: str, dtype: Any = jnp.float32, *, architecture: str | None = None,
+                    rng: jax.Array | None = None, mesh: jax.sharding.Mesh | None = None, rules=None,
+                    revision: str | None = None, cache_dir: str | None = None,
+                    local_files_only: bool | None = None, token: str | bool | None = None,
+                    overrides: dict[str, Any] | None = None) -> tuple[nn.Module, dict]:
+    """An HF checkpoint -> ``(module, params)`` with fp32 params and ``dtype`` compute.
+
+    ``name_or_path``: a ``save_pretrained`` directory, an Orbax checkpoint (a ``save_orbax`` / ``python -m
+    jaxmodels.convert`` directory, or a training run's ``checkpoints/<step>``: see ``jaxmodels.orbax_io``), or a Hub
+    model id (``"albert/albert-base-v2"``) resolved
+    through ``huggingface_hub``'s cache (``revision``, ``cache_dir``, ``local_files_only`` / ``HF_HUB_OFFLINE``,
+    ``token``); an existing local directory wins.
+
+    ``mesh`` (and ``rules``, default ``jaxmodels.sharding.DEFAULT_RULES``): every param is made directly in its
+    ``NamedSharding``, each device's block read from the checkpoint by slice (safetensors lazily, a torch ``.bin``
+    memory-mapped; Orbax by partial restore), so the host never holds the whole model; without a mesh an HF
+    checkpoint is read whole.
 
     Params absent from the checkpoint (a classifier, or a pooler, on top of a pretraining checkpoint) are freshly
     initialised from ``rng`` with a warning naming them, as HF does; a checkpoint matching nothing is an error.
+    ``overrides`` are config fields put over the checkpoint's ``config.json`` (a new head's ``num_labels``), as HF's
+    ``from_pretrained(path, num_labels=3)``.
     """
-    hf_config = hf_io.read_config(path)
+    path = hub.resolve(name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
+                       token=token, files=hub.MODEL_FILES)
+    with hub.naming(name_or_path, path):
+        return _load_directory(path, dtype, architecture, rng, mesh, rules, overrides)
+
+
+def _load_directory(path, dtype, architecture, rng, mesh, rules, overrides) -> tuple[nn.Module, dict]:
+    orbax = orbax_io.is_orbax(path)
+    hf_config = {**(orbax_io.read_config(path) if orbax else hf_io.read_config(path)), **(overrides or {})}
     module = from_config(hf_config, dtype=dtype, architecture=architecture)
     fam = _family_of(module)
-    shapes = abstract_params(module)
-    state_dict = hf_io.strip_or_add_prefix(hf_io.load_state_dict(path), fam.base_model_prefix,
-                                           want_prefix=fam.base_model_prefix in shapes)
-    params, missing, unexpected = hf_io.state_dict_to_params(state_dict, shapes, fam.key_fn(module.config))
+    key_fn = fam.key_fn(module.config)
+    if mesh is None and not orbax:  # the whole checkpoint in host memory, converted in one piece
+        shapes = abstract_params(module)
+        state_dict = hf_io.strip_or_add_prefix(hf_io.load_state_dict(path), fam.base_model_prefix,
+                                               want_prefix=fam.base_model_prefix in shapes)
+        params, missing, unexpected = hf_io.state_dict_to_params(state_dict, shapes, key_fn)
+        shardings = None
+    else:
+        boxed = abstract_params(module, boxed=True)
+        if mesh is None:  # an Orbax checkpoint read onto the default device
+            shardings = jax.tree.map(lambda _: jax.sharding.SingleDeviceSharding(jax.devices()[0]), nn.unbox(boxed))
+        else:
+            shardings = sharding.param_shardings(boxed, mesh, sharding.DEFAULT_RULES if rules is None else rules)
+        shapes = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, jnp.float32, sharding=s),
+                              nn.unbox(boxed), shardings)
+        if orbax:
+            params, missing, unexpected = orbax_io.restore_params(path, shapes, fam.base_model_prefix)
+        else:
+            source = hf_io.LazyStateDict(path)
+            lookup = hf_io.prefixed_names(source.keys(), fam.base_model_prefix,
+                                          want_prefix=fam.base_model_prefix in shapes)
+            params, missing, unexpected = hf_io.sharded_params(source, shapes, key_fn, lookup)
     if not params:
         raise ValueError(f"checkpoint {path!r} holds none of the weights of {type(module).__name__} "
                          f"(first missing: {missing[:4]}); is it the right model_type?")
     if missing:
-        warnings.warn(f"newly initialised (not in the checkpoint): {missing}", stacklevel=2)
-        fresh = hf_io.flatten(init_params(module, rng if rng is not None else jax.random.PRNGKey(0)))
-        flat = hf_io.flatten(params)
-        params = hf_io.unflatten({p: flat.get(p, fresh[p]) for p in fresh})
+        warnings.warn(f"newly initialised (not in the checkpoint): {missing}", stacklevel=3)
+        have = hf_io.flatten(params)
+
+        # Compiled, and only the missing leaves are returned (XLA drops the rest of the init): an eager init
+        # dispatches every op of every layer's init one by one (~2x slower for a tiny model).
+        def fresh_leaves(key):
+            fresh = hf_io.flatten(init_params(module, key))
+            return {"/".join(p): v for p, v in fresh.items() if p not in have}
+
+        out_shardings = None if shardings is None else \
+            {"/".join(p): s for p, s in hf_io.flatten(shardings).items() if p not in have}
+        fresh = jax.jit(fresh_leaves, out_shardings=out_shardings)(rng if rng is not None else jax.random.PRNGKey(0))
+        merged = {**have, **{tuple(k.split("/")): v for k, v in fresh.items()}}
+        params = hf_io.unflatten({p: merged[p] for p in hf_io.flatten(shapes)})  # in the init's order
     unexpected = [k for k in unexpected if k not in fam.tied_keys]
     if unexpected:
-        warnings.warn(f"checkpoint tensors not used by {type(module).__name__}: {unexpected}", stacklevel=2)
+        warnings.warn(f"checkpoint tensors not used by {type(module).__name__}: {unexpected}", stacklevel=3)
     return module, jax.tree.map(jnp.asarray, params)
 
 
-def save_pretrained(module: nn.Module, params: dict, path: str) -> None:
-    """Writes ``config.json`` + ``model.safetensors`` that HF ``from_pretrained`` loads with equal outputs."""
+def save_pretrained(module: nn.Module, params: dict, path: str, *,
+                    max_shard_size: int | str = hf_io.MAX_SHARD_BYTES) -> None:
+    """Writes ``config.json`` + ``model.safetensors`` that HF ``from_pretrained`` loads with equal outputs; above
+    ``max_shard_size`` (bytes, or HF's ``"5GB"`` / ``"500MB"`` strings) the weights go to shards
+    ``model-0000i-of-0000n.safetensors`` with HF's ``model.safetensors.index.json``."""
     config = module.config.to_hf_dict()
     config["architectures"] = [type(module).__name__]
     config["torch_dtype"] = "float32"
-    hf_io.save_directory(path, config, params_to_hf(module, params))
+    hf_io.save_directory(path, config, params_to_hf(module, params),
+                         max_shard_bytes=hf_io.parse_size(max_shard_size))
 
 
-__all__ = ["Family", "tokenizer_from_pretrained", "from_pretrained", "from_config", "save_pretrained", "params_to_hf", "init_params",
+def save_orbax(module: nn.Module, params: dict, path: str) -> None:
+    """Writes an Orbax params directory (``config.json`` + ``params/``) that ``from_pretrained`` and
+    ``python -m train --config.init_from`` read onto any mesh; refused if ``path`` holds anything, and written into
+    a temporary directory renamed when complete."""
+    config = module.config.to_hf_dict()
+    config["architectures"] = [type(module).__name__]
+    orbax_io.save_params(config, nn.unbox(params), path)
+
+
+__all__ = ["Family", "tokenizer_from_pretrained", "from_pretrained", "from_config", "save_pretrained", "save_orbax", "params_to_hf", "init_params",
            "abstract_params", "family"]

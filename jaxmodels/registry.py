@@ -22,6 +22,7 @@ _PACKAGES = {
     "albert": "jaxmodels.albert",
     "reformer": "jaxmodels.reformer",
     "mega": "jaxmodels.mega",
+    "rembert": "jaxmodels.rembert",
     "realm": "jaxmodels.realm",
 }
 
@@ -46,7 +47,8 @@ class Family:
       base_model_prefix: HF's ``base_model_prefix`` (``"albert"``): bare and head checkpoints differ by it.
       key_fn: ``config -> (path, shape) -> [(hf_name, index)]``, the checkpoint names (``jaxmodels.hf_io``).
       dummy_inputs: ``(config, architecture) -> kwargs``: the smallest inputs that initialise a head.
-      tied_keys: checkpoint names that are tied copies of another tensor (read by nobody, not "unexpected").
+      tied_keys: checkpoint names no param reads and that are not "unexpected": tied copies of another tensor
+        (an LM head's decoder weight), or buffers the family loads on its own (REALM's ``block_emb`` index).
       tokenizer: ``directory -> tokenizer`` for an HF tokenizer directory, or None when the family has none.
       check_training_length: ``(config, length) -> None``, raising ``ValueError`` when a model cannot train on
         rows of ``length`` tokens (beyond the position table; a Reformer's fixed axial length). The message

@@ -1392,8 +1392,13 @@ def _model_type_of_class(tokenizer_class: str) -> str:
     return name[: -len("Tokenizer")].lower() if name.endswith("Tokenizer") else name.lower()
 
 
-def tokenizer_from_pretrained(directory: str):
-    """The tokenizer of an HF directory: the family's (through the registry) or the generic one.
+def tokenizer_from_pretrained(name_or_path: str, *, revision: str | None = None, cache_dir: str | None = None,
+                              local_files_only: bool | None = None, token: str | bool | None = None):
+    """The tokenizer of an HF directory or Hub model id: the family's (through the registry) or the generic one.
+
+    A Hub id (``"albert/albert-base-v2"``) is resolved through ``huggingface_hub``'s cache (``revision``,
+    ``cache_dir``, ``local_files_only`` / ``HF_HUB_OFFLINE``, ``token``), fetching the tokenizer's files and
+    ``config.json`` only; an existing local directory wins.
 
     The family is `config.json`'s `model_type`, else the one `tokenizer_config.json`'s `tokenizer_class` is named
     after (`AlbertTokenizer` -> "albert"). A directory whose class is a generic one (`BertTokenizer`,
@@ -1401,10 +1406,17 @@ def tokenizer_from_pretrained(directory: str):
     the template of that class, or the one of its vocabulary files. Raises ValueError naming the directory and the
     files looked for when none is there.
     """
-    from jaxmodels import registry  # the registry imports family packages lazily; no cycle at import time
+    from jaxmodels import hub  # imports of jaxmodels' modules are deferred: the package imports this one
 
-    if not os.path.isdir(directory):
-        raise ValueError(f"`directory` {directory!r} is not a directory.")
+    directory = hub.resolve(name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
+                            token=token, files=hub.TOKENIZER_FILES + ("config.json",))
+    with hub.naming(name_or_path, directory):
+        return _tokenizer_of_directory(directory)
+
+
+def _tokenizer_of_directory(directory: str):
+    from jaxmodels import registry  # the registry imports family packages lazily
+
     model_config = _read_json(os.path.join(directory, "config.json")) or {}
     tokenizer_class = (_read_json(os.path.join(directory, CONFIG_FILE_NAME)) or {}).get("tokenizer_class")
     if tokenizer_class not in _GENERIC_CLASSES:

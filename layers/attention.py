@@ -1,7 +1,8 @@
 """Masked multi-head dot-product attention with absolute or relative (``relative_key``/``relative_key_query``) positions.
 
 Layouts: queries ``[batch, q_length, heads, head_dim]``, keys/values ``[batch, kv_length, heads, head_dim]``;
-scores and weights ``[batch, heads, q_length, kv_length]``. Softmax always runs in fp32.
+scores and weights ``[batch, heads, q_length, kv_length]``. Softmax always runs in fp32. ``attention_block`` also
+does cross-attention (keys from encoder states) and decoding through a static cache (``layers.kv_cache``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from layers import axes
 from layers.dense import Dense
 from layers.dropout import dropout
 from layers.embeddings import Embed
+from layers.kv_cache import write_kv
 
 Array = jax.Array
 
@@ -121,12 +123,15 @@ def padding_mask(attention_mask: Array) -> Array:
     return (attention_mask != 0)[:, None, None, :]
 
 
-def self_attention_block(
+def attention_block(
     x: Array,
     mask: Array | None,
     *,
     num_heads: int,
     head_dim: int,
+    keys_from: Array | None = None,
+    kv_cache: tuple[Array, Array] | None = None,
+    cache_index: Array | None = None,
     position_embedding_type: str = "absolute",
     max_position_embeddings: int = 512,
     dropout_rate: float = 0.0,
@@ -135,12 +140,23 @@ def self_attention_block(
     use_bias: bool = True,
     dtype: Any = jnp.float32,
     query_positions: Array | None = None,
-) -> tuple[Array, Array]:
+) -> tuple[Array, Array, tuple[Array, Array]]:
     """Projections + attention, creating ``query``/``key``/``value`` (+ ``distance_embedding``) in the CALLING module.
 
     Call it from inside a ``@nn.compact`` method: the submodules it builds attach to that module, so each family
     keeps its checkpoint's names (ALBERT ``attention.query``, BERT ``attention.self.query``) without repeating
-    this code. ``[batch, length, hidden] -> ([batch, length, heads * head_dim], weights [batch, heads, length, length])``.
+    this code. ``x [batch, length, hidden]`` -> ``(context [batch, length, heads * head_dim], weights [batch, heads,
+    length, kv_length], (key, value) [batch, kv_length, heads, head_dim])``; the keys and values returned are the
+    ones attended, i.e. what a decoding cache stores.
+
+    Where keys and values come from:
+      - default: projected from ``x`` (self-attention);
+      - ``keys_from [batch, kv_length, hidden]``: projected from there (cross-attention on encoder states);
+      - ``kv_cache`` (key, value) ``[batch, slots, heads, head_dim]`` with ``cache_index`` (int32 scalar): the
+        ``length`` new keys and values of ``x`` are written at slots ``cache_index ...`` (``layers.kv_cache``) and
+        the queries attend over every slot; ``mask`` says which slots each query may see;
+      - ``kv_cache`` without ``cache_index``: used as they are, nothing is projected (cross-attention keys stored
+        at the first decoding step).
 
     ``query_positions [batch, rows]`` (int) runs the queries for those rows of ``x`` only, while keys and values
     still cover every row: the outputs become ``[batch, rows, heads * head_dim]`` and ``[batch, heads, rows,
@@ -149,6 +165,9 @@ def self_attention_block(
     """
     if position_embedding_type not in POSITION_SCHEMES:
         raise ValueError(f"position_embedding_type={position_embedding_type!r}; expected one of {POSITION_SCHEMES}")
+    if position_embedding_type != "absolute" and (kv_cache is not None or keys_from is not None):
+        raise ValueError(f"position_embedding_type={position_embedding_type!r} is for self-attention without a "
+                         "cache; keys_from / kv_cache need 'absolute'")
     width = num_heads * head_dim
 
     def project(name, inputs):
@@ -156,7 +175,14 @@ def self_attention_block(
         return y.reshape(y.shape[:-1] + (num_heads, head_dim))
 
     x_query = x if query_positions is None else gather_rows(x, query_positions)
-    q, k, v = project("query", x_query), project("key", x), project("value", x)
+    q = project("query", x_query)
+    if kv_cache is not None and cache_index is None:
+        k, v = kv_cache
+    else:
+        source = x if keys_from is None else keys_from
+        k, v = project("key", source), project("value", source)
+        if kv_cache is not None:
+            k, v = write_kv(kv_cache, k, v, cache_index)
     bias = None
     if position_embedding_type != "absolute":
         table = Embed(
@@ -168,11 +194,21 @@ def self_attention_block(
         q, k, v, mask=mask, bias=bias, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
         deterministic=deterministic, dtype=dtype,
     )
-    return context.reshape(context.shape[:-2] + (width,)), weights
+    return context.reshape(context.shape[:-2] + (width,)), weights, (k, v)
 
 
-class SelfAttention(nn.Module):
-    """Thin module over ``self_attention_block`` (no output projection: families name and place that themselves)."""
+def self_attention_block(x: Array, mask: Array | None, **options) -> tuple[Array, Array]:
+    """:func:`attention_block` on ``x`` alone: ``(context [batch, length, heads * head_dim], weights)``."""
+    context, weights, _ = attention_block(x, mask, **options)
+    return context, weights
+
+
+class Attention(nn.Module):
+    """Thin module over :func:`attention_block` (no output projection: families name and place that themselves).
+
+    Returns ``(context, weights, (key, value))``; see :func:`attention_block` for ``keys_from`` (cross-attention)
+    and ``kv_cache`` / ``cache_index`` (decoding).
+    """
 
     num_heads: int
     head_dim: int
@@ -184,14 +220,28 @@ class SelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None = None, *, deterministic: bool = True,
-                 query_positions: Array | None = None) -> tuple[Array, Array]:
+                 query_positions: Array | None = None, keys_from: Array | None = None,
+                 kv_cache: tuple[Array, Array] | None = None,
+                 cache_index: Array | None = None) -> tuple[Array, Array, tuple[Array, Array]]:
+        return self._attend(x, mask, deterministic, query_positions=query_positions, keys_from=keys_from,
+                            kv_cache=kv_cache, cache_index=cache_index)
+
+    def _attend(self, x, mask, deterministic, **sources):
         dropout_rng = None
         if not deterministic and self.dropout_rate > 0.0:
             dropout_rng = self.make_rng("dropout")
-        return self_attention_block(
+        return attention_block(
             x, mask, num_heads=self.num_heads, head_dim=self.head_dim,
             position_embedding_type=self.position_embedding_type,
             max_position_embeddings=self.max_position_embeddings, dropout_rate=self.dropout_rate,
-            dropout_rng=dropout_rng, deterministic=deterministic, use_bias=self.use_bias, dtype=self.dtype,
-            query_positions=query_positions,
+            dropout_rng=dropout_rng, deterministic=deterministic, use_bias=self.use_bias, dtype=self.dtype, **sources,
         )
+
+
+class SelfAttention(Attention):
+    """:class:`Attention` on ``x`` alone, returning ``(context, weights)``."""
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array | None = None, *, deterministic: bool = True,
+                 query_positions: Array | None = None) -> tuple[Array, Array]:
+        return self._attend(x, mask, deterministic, query_positions=query_positions)[:2]

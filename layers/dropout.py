@@ -27,6 +27,7 @@ import numpy as np
 Array = jax.Array
 
 _MAX_ELEMENTS = 2**32  # the flat index is a uint32 counter
+_GOLDEN = 0x9E3779B9  # mixes a leading position into a seed
 
 
 def _fmix32(h: Array) -> Array:
@@ -51,25 +52,42 @@ def keep_mask(key: Array, shape: Sequence[int], rate: float) -> Array:
     return keep_mask_block(mask_seeds(key), shape, rate)
 
 
+def _split(global_shape: tuple[int, ...]) -> int:
+    """The first dimension of the trailing block whose flat index fits the uint32 counter (0: the whole mask)."""
+    for k in range(len(global_shape) + 1):
+        if int(np.prod(global_shape[k:], dtype=np.int64)) <= _MAX_ELEMENTS:
+            break
+    if int(np.prod(global_shape[:k], dtype=np.int64)) > _MAX_ELEMENTS:
+        raise ValueError(f"dropout mask of shape {global_shape}: its leading dimensions {global_shape[:k]} have more "
+                         "than 2**32 positions")
+    return k
+
+
 def keep_mask_block(seeds: Array, shape: Sequence[int], rate: float, *, global_shape: Sequence[int] | None = None,
                     offset: Sequence[Any] | None = None) -> Array:
     """The block of shape ``shape`` starting at ``offset`` (one start per dimension, ints or traced scalars) of the
     ``global_shape`` mask hashed from ``seeds`` (:func:`mask_seeds`): what one device computes of the mask of an
-    array it holds a shard of, equal to that slice of ``keep_mask`` on the whole array. Defaults: the whole mask."""
+    array it holds a shard of, equal to that slice of ``keep_mask`` on the whole array. Defaults: the whole mask.
+
+    A mask of more than 2**32 elements (LSH attention's dropout at 64K tokens) hashes each position of its leading
+    dimensions into a seed of its own, and the flat index of the trailing dimensions as above."""
     shape = tuple(int(s) for s in shape)
     global_shape = shape if global_shape is None else tuple(int(s) for s in global_shape)
-    if int(np.prod(global_shape, dtype=np.int64)) > _MAX_ELEMENTS:
-        raise ValueError(f"dropout mask of shape {global_shape} has more than 2**32 elements")
-    if offset is None:
-        index = jax.lax.iota(jnp.uint32, int(np.prod(shape, dtype=np.int64))).reshape(shape)
-    else:
-        # Row-major flat index of the global position (offset + local position), in uint32 (it fits, see above).
-        strides = np.cumprod((1,) + global_shape[:0:-1])[::-1]
+    offset = (0,) * len(shape) if offset is None else tuple(offset)
+    k = _split(global_shape)
+
+    def flat(dims):  # row-major flat index, over ``dims``, of the global position (offset + local position)
+        strides = np.cumprod((1,) + tuple(global_shape[d] for d in dims[:0:-1]))[::-1]
         index = jnp.zeros(shape, jnp.uint32)
-        for dim, (start, stride) in enumerate(zip(offset, strides)):
-            position = jax.lax.broadcasted_iota(jnp.uint32, shape, dim) + jnp.asarray(start).astype(jnp.uint32)
+        for dim, stride in zip(dims, strides):
+            position = jax.lax.broadcasted_iota(jnp.uint32, shape, dim) + jnp.asarray(offset[dim]).astype(jnp.uint32)
             index = index + position * jnp.uint32(int(stride))
-    bits = _fmix32(_fmix32(index ^ seeds[0]) + seeds[1])
+        return index
+
+    seed0 = seeds[0]
+    if k:
+        seed0 = _fmix32(seeds[0] ^ _fmix32(flat(tuple(range(k))) + jnp.uint32(_GOLDEN)))
+    bits = _fmix32(_fmix32(flat(tuple(range(k, len(shape)))) ^ seed0) + seeds[1])
     return bits >= jnp.uint32(_threshold(rate))
 
 
@@ -82,9 +100,14 @@ def keep_mask_reference(seeds: np.ndarray, shape: Sequence[int], rate: float) ->
         h = (h * np.uint64(0xC2B2AE35)) & np.uint64(0xFFFFFFFF)
         return h ^ (h >> np.uint64(16))
 
+    shape = tuple(int(s) for s in shape)
     s0, s1 = (np.uint64(int(s)) for s in np.asarray(seeds, np.uint32))
-    n = np.arange(int(np.prod(shape)), dtype=np.uint64)
-    bits = fmix((fmix(n ^ s0) + s1) & np.uint64(0xFFFFFFFF))
+    k = _split(shape)
+    outer = np.arange(int(np.prod(shape[:k])), dtype=np.uint64)[:, None]
+    inner = np.arange(int(np.prod(shape[k:])), dtype=np.uint64)[None, :]
+    if k:
+        s0 = fmix(s0 ^ fmix((outer + np.uint64(_GOLDEN)) & np.uint64(0xFFFFFFFF)))
+    bits = fmix((fmix(inner ^ s0) + s1) & np.uint64(0xFFFFFFFF))
     return (bits >= np.uint64(_threshold(rate))).reshape(shape)
 
 

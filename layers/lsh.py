@@ -348,7 +348,7 @@ def _live_lsh_attention(query_key, value, live_length, *, chunk_length, num_buck
                         num_chunks_after, rotations, buckets, attention_mask, causal, dtype):
     """``lsh_attention`` over the first ``live_length`` positions of a static buffer (module docstring)."""
     batch, length, heads, head_dim = query_key.shape
-    if length % chunk_length:
+    if length > chunk_length and length % chunk_length:  # a buffer within one chunk is full attention
         raise ValueError(f"query_key: with live_length, the static length {length} must be a multiple of "
                          f"chunk_length={chunk_length}")
     live_length = jnp.asarray(live_length, jnp.int32)

@@ -46,7 +46,6 @@ functions here under that description.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -73,9 +72,8 @@ Array = jax.Array
 class SequenceSharding:
     """Split ``length`` over mesh axis ``axis`` of ``mesh`` (and ``batch`` over ``batch_axes``, major to minor).
 
-    Hashable (a module field). ``batch_axes`` are the mesh axes the caller's rules put the batch on; axes of size 1
-    are ignored. Several adjacent axes are merged into one axis of a mesh over the same devices in the same order
-    (the functions here take one batch axis), which is the same layout, so nothing is resharded.
+    Hashable (a module field). ``batch_axes`` are the mesh axes the caller's rules put the batch on (the same
+    layout as the activations around the shard_map, so nothing is resharded); axes of size 1 are ignored.
     """
 
     mesh: Mesh
@@ -99,51 +97,34 @@ class SequenceSharding:
         """How many pieces the length is split into (1: the module runs unsharded)."""
         return int(self.mesh.shape[self.axis])
 
-    def layout(self, batch: int, length: int) -> tuple[Mesh, str | None]:
-        """``(mesh, batch_axis)`` to call this module's functions with on ``[batch, length, ...]`` activations.
-
-        ``batch_axis`` is None (batch replicated inside the shard_map: correct, with redundant work) when no batch
-        axis has size > 1, the batch does not divide over them, or they are not adjacent in the mesh.
-        """
+    def layout(self, batch: int, length: int) -> tuple[str, ...] | None:
+        """The batch axes to call this module's functions with on ``[batch, length, ...]`` activations: those of
+        size > 1, or None (batch replicated inside the shard_map: correct, with redundant work) when there are
+        none or the batch does not divide over them. A length the shards do not divide raises ``ValueError``."""
         if length % self.shards:
             raise ValueError(f"input length {length} is not a multiple of the {self.axis!r} mesh axis size "
                              f"{self.shards} (the model is sequence-parallel over it); pad the input")
-        names = tuple(self.mesh.axis_names)
         used = tuple(a for a in self.batch_axes if self.mesh.shape[a] > 1)
         if not used or batch % int(np.prod([self.mesh.shape[a] for a in used])):
-            return self.mesh, None
-        if len(used) == 1:
-            return self.mesh, used[0]
-        first = names.index(used[0])
-        if names[first:first + len(used)] != used:
-            return self.mesh, None
-        last = first + len(used)
-        merged = "+".join(used)
-        sizes = [self.mesh.shape[a] for a in names]
-        shape = (*sizes[:first], int(np.prod(sizes[first:last])), *sizes[last:])
-        return Mesh(self.mesh.devices.reshape(shape), (*names[:first], merged, *names[last:])), merged
-
-
-def _abstract_mesh_of(mesh: Mesh):
-    """Context in which ``shard_map`` accepts ``mesh``: under ``jax.set_mesh`` it must equal the context's abstract
-    mesh, which a merged-batch mesh (same devices, fewer axes) does not; ``use_abstract_mesh`` swaps it for the call
-    (same size, so allowed inside jit). Nothing to do without a context mesh or when it is already ``mesh``."""
-    current = jax.sharding.get_abstract_mesh()
-    if current.empty or current == mesh.abstract_mesh:
-        return contextlib.nullcontext()
-    return jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
+            return None
+        return used
 
 
 def call_sharded(fn: Callable[..., Any], sharding: SequenceSharding, batch: int, length: int, *args, **kwargs):
     """``fn(*args, mesh=, axis=, batch_axis=, **kwargs)`` (``sharded_damped_ema`` / ``sharded_local_attention``)
     laid out by ``sharding`` for ``[batch, length, ...]`` activations."""
-    mesh, batch_axis = sharding.layout(batch, length)
-    with _abstract_mesh_of(mesh):
-        return fn(*args, mesh=mesh, axis=sharding.axis, batch_axis=batch_axis, **kwargs)
+    return fn(*args, mesh=sharding.mesh, axis=sharding.axis, batch_axis=sharding.layout(batch, length), **kwargs)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Validation (static shapes only, so it fails before tracing).
+
+
+def _batch_axes(batch_axis) -> tuple[str, ...]:
+    """``batch_axis`` (None, a mesh axis name, or a tuple of them, major to minor) as a tuple."""
+    if batch_axis is None:
+        return ()
+    return (batch_axis,) if isinstance(batch_axis, str) else tuple(batch_axis)
 
 
 def _check_mesh(mesh, axis, batch_axis, batch: int, length: int) -> int:
@@ -152,13 +133,14 @@ def _check_mesh(mesh, axis, batch_axis, batch: int, length: int) -> int:
         raise ValueError(f"mesh: must be a jax.sharding.Mesh, got {type(mesh).__name__}")  # noqa: TRY004
     if axis not in mesh.axis_names:
         raise ValueError(f"axis: {axis!r} is not an axis of the mesh {tuple(mesh.axis_names)}")
-    if batch_axis is not None:
-        if batch_axis not in mesh.axis_names or batch_axis == axis:
-            raise ValueError(f"batch_axis: must be None or a mesh axis other than axis={axis!r}, got {batch_axis!r} "
+    names = _batch_axes(batch_axis)
+    for name in names:
+        if name not in mesh.axis_names or name == axis:
+            raise ValueError(f"batch_axis: must be None or mesh axes other than axis={axis!r}, got {batch_axis!r} "
                              f"for mesh axes {tuple(mesh.axis_names)}")
-        if batch % mesh.shape[batch_axis]:
-            raise ValueError(f"batch: {batch} must be a multiple of mesh.shape[{batch_axis!r}]="
-                             f"{mesh.shape[batch_axis]}")
+    split = int(np.prod([mesh.shape[a] for a in names]))
+    if batch % split:
+        raise ValueError(f"batch: {batch} must be a multiple of the {split} devices of batch_axis={batch_axis!r}")
     shards = mesh.shape[axis]
     if length % shards:
         raise ValueError(f"length: {length} must be a multiple of mesh.shape[{axis!r}]={shards} (pad the sequence)")
@@ -275,7 +257,8 @@ def sharded_damped_ema(
       x: ``[batch, length, embed]``; ``length`` a multiple of ``mesh.shape[axis]``.
       padding_mask: ``[batch, length]``, 1/True for real tokens.
       mesh / axis: the mesh and the name of the axis that splits ``length``.
-      batch_axis: optional other mesh axis splitting ``batch`` (None: replicated over the other mesh axes).
+      batch_axis: optional other mesh axis (or tuple of axes, major to minor) splitting ``batch`` (None: replicated
+        over the other mesh axes).
       algorithm / chunk_size: the local algorithm of each shard (``"chunked"`` needs the local length
         ``length / shards`` to be a multiple of ``chunk_size``).
       state / return_state: carried state ``[batch, embed, ndim]`` in / out (causal, untruncated), as
@@ -293,7 +276,7 @@ def sharded_damped_ema(
         raise ValueError(f"chunk_size: algorithm='chunked' needs the local length {local} (length {length} / "
                          f"{shards} shards) to be a multiple of chunk_size={chunk_size}")
     out_dtype = x.dtype if dtype is None else dtype
-    options = {"axis": axis, "shards": shards, "varying_axes": (axis,) if batch_axis is None else (axis, batch_axis),
+    options = {"axis": axis, "shards": shards, "varying_axes": (axis, *_batch_axes(batch_axis)),
                "truncation": truncation, "algorithm": algorithm, "chunk_size": chunk_size, "precision": precision}
 
     def shard(params, x, padding_mask, state):

@@ -1,7 +1,7 @@
 """The bad-input catalogue, in process: what a user gets for a wrong config dict, model input, label or checkpoint
 file, for every family. Each case asserts the exception type and that the message names the field / argument /
 file, so no mistake is silent or ends in a library traceback. (Command line, workdir and fault cases: tests/e2e/
-test_bad_runs.py.) A new family adds its tiny config to ``FAMILIES`` and is covered by every case."""
+test_bad_runs.py.) A new family adds its tiny config to ``tests/families.py`` and is covered by every case."""
 
 from __future__ import annotations
 
@@ -21,26 +21,8 @@ import jaxmodels
 from jaxmodels import hf_io
 from layers.checks import checked
 
-# Per family: a tiny HF config of a masked-LM head, of a sequence-classification head, and fields to misuse.
-FAMILIES = {
-    "albert": dict(
-        config=dict(model_type="albert", vocab_size=40, embedding_size=8, hidden_size=16, num_hidden_layers=1,
-                    num_attention_heads=2, intermediate_size=24, max_position_embeddings=16),
-        mlm="AlbertForMaskedLM", cls="AlbertForSequenceClassification", bool_field=None,
-        int_field="hidden_size", float_field="layer_norm_eps", act_field="hidden_act"),
-    "reformer": dict(
-        config=dict(model_type="reformer", vocab_size=40, hidden_size=8, num_attention_heads=2, attention_head_size=4,
-                    feed_forward_size=12, attn_layers=["local", "local"], local_attn_chunk_length=4,
-                    axial_pos_embds=False, max_position_embeddings=16, is_decoder=False),
-        mlm="ReformerForMaskedLM", cls="ReformerForSequenceClassification", bool_field="axial_pos_embds",
-        int_field="hidden_size", float_field="layer_norm_eps", act_field="hidden_act"),
-    "mega": dict(
-        config=dict(model_type="mega", vocab_size=40, hidden_size=8, num_hidden_layers=1, intermediate_size=12,
-                    ema_projection_size=2, shared_representation_size=4, nffn_hidden_size=12, max_positions=16),
-        mlm="MegaForMaskedLM", cls="MegaForSequenceClassification", bool_field="bidirectional",
-        int_field="hidden_size", float_field="dropout_prob", act_field="activation"),
-}
-NAMES = sorted(FAMILIES)
+from tests.families import FAMILIES, NAMES  # a new family adds its tiny config there
+
 B, L, V = 2, 8, 40
 
 

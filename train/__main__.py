@@ -159,6 +159,7 @@ def format_summary(summary: dict) -> str:
     lines.append(f"done: step {summary['final_step']} in {summary['seconds']:.0f}s"
                  + (f", train loss {train['loss']:.3f}" if "loss" in train else "")
                  + (f", eval loss {evals['eval_loss']:.3f}" if "eval_loss" in evals else "")
+                 + (f" ({evals['eval_bits_per_char']:.3f} bits/char)" if "eval_bits_per_char" in evals else "")
                  + (f", {train['tokens_per_second']:,.0f} tokens/s" if "tokens_per_second" in train else ""))
     if "unigram_entropy" in summary:
         lines.append(f"unigram entropy of the corpus: {summary['unigram_entropy']:.3f} nats/token "

@@ -83,7 +83,7 @@ def base_config(model=""):
     config.axis_rules = "default"  # logical -> mesh axis rules: a name from train.partitioning.RULE_SETS, or pairs
     config.dtype = "float32"     # compute dtype; params stay float32
     config.remat = False
-    config.init_from = ""        # an HF checkpoint directory to start from
+    config.init_from = ""        # weights to start from: an HF directory or Hub id, or an Orbax checkpoint
     config.async_checkpointing = True
     config.sample_prompt = ""    # causal LMs: text to continue at the end of the run ("" = none)
     config.sample_tokens = 32

@@ -68,6 +68,18 @@ def _mean_rows(rows: list[dict]) -> dict:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
+def tokens_per_char(source, processor) -> float:
+    """Tokens (with the `</s>` after each document, as the pipeline packs them) per character of the documents:
+    converts a loss in nats/token into bits/character, a measure that does not depend on the tokenizer."""
+    eos = 1 if processor.eos_id() >= 0 else 0
+    tokens = chars = 0
+    for i in range(len(source)):
+        text = source[i]
+        tokens += len(processor.encode(text)) + eos
+        chars += len(text) + 1  # the document separator the `</s>` stands for
+    return tokens / max(chars, 1)
+
+
 def unigram_entropy(source, processor) -> float:
     """Entropy (nats/token) of the corpus' token frequencies: the loss of the best context-free predictor."""
     counts = np.zeros(processor.get_piece_size(), np.int64)
@@ -234,6 +246,13 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
             bar.update(0, loss=row["loss"], tokens_per_second=tps)
         pending.clear()
 
+    # Causal LMs: the eval loss in bits per character too (independent of the tokenizer's vocabulary).
+    eval_tokens_per_char = None
+    if config.eval_every and config.objective.name == "causal_lm":
+        eval_tokens_per_char = tokens_per_char(
+            data.open_source(config.data.source, split=config.data.eval_split, data_dir=data_dir),
+            data.load_tokenizer(tokenizer))
+
     def evaluate(step: int) -> dict:
         eval_data.set_state(eval_start)
         rows = [jax.device_get(eval_step(state.params, _to_device(check_batch(next(eval_data), vocab_size,
@@ -242,8 +261,11 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
                 for _ in range(config.eval_steps)]
         row = {"step": step, "split": config.data.eval_split,
                **{f"eval_{k}": v for k, v in _mean_rows([{k: float(v) for k, v in r.items()} for r in rows]).items()}}
+        if eval_tokens_per_char is not None:
+            row["eval_bits_per_char"] = row["eval_loss"] / math.log(2) * eval_tokens_per_char
         writer.write(row)
-        bar.write(f"step {step}: eval loss {row['eval_loss']:.4f}")
+        bar.write(f"step {step}: eval loss {row['eval_loss']:.4f}"
+                  + (f" ({row['eval_bits_per_char']:.3f} bits/char)" if "eval_bits_per_char" in row else ""))
         return row
 
     started = time.perf_counter()

@@ -9,7 +9,8 @@ activations (`nn.with_logical_constraint`), mapped through rules (`RULE_SETS` he
 `config.axis_rules`). Optimizer moments shaped like the params get the params' shardings; anything else (counts,
 factored Adafactor statistics) is replicated. One device is just a 1x1x1x1 mesh.
 
-The mesh axes and the rule sets are defined here and nowhere else. Modules know only logical names
+The mesh axes, the rule sets and `param_shardings` live in `jaxmodels/sharding.py` (loading a checkpoint straight
+into shardings needs them without `train`) and are re-exported here. Modules know only logical names
 (`layers/axes.py`: params `embed`, `heads`, `kv`, `mlp`, `vocab`, `layers`, `positions`, `candidates`;
 activations `act_batch`, `act_length`, `act_embed`, ...). Rules are tried in order; flax skips a mesh axis
 already used by an earlier dimension of the same array.
@@ -26,41 +27,10 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxmodels.sharding import (DATA_PARALLEL_RULES, DEFAULT_RULES, MESH_AXES, RULE_SETS,  # noqa: F401
+                                SEQUENCE_AXIS, param_shardings)
 from layers import axes
 from layers.sequence_parallel import SequenceSharding
-
-# `sequence` splits the length of activations (families with sequence-parallel layers use it through
-# shard_map; for the others XLA gathers what a layer needs). Size 1 unless a config asks for it.
-MESH_AXES = ("data", "fsdp", "sequence", "tensor")
-SEQUENCE_AXIS = "sequence"
-
-# Kernels: `embed` inputs on fsdp (ZeRO-3 style), `mlp` / `heads` / `vocab` outputs on tensor (Megatron style).
-# Activations: batch over data and fsdp, length over sequence, the tensor-parallel widths over tensor.
-DEFAULT_RULES = (
-    (axes.EMBED, "fsdp"),
-    (axes.HEADS, "tensor"),
-    (axes.KV, None),
-    (axes.MLP, "tensor"),
-    (axes.VOCAB, "tensor"),
-    (axes.LAYERS, None),
-    (axes.POSITIONS, None),
-    (axes.CANDIDATES, ("data", "fsdp")),
-    (axes.ACT_BATCH, ("data", "fsdp")),
-    (axes.ACT_LENGTH, SEQUENCE_AXIS),
-    (axes.ACT_EMBED, None),
-    (axes.ACT_HEADS, "tensor"),
-    (axes.ACT_KV, None),
-    (axes.ACT_MLP, "tensor"),
-    (axes.ACT_VOCAB, "tensor"),
-)
-
-# Params replicated, only the batch (and length) split: plain data parallelism, the baseline to compare with.
-DATA_PARALLEL_RULES = (
-    (axes.ACT_BATCH, ("data", "fsdp")),
-    (axes.ACT_LENGTH, SEQUENCE_AXIS),
-)
-
-RULE_SETS = {"default": DEFAULT_RULES, "data_parallel": DATA_PARALLEL_RULES}
 
 
 def resolve_rules(value) -> tuple[tuple[str, object], ...]:
@@ -146,30 +116,6 @@ def activate(mesh: Mesh, rules: Sequence[tuple[str, Any]] = DEFAULT_RULES):
     """
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         yield
-
-
-def param_shardings(boxed_abstract_params, mesh: Mesh, rules=DEFAULT_RULES):
-    """NamedShardings for a tree of (abstract) params boxed with logical names; unboxed leaves are replicated.
-
-    A dimension whose size the mesh axes do not divide (a 128-row table on a 3-way axis) is replicated
-    instead: layouts then exist for any mesh, which is what restoring a checkpoint onto another mesh needs.
-    """
-    specs = nn.get_partition_spec(boxed_abstract_params)
-    shardings = nn.logical_to_mesh_sharding(specs, mesh, rules)
-    shapes = nn.unbox(boxed_abstract_params)
-    return jax.tree.map(lambda sharding, x: _divisible(sharding, x.shape), shardings, shapes,
-                        is_leaf=lambda s: isinstance(s, NamedSharding))
-
-
-def _divisible(sharding: NamedSharding, shape: tuple[int, ...]) -> NamedSharding:
-    spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
-    for dim, axes in enumerate(spec):
-        if axes is None:
-            continue
-        names = axes if isinstance(axes, tuple) else (axes,)
-        if shape[dim] % math.prod(sharding.mesh.shape[a] for a in names):
-            spec[dim] = None
-    return NamedSharding(sharding.mesh, PartitionSpec(*spec))
 
 
 def _replicated(mesh: Mesh) -> NamedSharding:

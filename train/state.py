@@ -80,8 +80,10 @@ def init_train_state(module: nn.Module, tx: optax.GradientTransformation, rng: j
                      init_from: str | None = None) -> tuple[TrainState, TrainState]:
     """`(state, shardings)`: a fresh (or `init_from`-loaded) state laid out on `mesh` by the logical `rules`.
 
-    `init_from` is an HF `save_pretrained` directory read by `jaxmodels.from_pretrained`; weights the
-    checkpoint lacks (a new head) are initialised from `rng`, and its config must build the same shapes.
+    `init_from` is what `jaxmodels.from_pretrained` reads (an HF directory or Hub id, an Orbax params directory from
+    `python -m jaxmodels.convert`, or a training run's checkpoint), loaded straight into the params' shardings on
+    `mesh`; weights the checkpoint lacks (a new head) are initialised from `rng`, and its config must build the
+    same shapes.
     """
     shardings = state_shardings(module, tx, mesh, rules)
 
@@ -89,7 +91,7 @@ def init_train_state(module: nn.Module, tx: optax.GradientTransformation, rng: j
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
     if init_from:
-        loaded_module, loaded = jaxmodels.from_pretrained(init_from, rng=rng)
+        loaded_module, loaded = jaxmodels.from_pretrained(init_from, rng=rng, mesh=mesh, rules=rules)
         abstract_params = jax.eval_shape(lambda: jaxmodels.init_params(module, jax.random.PRNGKey(0)))
         got = jax.tree.map(lambda x: (x.shape, str(x.dtype)), loaded)
         want = jax.tree.map(lambda x: (x.shape, str(x.dtype)), abstract_params)

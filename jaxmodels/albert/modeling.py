@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmodels.albert.config import AlbertConfig
-from jaxmodels.input_checks import check_array, check_nonempty
+from jaxmodels.input_checks import check_token_inputs
 from jaxmodels.outputs import (
     BaseModelOutputWithPooling,
     MaskedLMOutput,
@@ -63,43 +63,10 @@ def validate_inputs(config: AlbertConfig, input_ids, attention_mask, token_type_
 
     ``rank`` is 2 for ``[batch, length]`` inputs and 3 for multiple choice ``[batch, choices, length]``.
     """
-    check_array("input_ids", input_ids)
-    check_array("attention_mask", attention_mask)
-    check_array("token_type_ids", token_type_ids)
-    check_array("position_ids", position_ids)
-    check_array("inputs_embeds", inputs_embeds)
-    if (input_ids is None) == (inputs_embeds is None):
-        raise ValueError("pass exactly one of input_ids or inputs_embeds")
-    if input_ids is not None:
-        shape = tuple(input_ids.shape)
-        if len(shape) != rank:
-            raise ValueError(f"input_ids must have rank {rank}, got shape {shape}")
-        if not jnp.issubdtype(input_ids.dtype, jnp.integer):
-            raise ValueError(f"input_ids must be integer, got {input_ids.dtype}")
-    else:
-        shape = tuple(inputs_embeds.shape[:-1])
-        if len(shape) != rank or inputs_embeds.shape[-1] != config.embedding_size:
-            raise ValueError(
-                f"inputs_embeds must have shape [{'batch, choices' if rank == 3 else 'batch'}, length, "
-                f"embedding_size={config.embedding_size}], got {tuple(inputs_embeds.shape)}"
-            )
-    for name, x in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
-        if x is not None and tuple(x.shape) != shape:
-            raise ValueError(f"{name} has shape {tuple(x.shape)} but input_ids has shape {shape}; they must match")
-    if position_ids is not None and tuple(position_ids.shape) not in (shape, (1,) + shape[1:], shape[-1:]):
-        raise ValueError(f"position_ids has shape {tuple(position_ids.shape)}; expected {shape} or {(1,) + shape[1:]}")
-    check_nonempty("input_ids" if input_ids is not None else "inputs_embeds", shape)
-    length = shape[-1]
-    if length > config.max_position_embeddings:
-        raise ValueError(
-            f"sequence length {length} exceeds max_position_embeddings={config.max_position_embeddings} "
-            f"(position_embedding_type={config.position_embedding_type!r})"
-        )
-    check_range("input_ids", input_ids, config.vocab_size, f"ids must be in [0, vocab_size={config.vocab_size})")
-    check_range("token_type_ids", token_type_ids, config.type_vocab_size,
-                 f"token types must be in [0, type_vocab_size={config.type_vocab_size})")
-    check_range("position_ids", position_ids, config.max_position_embeddings,
-                 f"positions must be in [0, max_position_embeddings={config.max_position_embeddings})")
+    check_token_inputs(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, rank=rank,
+                       embedding_field="embedding_size", embedding_size=config.embedding_size,
+                       vocab_size=config.vocab_size, type_vocab_size=config.type_vocab_size,
+                       max_position_embeddings=config.max_position_embeddings)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from jaxmodels.mega.modeling import (
     MegaModelOutput,
     init_cache,
 )
+from jaxmodels.mega.presets import PRESETS
 from jaxmodels.registry import Family
 from jaxmodels.tokenization import ROBERTA, Tokenizer
 
@@ -44,7 +45,7 @@ FAMILY = Family(
     base_model_prefix=BASE_MODEL_PREFIX, key_fn=key_fn, dummy_inputs=dummy_inputs, tied_keys=TIED_KEYS,
     # MEGA's checkpoints (mnaylor/mega-*) ship RoBERTa's byte-level BPE tokenizer.
     tokenizer=functools.partial(Tokenizer.from_pretrained, template=ROBERTA),
-    check_training_length=check_training_length, sequence_parallel=True,
+    check_training_length=check_training_length, sequence_parallel=True, presets=PRESETS,
 )
 
 __all__ = [

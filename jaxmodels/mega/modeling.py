@@ -160,6 +160,23 @@ def validate_inputs(config: MegaConfig, input_ids, attention_mask, token_type_id
 # ---------------------------------------------------------------------------------------------------------------
 # Layers
 # ---------------------------------------------------------------------------------------------------------------
+# The chunked EMA's block: its per-channel [C, C] Toeplitz matrices cost D' * C^2 floats, 4x an activation row at
+# C=128 with D'=256, so blocks of 64 (not the attention chunk) keep Mega-chunk's step lean: at 4K tokens (2 layers,
+# d=128) 168 MiB of temp against 187 MiB with 128-blocks and 283 MiB with the FFT form (benchmarks/RESULTS.md).
+EMA_CHUNK = 64
+EMA_ALGORITHMS = ("auto", "fft", "scan", "chunked")
+
+
+def resolve_ema_algorithm(name: str, config: MegaConfig) -> str:
+    """``"auto"``: the chunked EMA for Mega-chunk (its memory is linear in length, like the chunked attention's),
+    the FFT form otherwise (one transform, fastest for a full-length attention block)."""
+    if name not in EMA_ALGORITHMS:
+        raise ValueError(f"ema_algorithm={name!r}: expected one of {EMA_ALGORITHMS}")
+    if name == "auto":
+        return "chunked" if config.use_chunking else "fft"
+    return name
+
+
 class SequenceNorm(nn.Module):
     """HF ``MegaSequenceNorm``: a wrapper whose child ``norm`` is the configured norm (eps 1e-5). ``[.., D]``."""
 
@@ -205,7 +222,7 @@ class MegaGatedAttention(nn.Module):
 
     config: MegaConfig
     dtype: Any = jnp.float32
-    ema_algorithm: str = "fft"
+    ema_algorithm: str = "auto"
     sequence_sharding: SequenceSharding | None = None
 
     @nn.compact
@@ -224,9 +241,7 @@ class MegaGatedAttention(nn.Module):
                           name="v_proj")(x))
         ema = MultiDimensionDampedEma(
             c.hidden_size, c.ema_projection_size, c.bidirectional, c.truncation,
-            # Mega-chunk runs its EMA in its own chunks; without chunking, 64-position chunks (any lengths they do
-            # not divide run the FFT form).
-            algorithm=self.ema_algorithm, chunk_size=c.chunk_size if c.use_chunking else 64, dtype=self.dtype,
+            algorithm=resolve_ema_algorithm(self.ema_algorithm, c), chunk_size=EMA_CHUNK, dtype=self.dtype,
             delta_alpha_range=c.ema_delta_alpha_range, beta_range=c.ema_beta_range,
             gamma_omega_range=c.ema_gamma_omega_range, sequence_sharding=self.sequence_sharding, name="ema_gate")
         if layer_cache is None:
@@ -315,7 +330,7 @@ class MegaBlock(nn.Module):
 
     config: MegaConfig
     dtype: Any = jnp.float32
-    ema_algorithm: str = "fft"
+    ema_algorithm: str = "auto"
     sequence_sharding: SequenceSharding | None = None
 
     @nn.compact
@@ -382,9 +397,11 @@ class MegaModel(nn.Module):
 
     ``hidden_states`` (on request) has L + 1 entries (embeddings first); ``attentions`` L entries
     ``[b, chunks, block, block]`` (full pass only). ``ema_algorithm`` picks ``layers.ema``'s full-pass algorithm
-    (``fft``, ``scan`` or ``chunked``; all equal; ``chunked`` runs on lengths that are multiples of ``chunk_size``,
-    or of 64 without chunking, and other lengths take ``fft``). ``remat`` / ``scan_residuals`` / ``scan_unroll``:
-    what the backward keeps of each layer and how many layers a scan step unrolls (``layers.stacked``);
+    (``fft``, ``scan`` or ``chunked``, all equal; ``auto``: ``chunked`` for Mega-chunk, ``fft`` otherwise;
+    ``chunked`` runs in blocks of ``EMA_CHUNK`` positions and lengths they do not divide take ``fft``).
+    ``remat`` / ``scan_residuals`` / ``scan_unroll``: what the backward keeps of each layer and how many layers a
+    scan step unrolls (``layers.stacked``; ``"dots"`` by default: matmul outputs are kept, the cheap elementwise
+    work recomputed, which at 4K tokens is both 2x leaner and faster than keeping everything);
     ``sequence_sharding``: see the module docstring.
 
     Cached calls (``cache=``, decoders only): ``input_ids [b, t]`` are the t tokens after ``cache.index``;
@@ -395,9 +412,9 @@ class MegaModel(nn.Module):
     config: MegaConfig
     dtype: Any = jnp.float32
     add_pooling_layer: bool = True
-    ema_algorithm: str = "fft"
+    ema_algorithm: str = "auto"
     remat: bool = False
-    scan_residuals: str = "all"
+    scan_residuals: str = "dots"
     scan_unroll: int = 1
     sequence_sharding: SequenceSharding | None = None
 
@@ -514,9 +531,9 @@ class _MegaHead(nn.Module):
 
     config: MegaConfig
     dtype: Any = jnp.float32
-    ema_algorithm: str = "fft"
+    ema_algorithm: str = "auto"
     remat: bool = False
-    scan_residuals: str = "all"
+    scan_residuals: str = "dots"
     scan_unroll: int = 1
     sequence_sharding: SequenceSharding | None = None
 

@@ -73,3 +73,28 @@ def test_mask_is_sharding_invariant():
     f = jax.jit(lambda x, k: dropout(x, 0.3, k), out_shardings=sharding)
     x = jax.device_put(jnp.ones((64, 16)), sharding)
     np.testing.assert_array_equal(np.asarray(f(x, key)), np.asarray(dropout(jnp.ones((64, 16)), 0.3, key)))
+
+
+def test_masks_beyond_the_uint32_counter(monkeypatch):
+    """A mask with more elements than the uint32 counter (LSH dropout at 64K tokens: 8.6e9) hashes each leading
+    position into its own seed. Shown with the limit lowered to 64 elements: equal to the twin, blocks equal to
+    slices of the whole, rows distinct, the keep rate as asked; within the limit the mask is unchanged."""
+    import layers.dropout as module
+
+    key = jax.random.key(7)
+    seeds = np.asarray(jax.random.bits(key, (2,), jnp.uint32))
+    small = np.asarray(keep_mask(key, (4, 4, 4), 0.4))
+    monkeypatch.setattr(module, "_MAX_ELEMENTS", 64)
+    np.testing.assert_array_equal(np.asarray(keep_mask(key, (4, 4, 4), 0.4)), small)  # at the limit: as before
+    shape = (3, 5, 8, 8)  # 960 elements: the trailing (8, 8) block is counted, (3, 5) positions are seeded
+    whole = np.asarray(keep_mask(key, shape, 0.4))
+    np.testing.assert_array_equal(whole, keep_mask_reference(seeds, shape, 0.4))
+    block = module.keep_mask_block(jnp.asarray(seeds), (2, 3, 8, 4), 0.4, global_shape=shape, offset=(1, 2, 0, 4))
+    np.testing.assert_array_equal(np.asarray(block), whole[1:3, 2:5, :, 4:8])
+    rows = whole.reshape(15, 64)
+    assert len({r.tobytes() for r in rows}) == 15
+    big = np.asarray(keep_mask(key, (16, 4, 64), 0.4))
+    assert abs(big.mean() - 0.6) < 6 * np.sqrt(0.24 / big.size)
+    with pytest.raises(ValueError, match=r"leading dimensions \(4096, 2\) have more than 2\*\*32"):
+        monkeypatch.setattr(module, "_MAX_ELEMENTS", 1)
+        keep_mask(key, (4096, 2), 0.4)

@@ -44,8 +44,8 @@ MESH_2D = (("data", "sequence"), (2, 4))
 MESH_4D = (("data", "fsdp", "sequence", "tensor"), (2, 2, 2, 1))  # the trainer's axes; batch over data*fsdp
 TRAINER_RULES = (("act_batch", ("data", "fsdp")), ("act_length", "sequence"))
 # (model, mesh, batch axes, context): with no mesh in the context, and under the trainer's `jax.set_mesh` (with
-# its rules, so the modules' activation constraints apply too); on the trainer's mesh the batch axes (data, fsdp)
-# are merged into one shard_map axis.
+# its rules, so the modules' activation constraints apply too); on the trainer's mesh the batch is split over
+# (data, fsdp) inside the shard_map, as outside it.
 CASES = {
     "causal-2x4-no_context": ("causal", MESH_2D, ("data",), None),
     "bidirectional-2x4-set_mesh": ("bidirectional", MESH_2D, ("data",), RULES_2D),
@@ -140,20 +140,19 @@ def test_sharded_equals_unsharded(case):
 
 def test_layout():
     mesh2d = _mesh(("data", "sequence"), (2, 4))
-    assert SequenceSharding(mesh2d, "sequence", ("data",)).layout(B, L) == (mesh2d, "data")
-    assert SequenceSharding(mesh2d, "sequence", ("data",)).layout(3, L) == (mesh2d, None)  # batch replicated
-    assert SequenceSharding(mesh2d).layout(B, L) == (mesh2d, None)  # no batch axes: replicated in the shard_map
+    assert SequenceSharding(mesh2d, "sequence", ("data",)).layout(B, L) == ("data",)
+    assert SequenceSharding(mesh2d, "sequence", ("data",)).layout(3, L) is None  # batch replicated
+    assert SequenceSharding(mesh2d).layout(B, L) is None  # no batch axes: replicated in the shard_map
     with pytest.raises(ValueError, match="'sequence' mesh axis size 4"):
         SequenceSharding(mesh2d).layout(B, 10)
     with pytest.raises(ValueError, match="batch_axes"):
         SequenceSharding(mesh2d, "sequence", ("fsdp",))
     with pytest.raises(ValueError, match="axis='length'"):
         SequenceSharding(mesh2d, "length")
-    # The trainer's mesh: data and fsdp merged into one axis over the same devices in the same order.
+    # The trainer's mesh: the batch over data and fsdp together (size-1 axes dropped), as the activations are.
     mesh4d = _mesh(("data", "fsdp", "sequence", "tensor"), (2, 2, 2, 1))
-    merged, axis = SequenceSharding(mesh4d, "sequence", ("data", "fsdp")).layout(B, L)
-    assert axis == "data+fsdp" and merged.axis_names == ("data+fsdp", "sequence", "tensor")
-    assert merged.shape["data+fsdp"] == 4 and list(merged.devices.flat) == list(mesh4d.devices.flat)
+    assert SequenceSharding(mesh4d, "sequence", ("data", "fsdp")).layout(B, L) == ("data", "fsdp")
+    assert SequenceSharding(mesh4d, "sequence", ("data", "tensor")).layout(B, L) == ("data",)
 
 
 def test_without_the_field_a_mesh_in_scope_changes_nothing():

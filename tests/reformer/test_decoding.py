@@ -161,3 +161,21 @@ def test_first_generated_token_equals_hf():
                              num_hashes=config.num_hashes).numpy()
     ours = np.asarray(generate(module, params, jnp.asarray(ids), max_new_tokens=1, lsh_rotations=rotations))
     np.testing.assert_array_equal(ours, theirs)
+
+
+def test_generation_within_one_chunk_is_the_full_pass():
+    """Prompt + new tokens shorter than every chunk: the buffer is not a multiple of the chunk length and the
+    attention is full (the quickstart's short samples; this once raised a chunk-multiple error)."""
+    config = ReformerConfig(**{**BASE, **CONFIGS["local-lsh-2-rounds"], "local_attn_chunk_length": 16,
+                               "lsh_attn_chunk_length": 16})
+    module = ReformerModelWithLMHead(config)
+    _, params, rotations = _model("local-lsh-2-rounds")
+    ids, mask = _prompt(padded=True)
+    new = 6  # 5 + 6 = 11 slots, within one chunk of 16
+    out = np.asarray(generate(module, params, jnp.asarray(ids), max_new_tokens=new, lsh_rotations=rotations,
+                              attention_mask=jnp.asarray(mask)))
+    full_mask = np.concatenate([mask, np.ones((2, new), np.int32)], axis=1)
+    for n in range(PROMPT, PROMPT + new):
+        logits = module.apply({"params": params}, input_ids=jnp.asarray(out[:, :n]),
+                              attention_mask=jnp.asarray(full_mask[:, :n]), lsh_rotations=rotations).logits
+        np.testing.assert_array_equal(out[:, n], np.argmax(np.asarray(logits[:, -1]), -1), err_msg=f"step {n}")

@@ -47,7 +47,9 @@ from train.data.text_corpus import (
     read_embedded_corpus,
 )
 from train.data.tokenizer import (
+    BYTES,
     BOS_ID,
+    ByteProcessor,
     CONTROL_SYMBOLS,
     EOS_ID,
     PAD_ID,
@@ -58,7 +60,9 @@ from train.data.tokenizer import (
 )
 
 __all__ = [
+    "BYTES",
     "BOS_ID",
+    "ByteProcessor",
     "CONTROL_SYMBOLS",
     "DataIterator",
     "EMBEDDED_CORPUS",

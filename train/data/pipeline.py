@@ -163,8 +163,9 @@ def make_dataset(
         tokenizer = tokenizers.build_tokenizer(train_split, cache_dir=cache_dir)
     if isinstance(tokenizer, str):
         tokenizer = tokenizers.load_tokenizer(tokenizer)
-    if not isinstance(tokenizer, spm.SentencePieceProcessor):
-        raise ValueError(f"tokenizer={tokenizer!r}: expected a SentencePieceProcessor, a .model path or None")
+    if not isinstance(tokenizer, (spm.SentencePieceProcessor, tokenizers.ByteProcessor)):
+        raise ValueError(f"tokenizer={tokenizer!r}: expected a SentencePieceProcessor, a .model path, \"bytes\" "
+                         "or None")
 
     documents = grain.MapDataset.source(source)[shard_index::shard_count]
     if len(documents) == 0:

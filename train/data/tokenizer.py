@@ -141,8 +141,42 @@ def build_tokenizer(
     return path
 
 
-def load_tokenizer(path: str) -> spm.SentencePieceProcessor:
-    """Loads a SentencePiece `.model` file (from `build_tokenizer` or elsewhere)."""
+BYTES = "bytes"  # `config.data.tokenizer = "bytes"`: character-level (UTF-8 bytes) models, no training
+
+
+class ByteProcessor:
+    """Byte-level tokenization with the special ids every tokenizer here has: a text's UTF-8 bytes as ids
+    ``byte + 7`` (after `<pad>`=0 ... `[MASK]`=6), so ``get_piece_size()`` is 263. The subset of
+    ``SentencePieceProcessor``'s interface the pipeline and the trainer use. Character-level LMs (the enwik8
+    setting) train on it; bits per character is then the loss per byte over ln 2 (for ASCII text)."""
+
+    OFFSET = 4 + len(CONTROL_SYMBOLS)  # <pad>, <unk>, <s>, </s>, then the control symbols
+
+    def encode(self, text: str) -> list[int]:
+        return [b + self.OFFSET for b in text.encode("utf-8")]
+
+    def decode(self, ids) -> str:
+        data = bytes(int(i) - self.OFFSET for i in ids if self.OFFSET <= int(i) < self.OFFSET + 256)
+        return data.decode("utf-8", errors="replace")
+
+    def get_piece_size(self) -> int:
+        return self.OFFSET + 256
+
+    def eos_id(self) -> int:
+        return EOS_ID
+
+    def pad_id(self) -> int:
+        return PAD_ID
+
+    def serialized_model_proto(self) -> bytes:
+        """What identifies this tokenizer in a data pipeline's state (as a SentencePiece model's bytes do)."""
+        return b"jaxmodels-bytes-v1"
+
+
+def load_tokenizer(path: str) -> spm.SentencePieceProcessor | ByteProcessor:
+    """Loads a SentencePiece `.model` file (from `build_tokenizer` or elsewhere), or `"bytes"`: a `ByteProcessor`."""
+    if path == BYTES:
+        return ByteProcessor()
     if not os.path.isfile(path):
-        raise ValueError(f"tokenizer={path!r}: no such SentencePiece model file")
+        raise ValueError(f"tokenizer={path!r}: no such SentencePiece model file (or \"{BYTES}\" for bytes)")
     return spm.SentencePieceProcessor(model_file=path)
