@@ -321,7 +321,7 @@ def _retrieval_shapes(config, module, objective, state, shardings, mesh, batch_s
     import jax.numpy as jnp
     from jax.sharding import NamedSharding, PartitionSpec as P
 
-    from jaxmodels.realm.reader_inputs import BlockTokens  # the block store format of the retrieval models
+    from jaxmodels import registry
     from layers.retrieval import RowSharding
     from train.state import IndexedTrainState
 
@@ -330,6 +330,7 @@ def _retrieval_shapes(config, module, objective, state, shardings, mesh, batch_s
         raise ValueError(f"config.objective.index_axis={axis!r}: not an axis of the mesh {dict(mesh.shape)}")
     shards = int(mesh.shape[axis])
     c = module.config
+    BlockTokens = registry.of_config(c).block_store.token_class  # noqa: N806
     rows = -(-c.num_block_records // shards) * shards
     if shards > 1:
         objective = dataclasses.replace(objective, index_mesh=mesh)

@@ -61,7 +61,10 @@ class RetrievalSetup:
     def create(cls, config, objective, module, mesh, params_sharding) -> tuple["RetrievalSetup", Any, Any]:
         """The setup, the module with ``num_block_records`` set to the store's block count (and, over several
         shards, searching its index shard by shard), and the objective bound to the mesh."""
-        corpus = retrieval_corpus.RetrievalCorpus.build(corpus_spec(config), config.data.cache_dir or None)
+        from jaxmodels import registry
+
+        corpus = retrieval_corpus.RetrievalCorpus.build(corpus_spec(config), config.data.cache_dir or None,
+                                                        registry.of_config(module.config))
         c = module.config
         if module.config.num_block_records != len(corpus.store):
             module = module.clone(config=dataclasses.replace(c, num_block_records=len(corpus.store)))

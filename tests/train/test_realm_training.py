@@ -18,7 +18,7 @@ SPEC = RetrievalCorpusSpec(block_tokens=32, vocab_size=256, max_documents=3, que
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    return RetrievalCorpus.build(SPEC, str(tmp_path_factory.mktemp("retrieval_corpus")))
+    return RetrievalCorpus.build(SPEC, str(tmp_path_factory.mktemp("retrieval_corpus")), jaxmodels.family("realm"))
 
 
 def _tiny(architecture, n_blocks, **extra):
@@ -61,7 +61,8 @@ def test_corpus_blocks_sentences_and_questions(corpus):
             holders = [b for b in range(len(store)) if _contains(store.token_ids[b][:store.num_tokens[b]], answer)]
             assert holders == [block]  # the answer occurs in exactly one block
     assert len(corpus.questions("train")["inputs"]) + len(corpus.questions("validation")["inputs"]) > 0
-    assert RetrievalCorpus.build(SPEC, corpus.path.rsplit("/", 1)[0]).identity == corpus.identity  # cached
+    again = RetrievalCorpus.build(SPEC, corpus.path.rsplit("/", 1)[0], jaxmodels.family("realm"))
+    assert again.identity == corpus.identity  # cached
 
 
 def _contains(row, needle):

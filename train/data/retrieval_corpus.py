@@ -139,10 +139,11 @@ def _train_wordpiece(texts: list[str], vocab_size: int, directory: str) -> None:
 
 
 class RetrievalCorpus:
-    """A built corpus directory (see the module docstring)."""
+    """A built corpus directory (see the module docstring). ``family``: the model family's registry record, whose
+    ``block_store`` class stores the blocks and whose ``tokenizer`` reads the WordPiece vocabulary."""
 
-    def __init__(self, path: str):
-        from jaxmodels.realm.block_store import BlockStore  # the store format of the retrieval models
+    def __init__(self, path: str, family):
+        BlockStore = family.block_store  # noqa: N806
 
         self.path = path
         with open(os.path.join(path, "corpus.json")) as f:
@@ -168,25 +169,26 @@ class RetrievalCorpus:
         return {k[len(split) + 1:]: v for k, v in self.arrays.items() if k.startswith(split + "_")}
 
     @classmethod
-    def build(cls, spec: RetrievalCorpusSpec, cache_dir: str | None = None) -> "RetrievalCorpus":
+    def build(cls, spec: RetrievalCorpusSpec, cache_dir: str | None, family) -> "RetrievalCorpus":
         cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "jaxmodels", "retrieval_corpus")
         path = os.path.join(cache_dir, spec.key())
+        if family.block_store is None:
+            raise ValueError(f"config.model.model_type={family.model_type!r}: not a retrieval family (no block store)")
         if os.path.isfile(os.path.join(path, "corpus.json")):
-            return cls(path)
+            return cls(path, family)
         tmp = f"{path}.tmp-{os.getpid()}"
-        _write(spec, tmp)
+        _write(spec, tmp, family)
         try:
             os.rename(tmp, path)
         except OSError:  # another process finished first: use its copy
             import shutil
 
             shutil.rmtree(tmp, ignore_errors=True)
-        return cls(path)
+        return cls(path, family)
 
 
-def _write(spec: RetrievalCorpusSpec, path: str) -> None:
-    from jaxmodels.realm.block_store import BlockStore
-    from jaxmodels.realm.tokenization import load_tokenizer
+def _write(spec: RetrievalCorpusSpec, path: str, family) -> None:
+    BlockStore, load_tokenizer = family.block_store, family.tokenizer  # noqa: N806
 
     docs = _documents(spec)
     if not docs:
