@@ -3,6 +3,7 @@
     python benchmarks/reformer_memory.py [--lengths 4096,8192,16384,32768] [--depths 6,12,24]
                                          [--search 65536,131072,...,1048576] [--budget-gib 20]
                                          [--hf-length 4096] [--steps 2]
+    python benchmarks/reformer_memory.py --tokens 1048576 [--run] [--dtype bfloat16]
 
 Model: d=256 causal LM (4 heads x 64, FF 512, alternating local / LSH layers with chunks of 64, one hash round,
 chunked feed-forward of 64 positions, axial positions sized to the length, vocab 320), batch 1, fp32, dropout 0.05
@@ -20,6 +21,10 @@ set; see ``machine.py``), then four markdown tables:
   4. step time of ours vs HF PyTorch ``ReformerModelWithLMHead`` (train mode, same config and batch) at
      ``--hf-length`` (0 skips it): median of ``--steps`` steps after one warm-up, interleaved so both see the same
      machine load, and HF's time over ours.
+
+With ``--tokens N`` only that length is compiled (6 layers): its temp memory (GiB, KiB per token) and, with ``--run``,
+the time and loss of one step (``--dtype bfloat16``: compute in bf16, params, streams, softmax and loss fp32).
+A step at 1M tokens needs about 16 GiB of temp memory plus the params: run it on a quiet machine.
 
 Results, past and present: ``benchmarks/RESULTS.md``. Not a test: nothing here asserts.
 """
@@ -47,8 +52,8 @@ def config_for(layers: int, length: int) -> ReformerConfig:
         lsh_attn_chunk_length=64, max_position_embeddings=length, num_hashes=1, vocab_size=320)
 
 
-def train_step(config: ReformerConfig):
-    module = ReformerModelWithLMHead(config)
+def train_step(config: ReformerConfig, dtype=jnp.float32):
+    module = ReformerModelWithLMHead(config, dtype=dtype)
 
     def loss(params, ids, key):
         k1, k2 = jax.random.split(key)
@@ -69,8 +74,8 @@ def abstract_params(module):
                         is_leaf=lambda b: hasattr(b, "value"))
 
 
-def compile_step(layers: int, length: int):
-    module, step = train_step(config_for(layers, length))
+def compile_step(layers: int, length: int, dtype=jnp.float32):
+    module, step = train_step(config_for(layers, length), dtype)
     params = abstract_params(module)
     ids = jax.ShapeDtypeStruct((1, length), jnp.int32)
     t = time.perf_counter()
@@ -104,7 +109,12 @@ def main():
     ap.add_argument("--budget-gib", type=float, default=20.0)
     ap.add_argument("--hf-length", type=int, default=4096)
     ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--tokens", type=int, default=0, help="compile (and with --run, run) only this length")
+    ap.add_argument("--run", action="store_true", help="with --tokens: run one step, print its time and loss")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="compute dtype")
     args = ap.parse_args()
+    if args.tokens:
+        return one_length(args.tokens, args.run, jnp.dtype(args.dtype))
     lengths = [int(x) for x in args.lengths.split(",") if x]
     depths = [int(x) for x in args.depths.split(",") if x]
 
@@ -149,6 +159,19 @@ def main():
 
     if args.hf_length:
         compare_with_hf(args.hf_length, args.steps)
+
+
+def one_length(n: int, run: bool, dtype):
+    machine.print_header(["jax"])
+    module, c, t = compile_step(6, n, dtype)
+    temp = c.memory_analysis().temp_size_in_bytes
+    print(f"\n## {n} tokens, 6 layers, batch 1, compute {dtype.name}\n| length | temp GiB | per token KiB | compile s "
+          f"| step s | loss |\n|---|---|---|---|---|---|")
+    step_s = loss = ""
+    if run:
+        step_s, loss = run_step(module, c, n, steps=1)
+        step_s, loss = f"{step_s:.1f}", f"{loss:.3f}"
+    print(f"| {n} | {gib(temp):.2f} | {temp / n / 1024:.2f} | {t:.1f} | {step_s} | {loss} |", flush=True)
 
 
 def compare_with_hf(length: int, steps: int):

@@ -15,6 +15,8 @@ above that. The worker samples its own ``/proc/self/status`` every 2 ms:
 
     python benchmarks/sharded_load.py            # ~540M params (needs ~8 GB free memory for the full path)
     python benchmarks/sharded_load.py --layers 6 # a smaller run
+
+Results: ``benchmarks/RESULTS.md``. Not a test: nothing here asserts on memory or time.
 """
 
 from __future__ import annotations

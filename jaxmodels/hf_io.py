@@ -32,6 +32,14 @@ def torch_leaf(path: Path) -> str:
     return ".".join(path[:-1] + (TORCH_LEAF_NAMES.get(path[-1], path[-1]),))
 
 
+def stacked_layer_names(path: Path, count: int, stack: str = "layers") -> list[tuple[str, tuple[int]]]:
+    """The HF names of a leaf of a stacked layer tree, ``path = (..., stack, *rest)`` with leaves ``[count, ...]``:
+    layer i is ``<...>.<stack>.{i}.<rest>`` at index ``(i,)`` (``encoder.layers.3.fc1.weight``)."""
+    at = path.index(stack)
+    stem, rest = ".".join(path[:at + 1]), torch_leaf(path[at + 1:])
+    return [(f"{stem}.{i}.{rest}", (i,)) for i in range(count)]
+
+
 def _to_torch_layout(leaf: str, value: np.ndarray) -> np.ndarray:
     return value.T if leaf == "kernel" and value.ndim == 2 else value
 

@@ -9,7 +9,7 @@ import numpy as np
 from layers.checks import check_range as _check_range
 from layers.checks import is_concrete
 
-__all__ = ["check_array", "check_nonempty", "check_range", "check_token_inputs", "is_concrete"]
+__all__ = ["check_array", "check_nonempty", "check_range", "check_token_inputs", "check_token_shapes", "is_concrete"]
 
 
 def check_range(name: str, x, upper: int, rule: str) -> None:
@@ -70,4 +70,33 @@ def check_token_inputs(input_ids, attention_mask, token_type_ids, position_ids, 
                 f"token types must be in [0, type_vocab_size={type_vocab_size})")
     check_range("position_ids", position_ids, max_position_embeddings,
                 f"positions must be in [0, max_position_embeddings={max_position_embeddings})")
+    return shape
+
+
+def check_token_shapes(input_ids, inputs_embeds, *, width: int, rank: int = 2, width_field: str = "hidden_size",
+                       **same_shape) -> tuple[int, ...]:
+    """The ``[batch, (choices,) length]`` shape of a model's token inputs (exactly one of ``input_ids`` (integer) and
+    ``inputs_embeds`` (``[..., width]``)), after checking it and that every array of ``same_shape`` (name -> array
+    or None) has that shape too. Raises ValueError naming the argument."""
+    for name, x in (("input_ids", input_ids), ("inputs_embeds", inputs_embeds), *same_shape.items()):
+        check_array(name, x)
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids or inputs_embeds")
+    layout = "[batch, choices, length]" if rank == 3 else "[batch, length]"
+    if input_ids is not None:
+        shape = tuple(input_ids.shape)
+        if len(shape) != rank:
+            raise ValueError(f"input_ids must have rank {rank} {layout}, got shape {shape}")
+        if not np.issubdtype(input_ids.dtype, np.integer):
+            raise ValueError(f"input_ids must be integer, got {input_ids.dtype}")
+    else:
+        shape = tuple(inputs_embeds.shape[:-1])
+        if len(shape) != rank or inputs_embeds.shape[-1] != width:
+            raise ValueError(f"inputs_embeds must have shape {layout[:-1]}, {width_field}={width}], got "
+                             f"{tuple(inputs_embeds.shape)}")
+    for name, x in same_shape.items():
+        if x is not None and tuple(x.shape) != shape:
+            raise ValueError(f"{name} has shape {tuple(x.shape)} but the inputs have shape {shape} {layout}; "
+                             "they must match")
+    check_nonempty("input_ids" if input_ids is not None else "inputs_embeds", shape)
     return shape

@@ -24,6 +24,8 @@ _PACKAGES = {
     "mega": "jaxmodels.mega",
     "rembert": "jaxmodels.rembert",
     "realm": "jaxmodels.realm",
+    "longformer": "jaxmodels.longformer",
+    "bart": "jaxmodels.bart",
 }
 
 

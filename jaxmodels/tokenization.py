@@ -163,8 +163,9 @@ class Template:
 BERT = Template("bert", single="cls A sep", pair="cls A sep B:1 sep:1", token_type_ids=True)
 # `<s> A </s>` / `<s> A </s></s> B </s>`, types all 0 (Longformer, MEGA's RoBERTa tokenizer).
 ROBERTA = Template("roberta", single="cls A sep", pair="cls A sep sep B sep", token_type_ids=False)
-# BART writes the same layout with bos/eos (equal to cls/sep unless a checkpoint sets them apart).
-BART = Template("bart", single="bos A eos", pair="bos A eos eos B eos", token_type_ids=False)
+# BART writes the same layout with bos/eos (equal to cls/sep unless a checkpoint sets them apart). Named after the
+# layout: shared code names no family (tests/test_architecture.py).
+BART = Template("bos_eos", single="bos A eos", pair="bos A eos eos B eos", token_type_ids=False)
 # Nothing added (Reformer, GPT-2); a pair is just A B, B with token type 1, as transformers' default.
 NONE = Template("none", single="A", pair="A B:1", token_type_ids=False)
 

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from layers import axes
+from layers.checks import check_rank, check_shape
 from layers.dense import Dense
 from layers.dropout import dropout
 from layers.embeddings import Embed
@@ -72,6 +73,13 @@ def dot_product_attention(
     Returns:
       (context ``[batch, q_length, heads, head_dim]`` in ``dtype``, weights ``[batch, heads, q_length, kv_length]`` fp32).
     """
+    check_rank("query", query, 4, "[batch, q_length, heads, head_dim]")
+    check_rank("key", key, 4, "[batch, kv_length, heads, head_dim]")
+    check_shape("value", value, key.shape, f"[batch, kv_length, heads, head_dim] like key {tuple(key.shape)}")
+    b, _, h, d = query.shape
+    check_shape("key", key, (b, None, h, d), f"[batch={b}, kv_length, heads={h}, head_dim={d}] (as query)")
+    check_rank("mask", mask, 4, "[batch, heads, q_length, kv_length] (broadcastable)")
+    check_rank("bias", bias, 4, "[batch, heads, q_length, kv_length] (broadcastable)")
     dtype = dtype or query.dtype
     scale = query.shape[-1] ** -0.5 if scale is None else scale
     logits = jnp.einsum("bqhd,bkhd->bhqk", query.astype(dtype), key.astype(dtype)).astype(jnp.float32) * scale

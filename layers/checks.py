@@ -10,6 +10,10 @@ number (or NaN), eagerly and under ``jit``. So every loss and every model input 
   in, and a violation raises the same ``ValueError`` after the call.
 
     loss = checked(jax.jit(loss_fn))(params, batch)    # or checked(loss_fn): jitted for you
+
+Shapes and dtypes are static, so :func:`check_rank`, :func:`check_shape` and :func:`check_dtype` (chex assertions
+with the argument's name and layout in the message, raising ``ValueError``) run at trace time and cost nothing
+under ``jit``: a caller's wrong-rank argument fails at the boundary of the primitive, not deep inside XLA.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import contextvars
 import functools
 from typing import Any, Callable
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -93,3 +98,21 @@ def checked(fn: Callable, *, jit: bool = True) -> Callable:
         return out
 
     return wrapper
+
+
+def check_rank(name: str, x, rank, layout: str) -> None:
+    """``x`` has rank ``rank`` (an int or a set of ints); the message names ``name`` and its ``layout``."""
+    if x is not None:
+        chex.assert_rank(x, rank, custom_message=f"{name} must be {layout}", exception_type=ValueError)
+
+
+def check_shape(name: str, x, shape, layout: str) -> None:
+    """``x`` has ``shape`` (``None`` / ``...`` entries match anything); the message names ``name`` and ``layout``."""
+    if x is not None:
+        chex.assert_shape(x, shape, custom_message=f"{name} must be {layout}", exception_type=ValueError)
+
+
+def check_dtype(name: str, x, kind, rule: str) -> None:
+    """``x``'s dtype is of ``kind`` (``int``, ``float``, ``bool`` or a dtype); the message names ``name``."""
+    if x is not None:
+        chex.assert_type(x, kind, custom_message=f"{name}: {rule}", exception_type=ValueError)

@@ -8,6 +8,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from layers.checks import check_rank, check_shape
+
 from layers import axes
 
 Array = jax.Array
@@ -25,6 +27,9 @@ def dense(x: Array, kernel: Array, bias: Array | None = None, *, dtype: Any = No
     Returns:
       ``[..., out]`` in ``dtype``.
     """
+    check_rank("kernel", kernel, 2, "[in, out]")
+    check_shape("x", x, (..., kernel.shape[0]), f"[..., in={kernel.shape[0]}] (kernel is {tuple(kernel.shape)})")
+    check_shape("bias", bias, (kernel.shape[1],), f"[out={kernel.shape[1]}]")
     dtype = dtype or jnp.result_type(x, kernel)
     y = jnp.matmul(x.astype(dtype), kernel.astype(dtype))
     if bias is not None:

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from layers import axes
+from layers.checks import check_dtype, check_rank
 from layers.dropout import Dropout
 from layers.norms import LayerNorm
 
@@ -21,6 +22,8 @@ def embed_lookup(table: Array, ids: Array, *, padding_idx: int | None = None) ->
     With ``padding_idx`` the padding row gets no gradient, as torch's ``nn.Embedding(padding_idx=...)``: without
     this, fine-tuning from an HF checkpoint would move a row that PyTorch keeps frozen.
     """
+    check_rank("table", table, 2, "[num, features]")
+    check_dtype("ids", ids, int, "token ids must be integers")
     out = jnp.take(table, ids, axis=0)
     if padding_idx is not None:
         out = jnp.where((ids == padding_idx)[..., None], jax.lax.stop_gradient(out), out)

@@ -22,7 +22,7 @@ import numpy as np
 
 from layers import axes
 from layers.dense import Dense
-from layers.dropout import dropout
+from layers.dropout import dropout, keep_mask_block, mask_seeds
 
 Array = jax.Array
 
@@ -47,6 +47,59 @@ def look_adjacent(x: Array, num_chunks_before: int, num_chunks_after: int, chunk
         return x
     pieces = [jnp.roll(x, -offset, axis=chunk_axis) for offset in range(-num_chunks_before, num_chunks_after + 1)]
     return jnp.concatenate(pieces, axis=chunk_axis + 1)
+
+
+# Chunked attention over a long sequence runs as a loop over blocks of about this many positions (a whole number of
+# chunks), each block's body rematerialised in the backward pass: windows, scores and probabilities
+# ([heads, chunks, chunk, window * chunk], 8x the size of the queries with 64-position chunks) then exist for one
+# block at a time instead of the whole length. The values do not depend on it (the same ops per chunk).
+BLOCK_LENGTH = 4096
+
+
+def chunks_per_block(num_chunks: int, chunk_length: int, block_length: int | None = None) -> int:
+    """The largest divisor of ``num_chunks`` that spans at most ``block_length`` (default ``BLOCK_LENGTH``)
+    positions (at least 1)."""
+    block_length = BLOCK_LENGTH if block_length is None else block_length
+    target = max(1, min(num_chunks, block_length // chunk_length))
+    return max(d for d in range(1, target + 1) if num_chunks % d == 0)
+
+
+def window_block(x: Array, start, count: int, num_chunks_before: int, num_chunks_after: int) -> Array:
+    """``look_adjacent(x)[:, :, start:start + count]`` without building the windows of every chunk.
+
+    ``x [B, H, N, C, ...]`` (chunk axis 2), ``start`` may be traced. Returns ``[B, H, count, W*C, ...]``, the
+    circular windows of chunks ``start .. start + count - 1``.
+    """
+    n, width = x.shape[2], num_chunks_before + 1 + num_chunks_after
+    index = (start - num_chunks_before + jnp.arange(count + width - 1)) % n
+    picked = jnp.take(x, index, axis=2, mode="clip")  # [B, H, count + W - 1, C, ...]
+    return windows_of(picked, count, width)
+
+
+def windows_of(picked: Array, count: int, width: int) -> Array:
+    """``[B, H, count + W - 1, C, ...] -> [B, H, count, W*C, ...]``: chunk i's window is chunks i .. i + W - 1."""
+    if width == 1:
+        return picked
+    pieces = [jax.lax.slice_in_dim(picked, o, o + count, axis=2) for o in range(width)]
+    return jnp.concatenate(pieces, axis=3)
+
+
+def dropout_probs_block(probs: Array, rate: float, seeds: Array | None, global_shape, offset) -> Array:
+    """The block at ``offset`` of ``dropout_probs`` on the whole ``global_shape`` probabilities (the same mask:
+    ``layers.dropout`` hashes the global index); ``seeds`` from ``mask_seeds`` (None: no dropout)."""
+    if seeds is None:
+        return probs
+    keep = keep_mask_block(seeds, probs.shape, rate, global_shape=global_shape, offset=offset)
+    return jnp.where(keep, probs / jnp.asarray(1.0 - rate, probs.dtype), jnp.zeros((), probs.dtype))
+
+
+def dropout_seeds(rate: float, rng: Array | None, deterministic: bool) -> Array | None:
+    """``mask_seeds(rng)`` when dropout is on, else None (the one draw ``dropout_probs`` makes from ``rng``)."""
+    if deterministic or rate == 0.0:
+        return None
+    if rng is None:
+        raise ValueError("dropout_rng: required when deterministic=False and dropout_rate > 0")
+    return mask_seeds(rng)
 
 
 def dropout_probs(probs: Array, rate: float, rng: Array | None, deterministic: bool) -> Array:
@@ -133,6 +186,16 @@ def local_attention(
     positions = jnp.arange(length)
     key_valid = None if attention_mask is None else attention_mask.astype(bool)
 
+    if length > chunk_length and not return_probs:
+        num_chunks = length // chunk_length
+        block = chunks_per_block(num_chunks, chunk_length)
+        if block < num_chunks:
+            out = _blocked_local_attention(q, k, v, key_valid, block, chunk_length=chunk_length,
+                                           num_chunks_before=num_chunks_before, num_chunks_after=num_chunks_after,
+                                           causal=causal, seeds=dropout_seeds(dropout_rate, dropout_rng, deterministic),
+                                           dropout_rate=dropout_rate, dtype=dtype)
+            return LocalAttentionOutput(jnp.swapaxes(out, 1, 2), None)
+
     if length <= chunk_length:
         scores = jnp.einsum("bhld,bhmd->bhlm", q, k, preferred_element_type=jnp.float32)
         q_pos, k_pos = positions[:, None], positions[None, :]  # [L, 1], [1, L]
@@ -160,6 +223,41 @@ def local_attention(
     out = jnp.matmul(probs.astype(dtype), v_window)
     out = out.reshape(batch, heads, length, head_dim)
     return LocalAttentionOutput(jnp.swapaxes(out, 1, 2), probs if return_probs else None)
+
+
+def _blocked_local_attention(q, k, v, key_valid, block, *, chunk_length, num_chunks_before, num_chunks_after, causal,
+                             seeds, dropout_rate, dtype):
+    """The chunked path of ``local_attention`` as a loop over blocks of ``block`` chunks (``BLOCK_LENGTH``):
+    ``q``/``k``/``v [B, H, L, D]`` (k already scaled) -> out ``[B, H, L, D]``. Every block computes exactly what the
+    whole-length path computes for its chunks (same windows, masks, dropout mask entries); its body is
+    rematerialised in the backward pass, so only one block's windows, scores and probabilities are ever live."""
+    batch, heads, length, head_dim = q.shape
+    num_chunks = length // chunk_length
+    width = num_chunks_before + 1 + num_chunks_after
+    chunk = lambda t: t.reshape(t.shape[:2] + (num_chunks, chunk_length) + t.shape[3:])  # noqa: E731
+    qc, kc, vc = chunk(q), chunk(k), chunk(v)
+    positions = chunk(jnp.arange(length, dtype=jnp.int32)[None, None])  # [1, 1, N, C]
+    valid_c = None if key_valid is None else chunk(key_valid[:, None])  # [B, 1, N, C]
+    probs_shape = (batch, heads, num_chunks, chunk_length, width * chunk_length)
+
+    def one_block(index):
+        start = index * block
+        windows = lambda t: window_block(t, start, block, num_chunks_before, num_chunks_after)  # noqa: E731
+        qb = jax.lax.dynamic_slice_in_dim(qc, start, block, axis=2)
+        scores = jnp.einsum("bhncd,bhnkd->bhnck", qb, windows(kc), preferred_element_type=jnp.float32)
+        q_pos = jax.lax.dynamic_slice_in_dim(positions, start, block, axis=2)[..., :, None]  # [1, 1, G, C, 1]
+        k_pos = windows(positions)[..., None, :]  # [1, 1, G, 1, W*C]
+        valid = None if valid_c is None else windows(valid_c)[..., None, :]
+        if causal:
+            valid = (q_pos >= k_pos) if valid is None else valid & (q_pos >= k_pos)
+        if valid is not None:
+            scores = jnp.where(valid, scores, MASK_VALUE)
+        probs = jnp.exp(scores - jax.nn.logsumexp(scores, axis=-1, keepdims=True))
+        probs = dropout_probs_block(probs, dropout_rate, seeds, probs_shape, (0, 0, start, 0, 0))
+        return jnp.matmul(probs.astype(dtype), windows(vc))  # [B, H, G, C, D]
+
+    out = jax.lax.map(jax.checkpoint(one_block, prevent_cse=False), jnp.arange(num_chunks // block))
+    return jnp.moveaxis(out, 0, 2).reshape(batch, heads, length, head_dim)
 
 
 def local_window_counts(length: int, chunk_length: int, num_chunks_before: int, num_chunks_after: int) -> np.ndarray:

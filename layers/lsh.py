@@ -51,9 +51,13 @@ from layers import axes
 from layers.dense import Dense
 from layers.local import (
     check_chunked_inputs,
+    chunks_per_block,
     dropout_probs,
+    dropout_probs_block,
+    dropout_seeds,
     look_adjacent,
     weighted_masked_softmax_reference,
+    windows_of,
 )
 
 Array = jax.Array
@@ -259,10 +263,19 @@ def lsh_attention(
 
     if buckets is None:
         buckets = lsh_hash(query_key, rotations, num_buckets, attention_mask)
-    out, probs = _chunked_attention(qk, v, buckets, key_valid, chunk_length=chunk_length, causal=causal,
-                                    adjacent=lambda t: look_adjacent(t, num_chunks_before, num_chunks_after),
-                                    dropout_rate=dropout_rate, dropout_rng=dropout_rng,
-                                    deterministic=deterministic, dtype=dtype)
+    num_chunks = buckets.shape[2] * length // chunk_length
+    block = chunks_per_block(num_chunks, chunk_length)
+    if not return_probs and block < num_chunks:
+        out = _blocked_chunked_attention(query_key.astype(dtype), value.astype(dtype), buckets, key_valid, block, chunk_length=chunk_length, causal=causal,
+                                         num_chunks_before=num_chunks_before, num_chunks_after=num_chunks_after,
+                                         seeds=dropout_seeds(dropout_rate, dropout_rng, deterministic),
+                                         dropout_rate=dropout_rate, dtype=dtype)
+        probs = None
+    else:
+        out, probs = _chunked_attention(qk, v, buckets, key_valid, chunk_length=chunk_length, causal=causal,
+                                        adjacent=lambda t: look_adjacent(t, num_chunks_before, num_chunks_after),
+                                        dropout_rate=dropout_rate, dropout_rng=dropout_rng,
+                                        deterministic=deterministic, dtype=dtype)
     return LSHAttentionOutput(out, jax.lax.stop_gradient(buckets).astype(jnp.int32), probs if return_probs else None)
 
 
@@ -330,6 +343,81 @@ def _chunked_attention(qk, v, buckets, key_valid, *, chunk_length, causal, adjac
     else:
         out = out[:, :, 0]
     return jnp.swapaxes(out, 1, 2).astype(dtype), probs
+
+
+def _sort_order(buckets, length):
+    """Stable sort of the (round, position) copies by bucket: ``(sort_idx, undo_idx, pos)``, int32 ``[B, H, n*L]``
+    (offsets keep the rounds apart, ties keep original order; ``pos`` is each sorted copy's original position)."""
+    batch, heads, num_hashes = buckets.shape[:3]
+    sort_idx = jnp.argsort(buckets.reshape(batch, heads, num_hashes * length), axis=-1, stable=True)
+    return sort_idx, jnp.argsort(sort_idx, axis=-1), sort_idx % length
+
+
+def _unsort_and_combine(out, logits, undo_idx, num_hashes, length, dtype):
+    """Sorted ``out [B, H, n*L, D]`` (fp32) and ``logits [B, H, n*L]`` -> ``[B, L, H, D]``: back to (round, position)
+    order, then the rounds combined by their softmax over logsumexps."""
+    batch, heads, _, head_dim = out.shape
+    out = jnp.take_along_axis(out, undo_idx[..., None], axis=2)
+    logits = jnp.take_along_axis(logits, undo_idx, axis=2)
+    out = out.reshape(batch, heads, num_hashes, length, head_dim)
+    if num_hashes > 1:
+        # See _chunked_attention for why exp(x - logsumexp(x)) and not jax.nn.softmax.
+        round_logits = logits.reshape(batch, heads, num_hashes, length)
+        weights = jnp.exp(round_logits - jax.nn.logsumexp(round_logits, axis=2, keepdims=True))
+        out = jnp.sum(out * weights[..., None], axis=2)
+    else:
+        out = out[:, :, 0]
+    return jnp.swapaxes(out, 1, 2).astype(dtype)
+
+
+def _blocked_chunked_attention(qk, v, buckets, key_valid, block, *, chunk_length, causal, num_chunks_before,
+                               num_chunks_after, seeds, dropout_rate, dtype):
+    """``_chunked_attention`` (with ``look_adjacent`` windows, no probs) as a loop over blocks of ``block`` sorted
+    chunks (``layers.local.BLOCK_LENGTH``), each block's body rematerialised in the backward pass. Only the sort
+    order (int32) and the per-position outputs are whole-length: a block gathers its own rows of ``qk``/``v`` by the
+    sort order, so no sorted copy, window, score or probability tensor of the whole sequence is ever built. Every
+    block computes what the whole-length path computes for its chunks (dropout: the same mask entries).
+    ``qk``/``v`` are ``[B, L, H, D]`` here (gathered from in place: no transposed copy of the whole length)."""
+    batch, length, heads, head_dim = qk.shape
+    buckets = jax.lax.stop_gradient(buckets).astype(jnp.int32)
+    num_hashes = buckets.shape[2]
+    sorted_len = num_hashes * length
+    num_chunks = sorted_len // chunk_length
+    width = num_chunks_before + 1 + num_chunks_after
+    sort_idx, undo_idx, pos = _sort_order(buckets, length)
+    del sort_idx
+    pos_c = pos.reshape(batch, heads, num_chunks, chunk_length)
+    probs_shape = (batch, heads, num_chunks, chunk_length, width * chunk_length)
+
+    def one_block(index):
+        start = index * block
+        chunk_ids = (start - num_chunks_before + jnp.arange(block + width - 1)) % num_chunks
+        ext_pos = jnp.take(pos_c, chunk_ids, axis=2, mode="clip")  # [B, H, G + W - 1, C]
+        rows = jnp.swapaxes(ext_pos.reshape(batch, heads, -1), 1, 2)[..., None]  # [B, R, H, 1]
+        gather = lambda t: jnp.swapaxes(jnp.take_along_axis(t, rows, axis=1), 1, 2).reshape(  # noqa: E731
+            ext_pos.shape + (head_dim,))  # [B, H, G + W - 1, C, D]
+        ext_qk, ext_v = gather(qk), gather(v)
+        middle = lambda t: jax.lax.slice_in_dim(t, num_chunks_before, num_chunks_before + block, axis=2)  # noqa
+        q = middle(ext_qk)
+        k_window = windows_of(key_normalize(ext_qk), block, width)
+        v_window = windows_of(ext_v, block, width)
+        scores = jnp.einsum("bhncd,bhnkd->bhnck", q, k_window, preferred_element_type=jnp.float32)
+        q_pos = middle(ext_pos)  # [B, H, G, C]
+        k_pos = windows_of(ext_pos, block, width)  # [B, H, G, W*C]
+        window_valid = None
+        if key_valid is not None:
+            window_valid = jnp.take_along_axis(key_valid[:, None, None, :], k_pos, axis=-1)[..., None, :]
+        scores = _masked_scores(scores, q_pos[..., :, None], k_pos[..., None, :], window_valid, causal)
+        logits = jax.nn.logsumexp(scores, axis=-1, keepdims=True)  # [B, H, G, C, 1]
+        probs = jnp.exp(scores - logits)
+        probs = dropout_probs_block(probs, dropout_rate, seeds, probs_shape, (0, 0, start, 0, 0))
+        out = jnp.einsum("bhnck,bhnkd->bhncd", probs.astype(dtype), v_window, preferred_element_type=jnp.float32)
+        return out.reshape(batch, heads, block * chunk_length, head_dim), logits.reshape(batch, heads, -1)
+
+    out, logits = jax.lax.map(jax.checkpoint(one_block, prevent_cse=False), jnp.arange(num_chunks // block))
+    out = jnp.moveaxis(out, 0, 2).reshape(batch, heads, sorted_len, head_dim)
+    logits = jnp.moveaxis(logits, 0, 2).reshape(batch, heads, sorted_len)
+    return _unsort_and_combine(out, logits, undo_idx, num_hashes, length, dtype)
 
 
 def live_chunk_windows(num_hashes: int, chunks_per_round: int, live_chunks: Array, num_chunks_before: int,

@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from layers.checks import check_rank, check_shape
+
 from layers import axes
 
 Array = jax.Array
@@ -20,6 +22,9 @@ Array = jax.Array
 
 def layer_norm(x: Array, scale: Array | None, bias: Array | None, *, epsilon: float) -> Array:
     """LayerNorm over the last axis. ``x [..., d]``, ``scale``/``bias`` ``[d]``; returns ``[..., d]`` in fp32."""
+    check_rank("x", x, set(range(1, 9)), "[..., d]")
+    check_shape("scale", scale, (x.shape[-1],), f"[d={x.shape[-1]}] (the last axis of x)")
+    check_shape("bias", bias, (x.shape[-1],), f"[d={x.shape[-1]}] (the last axis of x)")
     x = x.astype(jnp.float32)
     mean = jnp.mean(x, axis=-1, keepdims=True)
     centred = x - mean
@@ -56,6 +61,10 @@ class LayerNorm(nn.Module):
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     axis_name: str = axes.EMBED
+    # Keep only the input for the backward pass and recompute the normalisation there (same ops, same values):
+    # autodiff would otherwise save the centred input, the normalised input and the scaled one, three fp32 copies
+    # of an activation that its caller usually keeps anyway (a reversible layer's rebuilt input, say).
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -69,4 +78,5 @@ class LayerNorm(nn.Module):
             bias = self.param(
                 "bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), (self.axis_name,)), (d,), self.param_dtype
             )
-        return layer_norm(x, scale, bias, epsilon=self.epsilon).astype(self.dtype)
+        norm = lambda x, scale, bias: layer_norm(x, scale, bias, epsilon=self.epsilon).astype(self.dtype)  # noqa
+        return (jax.checkpoint(norm) if self.remat else norm)(x, scale, bias)

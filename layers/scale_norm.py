@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from layers import axes
+from layers.checks import check_shape
 
 Array = jax.Array
 
@@ -34,6 +35,7 @@ def _mean_square(x: Array) -> Array:
 
 def scale_norm(x: Array, scalar: Array | None, *, epsilon: float) -> Array:
     """``x [..., d]``, ``scalar [1]`` or None -> ``[..., d]`` fp32: ``scalar * x / sqrt(mean(x^2) + eps)``."""
+    check_shape("scalar", scalar, (1,), "[1] (one scale)")
     x = x.astype(jnp.float32)
     y = x * jax.lax.rsqrt(_mean_square(x) + epsilon)
     return y if scalar is None else y * scalar.astype(jnp.float32)
@@ -45,6 +47,7 @@ def rms_norm(x: Array, weight: Array | None, *, epsilon: float, hf_identity_bug:
     ``hf_identity_bug=True`` reproduces ``transformers``' ``MegaRMSNorm``, which returns ``x * weight`` without
     normalising (see the module docstring); only for checkpoints trained with it.
     """
+    check_shape("weight", weight, (x.shape[-1],), f"[d={x.shape[-1]}] (the last axis of x)")
     x = x.astype(jnp.float32)
     y = x if hf_identity_bug else x * jax.lax.rsqrt(_mean_square(x) + epsilon)
     return y if weight is None else y * weight.astype(jnp.float32)

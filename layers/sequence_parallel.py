@@ -1,4 +1,5 @@
-"""Sequence parallelism: MEGA's damped EMA and Reformer's chunked local attention with the length sharded.
+"""Sequence parallelism: MEGA's damped EMA, Reformer's chunked local attention and Longformer's banded attention
+with the length sharded.
 
 Both functions take a ``jax.sharding.Mesh`` and the name of its ``sequence`` axis; activations are split along
 ``length`` into ``S = mesh.shape[axis]`` contiguous shards of ``Ls = length / S`` positions, one per device, and
@@ -30,6 +31,13 @@ neighbouring chunks *circularly* (``look_adjacent``), so the neighbours wrap too
 of shard S-1. Key positions are the wrapped global positions, so the causal mask removes exactly what it removes
 unsharded.
 
+Banded attention (``layers.banded``): a shard holds whole blocks of the one-sided window ``w`` and runs the same
+body as the unsharded function (``banded_attention_shard``), with the block before its first and after its last
+from the adjacent shards (``ppermute``; no wrap: the ends of the sequence see padding), the global slots' local
+keys and values gathered by a ``psum`` of each shard's rows, and the global rows' softmax over the whole length
+combined from per-shard maxima, sums and partial outputs (``pmax`` / ``psum``). Cost per device: its own
+``Ls / length`` of the band and of the global rows, plus O(G) rows of communication.
+
 Attention dropout is the unsharded one: ``layers.dropout`` hashes each element's global index, so a shard computes
 its block of the very mask ``local_attention`` draws for the whole sequence (``keep_mask_block``).
 
@@ -58,6 +66,15 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from layers import ema
+from layers.banded import (
+    CHUNK_LENGTH,
+    BandedAttentionOutput,
+    GlobalTokens,
+    ShardContext,
+    banded_attention_shard,
+    check_banded_inputs,
+    dropout_seeds,
+)
 from layers.dropout import keep_mask_block, mask_seeds
 from layers.local import MASK_VALUE, LocalAttentionOutput, check_chunked_inputs
 
@@ -426,3 +443,74 @@ def sharded_local_attention(
         out_specs=(seq, P(batch_axis, None, axis, None, None)),
     )(query, key, value, attention_mask, seeds)
     return LocalAttentionOutput(out, probs)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Banded attention with global tokens.
+
+
+def sharded_banded_attention(
+    query: Array,
+    key: Array,
+    value: Array,
+    key_mode: Array,
+    *,
+    mesh: Mesh,
+    axis: str = "sequence",
+    batch_axis: str | None = None,
+    one_sided_window: int,
+    slots: GlobalTokens | None = None,
+    global_query: Array | None = None,
+    global_key: Array | None = None,
+    global_value: Array | None = None,
+    dropout_rate: float = 0.0,
+    dropout_rng: Array | None = None,
+    deterministic: bool = True,
+    return_probs: bool = False,
+    dtype: Any = None,
+    chunk_length: int | None = CHUNK_LENGTH,
+) -> BandedAttentionOutput:
+    """``layers.banded.banded_attention`` with ``length`` sharded over ``mesh`` axis ``axis``.
+
+    Arguments as ``banded_attention`` (same values, gradients and dropout masks); the local length
+    ``length / mesh.shape[axis]`` must be a multiple of ``one_sided_window``. ``slots`` and ``global_query``
+    (``[batch, G, ...]``) are replicated over ``axis``; everything of length ``length`` is split along it, the
+    returned probabilities too. mesh / axis / batch_axis: as ``sharded_damped_ema``.
+    """
+    check_banded_inputs(tuple(query.shape), tuple(key_mode.shape), one_sided_window)
+    batch, length = key_mode.shape
+    shards = _check_mesh(mesh, axis, batch_axis, batch, length)
+    check_banded_inputs(tuple(query.shape), tuple(key_mode.shape), one_sided_window, local_length=length // shards)
+    context = ShardContext(axis, shards, batch_axis)
+
+    def shard(query, key, value, key_mode, slots, global_query, global_key, global_value, seeds):
+        return banded_attention_shard(
+            query, key, value, key_mode, one_sided_window=one_sided_window, slots=slots, global_query=global_query,
+            global_key=global_key, global_value=global_value, dropout_rate=dropout_rate, seeds=seeds,
+            return_probs=return_probs, dtype=dtype, chunk_length=chunk_length, shard=context,
+            global_shape=(batch, length))
+
+    seq, rows, per_slot = P(batch_axis, axis, None, None), P(batch_axis, axis), P(batch_axis, None)
+    probs = P(batch_axis, None, axis, None)
+    return jax.shard_map(
+        shard, mesh=mesh,
+        in_specs=(seq, seq, seq, rows, P() if slots is None else GlobalTokens(per_slot, per_slot, rows),
+                  P(batch_axis, None, None, None), seq, seq, P()),
+        out_specs=BandedAttentionOutput(seq, probs, probs),
+    )(query, key, value, key_mode, slots, global_query, global_key, global_value,
+      dropout_seeds(dropout_rate, dropout_rng, deterministic))
+
+
+def sharded_take_positions(x: Array, index: Array, *, mesh: Mesh, axis: str = "sequence",
+                           batch_axis: str | None = None) -> Array:
+    """``x [batch, length, ...]`` split over ``axis``, at the positions ``index [batch, G]`` -> ``[batch, G, ...]``
+    (replicated over ``axis``): each shard gives the rows it holds, summed, without gathering ``x``."""
+    batch, length = x.shape[:2]
+    shards = _check_mesh(mesh, axis, batch_axis, batch, length)
+    context = ShardContext(axis, shards, batch_axis)
+    rest = (None,) * (x.ndim - 2)
+    return jax.shard_map(
+        context.take_positions, mesh=mesh,
+        in_specs=(P(batch_axis, axis, *rest), P(batch_axis, None)),
+        out_specs=P(batch_axis, None, *rest),
+    )(x, index)

@@ -112,6 +112,33 @@ def layer_key(key: Array | None, layer: int | Array) -> Array | None:
     return None if key is None else jax.random.fold_in(key, layer)
 
 
+@jax.tree_util.register_pytree_node_class
+class PerLayer(tuple):
+    """A stack held as one tree per layer (:func:`split_layers`): every layer's arrays are buffers of their own.
+
+    Given per-layer params (and caches), :func:`scan_layers` runs the layers unrolled instead of as a scan. This is
+    for decoding loops: in a scan a layer reads its weights through a dynamic slice of the stacked arrays, which XLA
+    materialises, so every decoding step copies every weight before reading it (BART-base decoder steps on CPU are
+    ~2x slower that way: ``benchmarks/bart_generation.py``). Split the stack once, before the loop (a decoding cache
+    can hold it), and each step reads the weights in place. The price: the layer is traced once per layer.
+    """
+
+    def tree_flatten(self):
+        return tuple(self), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(children)
+
+
+def split_layers(stacked: Any) -> PerLayer:
+    """``[rows, ...]`` stacked leaves -> :class:`PerLayer` of ``rows`` trees (each ``stacked[l]``)."""
+    rows = {int(leaf.shape[0]) for leaf in jax.tree.leaves(stacked)}
+    if len(rows) != 1:
+        raise ValueError(f"split_layers: stacked leaves must share their leading (layers) size; got {sorted(rows)}")
+    return PerLayer(index_stacked(stacked, l) for l in range(rows.pop()))
+
+
 class StackOutput(NamedTuple):
     """What :func:`scan_layers` returns.
 
@@ -145,7 +172,9 @@ def scan_layers(
         that layer's (unstacked) params, ``key`` its PRNG key (:func:`layer_key` of its global index, None without
         ``key``), ``cache`` its slice of ``cache`` (None without), ``index`` its global index (a traced int32).
         ``output`` (any pytree, or None) is collected per layer. Or a tuple of ``P`` such bodies, one per kind.
-      params: the stacked params: every leaf ``[rows, ...]`` (a tuple of ``P`` trees with ``P`` bodies).
+      params: the stacked params: every leaf ``[rows, ...]`` (a tuple of ``P`` trees with ``P`` bodies); or a
+        :class:`PerLayer` of one tree per layer (one body; ``cache`` then a ``PerLayer`` too): the layers run
+        unrolled, each reading its own buffers (decoding loops; see :class:`PerLayer`).
       carry: the initial state (any pytree: ``[batch, length, embed]``, or Reformer's two streams).
       key: dropout key of the whole stack (None: deterministic).
       residuals: what the backward keeps of each scan step (:data:`SCAN_RESIDUALS`).
@@ -161,6 +190,9 @@ def scan_layers(
     """
     check_scan_residuals(residuals, "residuals")
     check_scan_unroll(unroll, "unroll")
+    if isinstance(params, PerLayer):
+        return _run_per_layer(body, params, carry, key=key, residuals=residuals, cache=cache, first_layer=first_layer,
+                              param_index=param_index)
     bodies = (body,) if callable(body) else tuple(body)
     kinds = len(bodies)
     trees = (params,) if callable(body) else tuple(params)
@@ -223,6 +255,28 @@ def scan_layers(
     if cache is not None:
         new_cache = new_caches[0] if callable(body) else new_caches
     return StackOutput(carry, per_layer, new_cache)
+
+
+def _run_per_layer(body, params: PerLayer, carry, *, key, residuals, cache, first_layer, param_index) -> StackOutput:
+    """:func:`scan_layers` over :class:`PerLayer` params: the same keys, indices, residual policy and outputs, as a
+    Python loop; the new cache is a ``PerLayer`` too."""
+    if not callable(body) or param_index is not None:
+        raise ValueError("scan_layers: per-layer params need a single body and no param_index")
+    if cache is not None and (not isinstance(cache, PerLayer) or len(cache) != len(params)):
+        raise ValueError(f"scan_layers: per-layer params need a PerLayer cache of {len(params)} layers")
+
+    def layer(p, h, layer_key_, layer_cache, index):
+        return body(p, h, key=layer_key_, cache=layer_cache, index=index)
+
+    layer = checkpoint_layer(layer, residuals, "residuals")
+    outputs, caches = [], []
+    for l, p in enumerate(params):
+        index = first_layer + l
+        carry, out, new_cache = layer(p, carry, layer_key(key, index), None if cache is None else cache[l],
+                                      jnp.asarray(index, jnp.int32))
+        outputs.append(out)
+        caches.append(new_cache)
+    return StackOutput(carry, tuple(outputs), None if cache is None else PerLayer(caches))
 
 
 def scan_layers_reference(body, params, carry, *, key=None, cache=None, param_index=None):

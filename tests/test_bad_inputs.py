@@ -58,6 +58,12 @@ def _ids(seed=0):
     return jnp.asarray(np.random.RandomState(seed).randint(1, V, (B, L)), jnp.int32)
 
 
+def _cls_ids(name):
+    """``_ids()``, ending with the family's ``cls_eos`` once per row where its classifier pools at the eos."""
+    ids, eos = _ids(), FAMILIES[name].get("cls_eos")
+    return ids if eos is None else jnp.where(ids == eos, eos + 1, ids).at[:, -1].set(eos)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # HF config dicts
 @pytest.mark.parametrize("name", NAMES)
@@ -160,7 +166,7 @@ def test_masked_lm_labels_out_of_range_fail_eagerly_and_under_checked_jit(name, 
 def test_classification_labels_are_checked(name, labels, rule):
     _, params = _model(name, "cls")
     with pytest.raises(ValueError, match=rule):
-        _apply(name, "cls", params, input_ids=_ids(), labels=labels())
+        _apply(name, "cls", params, input_ids=_cls_ids(name), labels=labels())
 
 
 @pytest.mark.parametrize("problem,labels,rule", [
@@ -386,3 +392,121 @@ def test_realm_open_qa_checks_the_index_and_the_block_store(change, rule):
     kwargs = {k: v for k, v in change.items() if k in ("beam_size", "deterministic", "answer_ids")}
     with pytest.raises(ValueError, match=rule):
         module.apply(variables, _ids(), blocks=change.get("blocks", _blocks()), **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Fine-tuning files and keys: every mistake names the file, line and field (or the config key), never a silent skip
+def _task_config(name: str, tmp_path, train, eval_rows=None, **changes):
+    """The fine-tuning preset `name` reading `train` (rows, or the file's raw text) as its train file."""
+    from tests.config_keys import set_keys
+    from train.experiment import load_config
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = load_config(os.path.join(root, "configs", f"finetune_{name}.py"))
+
+    def write(file_name, content):
+        path = tmp_path / file_name
+        path.write_text(content if isinstance(content, str) else "".join(json.dumps(r) + "\n" for r in content))
+        return str(path)
+
+    config.data.train_file = write(changes.pop("file_name", "train.jsonl"), train)
+    if eval_rows is not None:
+        config.data.eval_file = write("eval.jsonl", eval_rows)
+    config.data.cache_dir = str(tmp_path / "spm")
+    return set_keys(config, changes)
+
+
+def _task_data(config):
+    from train import finetune
+    from train.experiment import resolve
+
+    return finetune.TaskData(resolve(config))
+
+
+_REVIEWS = [{"text": "the film was excellent", "label": "positive"}, {"text": "boring", "label": "negative"}]
+
+
+@pytest.mark.parametrize("name,train,changes,rule", [
+    ("classification", [{"text": "a", "label": 0}, {"text": "b", "label": 1}, {"text": "c", "label": 5}], {},
+     r"train\.jsonl:3: field 'label': label 5 is out of range \[0, 2\)"),
+    ("classification", _REVIEWS + [{"text": "meh", "label": "so-so"}], {"data.labels": ("negative", "positive")},
+     r"train\.jsonl:3: field 'label': label 'so-so' is not one of the classes 'negative', 'positive'"),
+    ("classification", _REVIEWS + [{"text": "meh", "label": "so-so"}], {},
+     r"config\.model\.num_labels=2: the labels of .*train\.jsonl \('negative', 'positive', 'so-so'\) are 3 "
+     r"classes; set config\.model\.num_labels=3"),
+    ("classification", [_REVIEWS[0], {"text": "no label here"}], {},
+     r"train\.jsonl:2: field 'label' is missing \(the row has: text; config\.data\.schema names the fields"),
+    ("classification", [_REVIEWS[0], {"sentence": "x", "label": "negative"}], {"data.schema.text": "sentence"},
+     r"train\.jsonl:1: field 'sentence' is missing \(the row has: label, text"),
+    ("classification", '{"text": "fine", "label": "positive"}\n{"text": "oops", "label": }\n', {},
+     r"train\.jsonl:2: not valid JSON \(Expecting value at column 27\)"),
+    ("classification", "text,label\nfine,1\n", {"file_name": "train.csv", "data.schema.label": "class"},
+     r"train\.csv:1: field 'class' is missing from the header \(columns: text, label"),
+    ("classification", [{"text": 7, "label": "positive"}], {},
+     r"train\.jsonl:1: field 'text': expected a string, got int 7"),
+    ("ner", [{"tokens": ["Anna", "met", "Omar"], "tags": ["B-PER", "O"]}], {},
+     r"train\.jsonl:1: field 'tags': expected one tag per word \(3 words in 'tokens'\)"),
+    ("ner", [{"tokens": ["Anna"], "tags": ["B-ORG"]}], {},
+     r"train\.jsonl:1: field 'tags': label 'B-ORG' is not one of the classes 'O', 'B-PER', 'I-PER', 'B-LOC'"),
+    ("qa", [{"question": "what is the code ?", "context": "the code is apple", "answers": ["zebra"]}], {},
+     r"train\.jsonl:1: field 'answers': answer 0 'zebra' is not in the context"),
+    ("qa", [{"question": "q", "context": "the code is apple", "answers": {"text": ["apple"], "answer_start": [3]}}],
+     {}, r"train\.jsonl:1: field 'answers': answer 0 'apple' is not at answer_start=3 of the context \(there: ' cod"),
+    ("multiple_choice", [{"text": "pick the fruit", "choices": ["apple", "horse", "red", "saw"], "label": 0},
+                         {"text": "pick the tool", "choices": ["saw", "red", "plum"], "label": 0}], {},
+     r"train\.jsonl:2: field 'choices': 3 choices; every row needs 4, as .*train\.jsonl:1 has"),
+    ("multiple_choice", [{"text": "pick the fruit", "choices": ["apple", "horse", "red", "saw"], "label": 4}], {},
+     r"train\.jsonl:1: field 'label': label 4 is out of range \[0, 4\)"),
+])
+def test_bad_fine_tuning_rows_name_the_file_line_and_field(tmp_path, name, train, changes, rule):
+    config = _task_config(name, tmp_path, train, **changes)
+    with pytest.raises(ValueError, match=rule):
+        _task_data(config)
+
+
+def test_bad_eval_row_names_the_eval_file(tmp_path):
+    config = _task_config("classification", tmp_path, _REVIEWS, eval_rows=[_REVIEWS[1], {"text": "x", "label": "?"}])
+    with pytest.raises(ValueError, match=r"eval\.jsonl:2: field 'label': label '\?' is not one of the classes"):
+        _task_data(config)
+
+
+def test_unanswerable_rows_are_counted_not_skipped(tmp_path):
+    rows = [{"question": "what is the code ?", "context": "the code is apple", "answers": ["apple"]},
+            {"question": "what is the code ?", "context": "nothing to see", "answers": []},
+            {"question": "what is the code ?", "context": "still nothing", "answers": {"text": [], "answer_start": []}}]
+    task = _task_data(_task_config("qa", tmp_path, rows, eval_every=0, **{"data.eval_file": ""}))
+    assert task.notes == [f"{tmp_path / 'train.jsonl'}: 2 of 3 rows have no answer (trained to point at the first "
+                          "token; scored as SQuAD 2.0 unanswerable questions)"]
+    assert sorted(set(task.train.feature_rows.tolist())) == [0, 1, 2]  # every row is trained on
+
+
+@pytest.mark.parametrize("name,changes,rule", [
+    ("classification", {"data.train_file": "/no/such.jsonl"}, r"config\.data\.train_file='/no/such\.jsonl': no such file"),
+    ("classification", {"data.train_file": "notes.txt"}, r"config\.data\.train_file='.*notes\.txt': unknown format"),
+    ("classification", {"data.eval_file": ""}, r"config\.data\.eval_file='': needed to evaluate every "
+                                                r"config\.eval_every=50 steps"),
+    ("classification", {"data.schema.txt": "text"}, r"config\.data\.schema\.txt='text': unknown role"),
+    ("classification", {"data.schema.label": ""}, r"config\.data\.schema\.label='': expected the name of the field"),
+    ("classification", {"data.buckets": (16, 64)}, r"config\.data\.buckets=\(16, 64\): expected ascending lengths "
+                                                   r">= 2 ending with config\.seq_len=32"),
+    ("classification", {"objective.name": "token_classification"},
+     r"config\.objective\.name='token_classification' trains a '\*ForTokenClassification' head; "
+     r"config\.model\.architectures\[0\] is 'AlbertForSequenceClassification'"),
+    ("classification", {"model.architectures": ["AlbertForMaskedLM"]},
+     r"config\.objective\.name='finetune': config\.model\.architectures\[0\]='AlbertForMaskedLM' is no task head"),
+    ("classification", {"objective.name": "mlm"}, r"config\.data\.train_file=.*labelled examples are for fine-tuning"),
+    ("classification", {"best_metric": "entity_f1"}, r"config\.best_metric='entity_f1': not a metric of this task "
+                                                      r"\(its metrics: loss, accuracy, f1, matthews\)"),
+    ("classification", {"layer_decay": 1.5}, r"config\.layer_decay=1\.5: must be in \(0, 1\]"),
+    ("qa", {"model.num_labels": 3}, r"config\.model\.num_labels=3: a question-answering head has 2 outputs"),
+])
+def test_bad_fine_tuning_keys_name_the_key(tmp_path, name, changes, rule):
+    from tests.config_keys import set_keys
+    from train.experiment import resolve
+
+    config = set_keys(_task_config(name, tmp_path, _REVIEWS), changes)
+    if "notes.txt" in str(changes.get("data.train_file", "")):
+        config.data.train_file = str(tmp_path / "notes.txt")
+        (tmp_path / "notes.txt").write_text("hello\n")
+    with pytest.raises(ValueError, match=rule):
+        _task_data(config) if "train_file" in str(changes) else resolve(config)

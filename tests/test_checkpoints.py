@@ -17,6 +17,7 @@ import pytest
 import jaxmodels
 from jaxmodels import convert, hf_io, hub, orbax_io, sharding
 from tests.families import FAMILIES, NAMES
+from tests.oracle import require_torch
 
 SHA_MAIN, SHA_V1 = "a" * 40, "b" * 40
 
@@ -92,7 +93,7 @@ def test_hub_offline_environment_and_local_directory_wins(cache, tmp_path, monke
 
 
 def test_tokenizer_from_hub_id(cache):
-    transformers = pytest.importorskip("transformers")
+    import transformers
     ours = jaxmodels.tokenizer_from_pretrained("org/tiny", cache_dir=cache, local_files_only=True)
     snapshot = os.path.join(cache, "models--org--tiny", "snapshots", SHA_MAIN)
     theirs = transformers.BertTokenizer.from_pretrained(snapshot)
@@ -168,8 +169,8 @@ def test_sharded_load_equals_the_full_load(name, tmp_path):
 def test_sharded_safetensors_load_in_transformers_and_torch_bin_loads_sharded(tmp_path):
     """HF reads our shard index; a torch ``pytorch_model.bin`` (memory-mapped) loads sharded too; a missing head is
     freshly initialised on the mesh, with the warning naming it."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    torch = require_torch()  # the [ref] oracle: CI installs it, so a missing one fails rather than skips
+    import transformers
     module, params = _model("albert")
     path = str(tmp_path / "hf")
     jaxmodels.save_pretrained(module, params, path, max_shard_size=2000)
@@ -200,8 +201,8 @@ def test_shard_size_argument_is_checked(tmp_path):
 # HF <-> Orbax
 @pytest.mark.parametrize("name", NAMES)
 def test_hf_orbax_hf_round_trip_loads_in_transformers_with_equal_outputs(name, tmp_path):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    torch = require_torch()  # the [ref] oracle: CI installs it, so a missing one fails rather than skips
+    import transformers
     module, params = _model(name)
     source, orbax, back = (str(tmp_path / d) for d in ("hf", "orbax", "back"))
     jaxmodels.save_pretrained(module, params, source)
@@ -220,8 +221,8 @@ def test_hf_orbax_hf_round_trip_loads_in_transformers_with_equal_outputs(name, t
 def test_realm_embedder_round_trips_through_orbax():
     """REALM's heads take candidates and blocks rather than one [batch, length] head, so it is not in FAMILIES: its
     embedder (the query/block tower every REALM class holds) goes HF -> Orbax -> HF with equal HF outputs."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    torch = require_torch()  # the [ref] oracle: CI installs it, so a missing one fails rather than skips
+    import transformers
     config = dict(model_type="realm", vocab_size=40, hidden_size=8, retriever_proj_size=4, num_hidden_layers=1,
                   num_attention_heads=2, intermediate_size=12, max_position_embeddings=16,
                   architectures=["RealmEmbedder"])

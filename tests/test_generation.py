@@ -112,3 +112,15 @@ def test_top_p_and_temperature_semantics():
     assert hot_counts[3] / hot_counts.sum() > 0.15
     with pytest.raises(ValueError, match="top_p"):
         process_logits(logits, top_p=0.0)
+
+
+def test_banned_ngram_tokens_equal_the_dictionary_twin():
+    """The static-shape n-gram ban equals HF's per-row dictionary of n-grams, for every fill length and n."""
+    from jaxmodels.generation import banned_ngram_tokens, banned_ngram_tokens_reference
+
+    tokens = np.random.RandomState(0).randint(0, 4, (3, 12))  # 4 symbols: many repeated n-grams
+    ban = jax.jit(banned_ngram_tokens, static_argnums=(2, 3))
+    for n in (1, 2, 3):
+        for length in range(1, 13):
+            np.testing.assert_array_equal(ban(jnp.asarray(tokens), jnp.int32(length), n, 6),
+                                          banned_ngram_tokens_reference(tokens, length, n, 6), err_msg=f"{n} {length}")

@@ -161,12 +161,16 @@ def format_summary(summary: dict) -> str:
                  + (f", eval loss {evals['eval_loss']:.3f}" if "eval_loss" in evals else "")
                  + (f" ({evals['eval_bits_per_char']:.3f} bits/char)" if "eval_bits_per_char" in evals else "")
                  + (f", {train['tokens_per_second']:,.0f} tokens/s" if "tokens_per_second" in train else ""))
+    best = summary.get("best")
+    if best:
+        lines.append(f"best: eval {best['metric']} {best['value']:.4f} at step {best['step']} ({best['checkpoint']})")
     if "unigram_entropy" in summary:
         lines.append(f"unigram entropy of the corpus: {summary['unigram_entropy']:.3f} nats/token "
                      "(the loss of a model that ignores context)")
     if summary.get("sample"):
         lines.append(f"sample: {summary['sample']}")
-    lines.append(f"outputs: {summary['workdir']}/  (metrics.jsonl, tensorboard/, checkpoints/, loss.png)")
+    lines.append(f"outputs: {summary['workdir']}/  (metrics.jsonl, tensorboard/, checkpoints/, "
+                 f"{'best/, ' if best else ''}loss.png)")
     return "\n".join(lines)
 
 

@@ -224,7 +224,7 @@ def compile_train_step(config, topology: Topology | str, *, mesh: str | None = N
     total it needed), `measured` is False, and arguments / outputs / alias come from the shapes and shardings
     while temp and code are None.
     """
-    from train import experiment, partitioning
+    from train import experiment, objectives, partitioning
     from train import state as state_lib
     from train import step as step_lib
 
@@ -236,6 +236,10 @@ def compile_train_step(config, topology: Topology | str, *, mesh: str | None = N
         if batch_size is not None:
             config.batch_size = batch_size
     exp = experiment.resolve(config)
+    if exp.task is not None:
+        raise ValueError(f"config.objective.name={config.objective.name!r}: train.aot compiles the steps of "
+                         "language-model objectives; a fine-tuning step's batch shapes (buckets, choices) come from "
+                         "its data files")
     devices = topology_devices(topology)
 
     import jax
@@ -256,7 +260,9 @@ def compile_train_step(config, topology: Topology | str, *, mesh: str | None = N
         raise ValueError(f"config.batch_size={config.batch_size}, config.seq_len={config.seq_len}: a batch "
                          f"{shape} does not split evenly over mesh {dict(device_mesh.shape)} "
                          f"(batch over {split.get('batch')}, length over {split.get('seq_len')})") from None
-    batch = {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_sharding) for k in BATCH_KEYS}
+    # The arrays the objective's batches hold (denoising: encoder and decoder sides, each [batch, seq_len]).
+    batch = {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_sharding)
+             for k in objectives.batch_keys(objective)}
     key = jax.eval_shape(lambda: jax.random.key(config.seed, impl=config.rng_impl))
     key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=NamedSharding(device_mesh, PartitionSpec()))
     index_rows = None

@@ -33,12 +33,15 @@ class CheckpointWriteError(ValueError):
     complete are untouched: Orbax writes into a temporary directory and renames it only when done."""
 
 
-class Checkpoints:
-    """A CheckpointManager over `DIR/checkpoints` keeping the `keep` latest steps."""
+BEST = "best"  # DIR/best/<step>: a fine-tuning run's best checkpoint by its eval metric
 
-    def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True):
+
+class Checkpoints:
+    """A CheckpointManager over `DIR/checkpoints` (or `DIR/<name>`) keeping the `keep` latest steps."""
+
+    def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True, name: str = "checkpoints"):
         self.workdir = os.path.abspath(workdir)
-        self.directory = os.path.join(self.workdir, "checkpoints")
+        self.directory = os.path.join(self.workdir, name)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save, cleanup_tmp_directories=True,
         )
@@ -155,4 +158,4 @@ def is_complete(path: str) -> bool:
         os.path.isdir(os.path.join(path, item)) for item in ITEMS)
 
 
-__all__ = ["CheckpointWriteError", "Checkpoints", "ITEMS", "UNREADABLE", "is_complete"]
+__all__ = ["BEST", "CheckpointWriteError", "Checkpoints", "ITEMS", "UNREADABLE", "is_complete"]

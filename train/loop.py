@@ -2,6 +2,10 @@
 
     summary = run(config, workdir)     # what `python -m train` calls
 
+Pretraining objectives read a text corpus (`train.data`); fine-tuning objectives read the user's labelled files
+(`train.finetune`), evaluate on the whole eval file with the task's metrics and keep the best checkpoint by one of
+them in `DIR/best/` besides the latest ones in `DIR/checkpoints/`.
+
 A run resumes from the latest complete checkpoint in `workdir` (state, data-iterator position, RNG by step),
 so rerunning the same command after any interruption continues on exactly the loss trajectory of a run
 that was never interrupted. SIGTERM (preemption) finishes the current step, saves, and returns normally.
@@ -23,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from train import checkpoint as checkpoint_lib
-from train import data, distributed, experiment, metrics as metrics_lib, partitioning
+from train import data, distributed, experiment, finetune, metrics as metrics_lib, objectives, partitioning
 from train import state as state_lib
 from train import step as step_lib
 
@@ -50,22 +54,39 @@ def _seed_keys(config) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 def check_batch(batch: dict, vocab_size: int, split: str) -> dict:
     """Host-side (numpy) check of a batch before it reaches the device: a token id outside the model's vocabulary
-    would be clamped by the embedding gather under jit and train on garbage without a word."""
-    ids = np.asarray(batch["inputs"])
-    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
-        bad = np.argwhere((ids < 0) | (ids >= vocab_size))[0]
-        raise ValueError(f"data ({split}): token id {int(ids[tuple(bad)])} at row {int(bad[0])}, position "
-                         f"{int(bad[1])} is outside the model's vocabulary [0, model.vocab_size={vocab_size}); is "
-                         "config.data.tokenizer the model's tokenizer?")
+    would be clamped by the embedding gather under jit and train on garbage without a word. Packed rows hold their
+    ids in `inputs`, encoder/decoder batches (denoising) in `input_ids` and `decoder_input_ids`, fine-tuning batches
+    in `input_ids` (`[batch, length]`, or `[batch, choices, length]`)."""
+    for key in ("inputs", "input_ids", "decoder_input_ids"):
+        if key not in batch:
+            continue
+        ids = np.asarray(batch[key])
+        if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+            bad = np.argwhere((ids < 0) | (ids >= vocab_size))[0]
+            where = f"row {int(bad[0])}, " + (f"choice {int(bad[1])}, " if ids.ndim == 3 else "") + \
+                f"position {int(bad[-1])}"
+            raise ValueError(f"data ({split}): token id {int(ids[tuple(bad)])} at {where} ({key}) is outside the "
+                             f"model's vocabulary [0, model.vocab_size={vocab_size}); is config.data.tokenizer the "
+                             "model's tokenizer?")
     return batch
 
 
-def _to_device(batch: dict, sharding) -> dict:
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+_to_device = partitioning.put_batch
 
 
 def _mean_rows(rows: list[dict]) -> dict:
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+def evaluate_lm(eval_step, params, eval_data, eval_start: dict, *, steps: int, batch_sharding, vocab_size: int,
+                split: str, key) -> dict[str, float]:
+    """The objective's metrics averaged over the first `steps` batches of the eval split (the same ones each time:
+    `eval_data` is rewound to `eval_start`)."""
+    eval_data.set_state(eval_start)
+    rows = [jax.device_get(eval_step(params, _to_device(check_batch(next(eval_data), vocab_size, split),
+                                                        batch_sharding), key))
+            for _ in range(steps)]
+    return _mean_rows([{k: float(v) for k, v in r.items()} for r in rows])
 
 
 def tokens_per_char(source, processor) -> float:
@@ -108,6 +129,7 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
     # A retrieval objective (REALM) reads its own corpus: evidence blocks, sentences, questions; its index of block
     # embeddings is part of the train state (train/retrieval_index.py).
     retrieval = None
+    task = evaluator = None
     eval_data = None
     if getattr(objective, "uses_index", False):
         from train.data.retrieval_corpus import ExampleBatches
@@ -125,6 +147,11 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
                                        global_batch_size=config.batch_size, seed=0, shuffle=False,
                                        process_index=jax.process_index(), process_count=jax.process_count())
             eval_start = eval_data.get_state()
+    elif exp.task is not None:
+        # Fine-tuning: the labelled files, read whole, tokenized and checked before anything is compiled.
+        task = finetune.TaskData(exp)
+        tokenizer = task.tokenizer_source
+        train_data = task.train_batches(batch_size=config.batch_size, seed=config.seed)
     else:
         # Process 0 prepares the corpus files and trains the tokenizer; the others then find them in the cache.
         with distributed.primary_first("tokenizer"):
@@ -133,18 +160,23 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
                 data_dir=data_dir)
         # This process's rows of each global batch; the global batch depends on num_shards alone (not on how
         # many processes share the work), so a run reads the same data on one host or several.
+        pipeline_options = objectives.data_options(exp.objective)  # denoising: encoder/decoder examples
         train_data = data.make_sharded_dataset(config.data.source, seq_len=config.seq_len,
                                                global_batch_size=config.batch_size, num_shards=num_shards,
-                                               seed=config.seed, tokenizer=tokenizer, data_dir=data_dir)
+                                               seed=config.seed, tokenizer=tokenizer, data_dir=data_dir,
+                                               **pipeline_options)
         if config.eval_every:
             eval_data = data.make_sharded_dataset(config.data.source, split=config.data.eval_split,
                                                   seq_len=config.seq_len, global_batch_size=config.batch_size,
                                                   num_shards=num_shards, seed=0, tokenizer=tokenizer,
-                                                  data_dir=data_dir)
+                                                  data_dir=data_dir, **pipeline_options)
             eval_start = eval_data.get_state()
 
     checkpoints = checkpoint_lib.Checkpoints(workdir, keep=config.keep_checkpoints,
                                              async_save=config.async_checkpointing)
+    # Fine-tuning with evaluation: the best checkpoint by exp.best's metric, apart from the latest ones.
+    best_checkpoints = None if exp.best is None else checkpoint_lib.Checkpoints(
+        workdir, keep=1, async_save=config.async_checkpointing, name=checkpoint_lib.BEST)
     shardings = state_lib.state_shardings(module, tx, mesh, rules)
     abstract = state_lib.abstract_state(shardings, module, tx)
     if retrieval is not None:
@@ -173,22 +205,30 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
         with open(os.path.join(workdir, "config.json"), "w") as f:
             json.dump({"config": experiment.to_dict(config), "model": model_dict}, f, indent=2)
 
-    batch_sharding = partitioning.batch_sharding(mesh, rules)
+    vocab_size = module.config.vocab_size
+    if task is None:
+        batch_sharding = partitioning.batch_sharding(mesh, rules)
+    else:  # one sharding per array: labels are [batch] (or [batch, length]), multiple choice [batch, choices, length]
+        batch_sharding = task.shardings(mesh, rules, {k: v[None] for k, v in task.train.features[0].items()})
+        if config.eval_every:
+            evaluator = finetune.TaskEvaluator(task, module, objective, mesh, rules, shardings.params, eval_key,
+                                               batch_size=config.batch_size,
+                                               check=lambda b: check_batch(b, vocab_size, "eval"))
     if retrieval is not None:  # rows of every rank (source blocks [b], answers [b, A, La]) split by the batch alone
         batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(batch_sharding.spec[0]))
-    vocab_size = module.config.vocab_size
     train_step = step_lib.make_train_step(module, objective, tx, schedule, shardings, batch_sharding,
                                           grad_accum_steps=config.grad_accum_steps,
                                           context_sharding=None if retrieval is None else retrieval.context_sharding)
-    if retrieval is None:
-        eval_step = step_lib.make_eval_step(module, objective, shardings.params, batch_sharding)
-    else:
+    eval_step = None
+    if retrieval is not None:
         retrieval_step = train_step
         train_step = lambda state, batch, key: retrieval_step(state, batch, key, retrieval.context)  # noqa: E731
         indexed_eval = step_lib.make_eval_step(module, objective, shardings.params, batch_sharding,
                                                {"index": shardings.index, **retrieval.context_sharding})
         eval_step = lambda params, batch, key: indexed_eval(  # noqa: E731
             params, batch, key, {"index": state.index, **retrieval.context})
+    elif task is None:
+        eval_step = step_lib.make_eval_step(module, objective, shardings.params, batch_sharding)
 
     # Every process computes the metrics (they are global values); process 0 alone writes and shows them.
     writer = metrics_lib.MetricsWriter(workdir, resume_step=start) if primary else metrics_lib.NullWriter()
@@ -196,34 +236,54 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
                                silent=not primary)
     if latest is not None:
         bar.write(f"resuming from {checkpoints.directory}/{latest}")
+    for note in task.notes if task is not None else ():
+        bar.write(f"note: {note}")
+    best = _best_so_far(best_checkpoints, start)
     stop = _StopFlag()
     previous_handler = signal.signal(signal.SIGTERM, stop) if _main_thread() else None
     tokens_per_step = config.batch_size * config.seq_len
     last_good = latest
     summary: dict[str, Any] = {"workdir": workdir, "start_step": start}
     pending: list[tuple[int, dict]] = []
-    window_start, window_step = time.perf_counter(), start
+    window_start, window_tokens = time.perf_counter(), 0
     last_row: dict = {}
     last_eval: dict = {}
 
     def metadata(step: int) -> dict:
         meta = {"step": step, "config": experiment.to_dict(config), "model": model_dict, "tokenizer": tokenizer,
-                "time": time.time(), "jax_version": jax.__version__, "tokens_seen": step * tokens_per_step}
+                "time": time.time(), "jax_version": jax.__version__,
+                **({"tokens_seen": step * tokens_per_step} if task is None else {}),
+                **({"best": best} if best else {})}
         if retrieval is not None:
             meta.update(block_store=retrieval.corpus.identity, index_step=int(state.index_step))
         return meta
 
-    def save(step: int) -> None:
-        nonlocal last_good
+    def data_state() -> dict:
+        if task is not None:  # every process draws the same global batches: one state serves all
+            return train_data.get_state()
         # Each process knows only its own shards' positions: gather them all into the checkpoint, so it
         # restores under any process count that divides config.data.shards.
-        data_state = distributed.merge_data_states(distributed.allgather_json(train_data.get_state()))
-        checkpoints.save(step, state, data_state, metadata(step))
+        return distributed.merge_data_states(distributed.allgather_json(train_data.get_state()))
+
+    def save(step: int) -> None:
+        nonlocal last_good
+        checkpoints.save(step, state, data_state(), metadata(step))
         last_good = step
+
+    def keep_if_best(row: dict) -> None:
+        """Saves the state to DIR/best/ when the eval metric of `row` beats the best so far."""
+        nonlocal best
+        metric, mode = exp.best
+        value = row.get(f"eval_{metric}")
+        if value is None or (best and not (value > best["value"] if mode == "max" else value < best["value"])):
+            return
+        best = {"metric": metric, "mode": mode, "value": value, "step": row["step"],
+                "checkpoint": os.path.join(best_checkpoints.directory, str(row["step"]))}
+        best_checkpoints.save(row["step"], state, data_state(), metadata(row["step"]))
 
     def flush(step: int) -> None:
         """Fetches pending metrics, stops on a non-finite loss, writes the row of `step` if it is a log step."""
-        nonlocal window_start, window_step, last_row, refresh_seconds
+        nonlocal window_start, window_tokens, last_row, refresh_seconds
         fetched = jax.device_get([m for _, m in pending])
         for (s, _), m in zip(pending, fetched):
             if not math.isfinite(float(m["loss"])):
@@ -235,8 +295,8 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
                     f"config.grad_clip_norm / config.dtype.")
         if pending and (step % config.log_every == 0 or step == config.total_steps):
             now = time.perf_counter()
-            tps = tokens_per_step * (step - window_step) / max(now - window_start, 1e-9)
-            window_start, window_step = now, step
+            tps = window_tokens / max(now - window_start, 1e-9)
+            window_start, window_tokens = now, 0
             row = {"step": step, **{k: float(v) for k, v in fetched[-1].items()}, "tokens_per_second": tps}
             if refresh_seconds is not None:  # the last index refresh (re-embedding every block)
                 row["index_refresh_seconds"] = refresh_seconds
@@ -254,13 +314,20 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
             data.load_tokenizer(tokenizer))
 
     def evaluate(step: int) -> dict:
-        eval_data.set_state(eval_start)
-        rows = [jax.device_get(eval_step(state.params, _to_device(check_batch(next(eval_data), vocab_size,
-                                                                              config.data.eval_split),
-                                                                  batch_sharding), eval_key))
-                for _ in range(config.eval_steps)]
-        row = {"step": step, "split": config.data.eval_split,
-               **{f"eval_{k}": v for k, v in _mean_rows([{k: float(v) for k, v in r.items()} for r in rows]).items()}}
+        if task is not None:
+            metrics = evaluator(state.params)
+            row = {"step": step, "split": "eval", **{f"eval_{k}": v for k, v in metrics.items()}}
+            writer.write(row)
+            headline = exp.best[0] if exp.best else None
+            bar.write(f"step {step}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()
+                                                   if k == "loss" or k == headline or len(metrics) <= 4))
+            if best_checkpoints is not None:
+                keep_if_best(row)
+            return row
+        metrics = evaluate_lm(eval_step, state.params, eval_data, eval_start, steps=config.eval_steps,
+                              batch_sharding=batch_sharding, vocab_size=vocab_size, split=config.data.eval_split,
+                              key=eval_key)
+        row = {"step": step, "split": config.data.eval_split, **{f"eval_{k}": v for k, v in metrics.items()}}
         if eval_tokens_per_char is not None:
             row["eval_bits_per_char"] = row["eval_loss"] / math.log(2) * eval_tokens_per_char
         writer.write(row)
@@ -275,7 +342,11 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
         scope.enter_context(partitioning.activate(mesh, rules))
         step = start
         while step < config.total_steps:
-            batch = _to_device(check_batch(next(train_data), vocab_size, "train"), batch_sharding)
+            host_batch = check_batch(next(train_data), vocab_size, "train")
+            # Fine-tuning counts real tokens (not padding), as the LM's packed rows have none.
+            window_tokens += tokens_per_step if task is None else \
+                int(np.asarray(host_batch["attention_mask"]).sum()) * jax.process_count()
+            batch = _to_device(host_batch, batch_sharding)
             state, step_metrics = train_step(state, batch, train_key)
             step += 1
             pending.append((step, step_metrics))
@@ -304,6 +375,8 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
         bar.close()
         # Saves already started are of good states (the loss was checked first): let them finish.
         checkpoints.close()
+        if best_checkpoints is not None:
+            best_checkpoints.close()
         writer.close()
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
@@ -314,6 +387,8 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
         last_eval = next((r for r in reversed(rows) if "split" in r), {})
     summary.update(final_step=int(state.step), seconds=time.perf_counter() - started, last_train=last_row,
                    last_eval=last_eval, checkpoint=os.path.join(checkpoints.directory, str(int(state.step))))
+    if best:
+        summary["best"] = best
     reference = None
     if config.objective.name == "causal_lm":
         processor = data.load_tokenizer(tokenizer)
@@ -330,6 +405,23 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
         summary["loss_png"] = metrics_lib.plot_loss_curve(
             workdir, title=f"{type(module).__name__} ({config.objective.name})", reference=reference)
     return summary
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _best_so_far(best_checkpoints, start: int) -> dict | None:
+    """The best eval result a resumed run had reached (stored with its best checkpoint), or None."""
+    if best_checkpoints is None:
+        return None
+    steps = [s for s in best_checkpoints.all_steps() if s <= start]
+    if not steps:
+        return None
+    try:
+        return best_checkpoints.read_metadata(max(steps)).get("best")
+    except Exception:  # noqa: BLE001 - an unreadable best checkpoint is beaten by the next evaluation
+        return None
 
 
 def prepare_workdir(workdir: str) -> str:
@@ -350,7 +442,8 @@ def prepare_workdir(workdir: str) -> str:
 
 
 # What makes a checkpoint of another run: its params (the model) and its optimizer state (the optimizer).
-_RUN_IDENTITY = ("optimizer",)
+# The learning-rate factors add a stage to the optimizer state, so they are part of it too.
+_RUN_IDENTITY = ("optimizer", "head_learning_rate_factor", "layer_decay")
 
 
 def check_same_run(metadata: dict, config, model_dict: dict, workdir: str) -> None:

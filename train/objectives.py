@@ -11,6 +11,16 @@ name (`config.objective = dict(name="mlm", mask_prob=0.15)`). Calling it returns
 to swap) comes from `rng`, which the step derives from the seed and the step number, so a resumed run draws
 exactly the masks of an uninterrupted one. A later family adds its own with `@register("name")`
 (denoising, span QA, classification, retrieval) without touching the step.
+
+An objective whose batches the pipeline must build differently says so with `data_options()`: keyword arguments
+for `train.data.make_dataset` (`denoising` noises on the host, per example, and yields encoder/decoder batches);
+`batch_keys` names the arrays its batches hold.
+
+Fine-tuning objectives train task heads on `train.data.task_batches` batches (model inputs by their HF names plus
+the labels): `sequence_classification`, `token_classification`, `question_answering`, `multiple_choice`,
+`seq2seq` (source -> target, an encoder-decoder's `*ForConditionalGeneration`), each
+for the heads of that HF class-name suffix (`HEAD_KINDS`), and `finetune`, which follows whatever head the model
+has. They run the head with its labels, so the loss is the model's own (HF's), and add `predict` for evaluation.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from typing import Any, Callable, Mapping
 import jax
 import jax.numpy as jnp
 
+from train.data import denoising as denoising_lib
 from train.data import tokenizer as special
 
 Array = jax.Array
@@ -509,3 +520,257 @@ class RetrievalOpenQA(_RetrievalObjective):
         return loss, {"loss": loss, "retriever_loss": jnp.mean(reader.retriever_loss),
                       "reader_loss": jnp.mean(reader.reader_loss), "recall@1": recall(1), "recall@5": recall(5),
                       "recall@beam": recall(self.beam_size), "exact_match": jnp.mean(exact.astype(jnp.float32))}
+
+
+@register("denoising")
+@dataclasses.dataclass(frozen=True)
+class Denoising:
+    """BART pretraining: reconstruct the original text from its sentence-permuted, span-infilled version; for
+    encoder-decoder LM heads (`*ForConditionalGeneration`).
+
+    The noising runs in the data pipeline (`train.data.denoising`: Poisson(`poisson_lambda`) spans, one mask per
+    span, zero-length spans insert one, `mask_ratio` of the tokens masked, `permute_sentence_ratio` of each
+    document's sentences shuffled); the step reads `input_ids`, `attention_mask`, `decoder_input_ids` (the labels
+    shifted right after `decoder_start_token_id`, which must be the model's), `decoder_attention_mask` and
+    `labels`, and the model computes its token cross-entropy over every label (`accuracy`: arg-max hits).
+    """
+
+    mask_ratio: float = 0.3
+    poisson_lambda: float = 3.0
+    permute_sentence_ratio: float = 1.0
+    decoder_start_token_id: int = special.EOS_ID
+
+    batch_keys = denoising_lib.KEYS
+
+    def __post_init__(self):
+        try:
+            self.options()
+        except ValueError as error:
+            raise ValueError(f"config.objective.{error}") from None
+
+    def options(self) -> denoising_lib.DenoisingOptions:
+        return denoising_lib.DenoisingOptions(self.mask_ratio, self.poisson_lambda, self.permute_sentence_ratio,
+                                              self.decoder_start_token_id)
+
+    def data_options(self) -> dict:
+        return {"denoising": self.options()}
+
+    def check_model(self, architecture: str, config) -> None:
+        """The model must be an encoder-decoder LM whose special ids are the data's: `train.experiment` checks the
+        config before anything runs, the step again when it is traced (a module built some other way)."""
+        if not architecture.endswith("ForConditionalGeneration"):
+            raise ValueError(f"config.objective.name='denoising' needs an encoder-decoder LM head "
+                             f"(*ForConditionalGeneration); config.model.architectures names {architecture}")
+        expected = {"pad_token_id": special.PAD_ID, "decoder_start_token_id": self.decoder_start_token_id}
+        for field, want in expected.items():
+            if getattr(config, field, want) != want:
+                alternative = " (or set config.objective.decoder_start_token_id)" if field.startswith("decoder") else ""
+                raise ValueError(f"config.model.{field}={getattr(config, field)!r}: the denoising batches use "
+                                 f"{want} (train.data's <pad>=0, <s>=2, </s>=3; BART starts decoding with </s>); "
+                                 f"set it to {want}{alternative}")
+
+    def __call__(self, module, params, batch, rng, *, deterministic: bool):
+        self.check_model(type(module).__name__, module.config)
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask")}
+        # Rows grain pads a finite run's last batch with are zeros: their decoder mask, not their labels, says so.
+        labels = jnp.where(batch["decoder_attention_mask"] > 0, batch["labels"], IGNORE_INDEX)
+        _, loss, metrics = masked_lm_forward(module, params, inputs, labels, rng, deterministic)
+        return loss, {"loss": loss, "accuracy": metrics["mlm_accuracy"]}
+
+
+def data_options(objective) -> dict:
+    """The `train.data.make_dataset` keyword arguments `objective` needs (none for most objectives)."""
+    method = getattr(objective, "data_options", None)
+    return method() if method is not None else {}
+
+
+def batch_keys(objective) -> tuple[str, ...]:
+    """The arrays of the batches `objective` reads, each `[batch, length]` int32."""
+    return tuple(getattr(objective, "batch_keys", ("inputs", "segment_ids", "positions")))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Fine-tuning objectives: one per kind of task head, picked from the head's HF class name
+# --------------------------------------------------------------------------------------------------------------
+# HF's naming convention for task heads (`AlbertForSequenceClassification`, ...): the class-name suffix says what
+# the head computes and what labels it takes, so the trainer needs no family's name to pick an objective.
+HEAD_KINDS = {
+    "ForSequenceClassification": "sequence_classification",
+    "ForTokenClassification": "token_classification",
+    "ForQuestionAnswering": "question_answering",
+    "ForMultipleChoice": "multiple_choice",
+    "ForConditionalGeneration": "seq2seq",
+}
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+LABEL_KEYS = {
+    "sequence_classification": ("labels",),
+    "token_classification": ("labels",),
+    "question_answering": ("start_positions", "end_positions"),
+    "multiple_choice": ("labels",),
+    "seq2seq": ("labels",),
+}
+
+
+def head_kind(architecture: str) -> str | None:
+    """The task kind of an HF class name (`"AlbertForTokenClassification"` -> `"token_classification"`), or None
+    for a class that is no task head (a bare model, a language-model head)."""
+    for suffix, kind in HEAD_KINDS.items():
+        if architecture.endswith(suffix):
+            return kind
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class _TaskHead:
+    """Runs a task head with its labels, so the model computes HF's loss its own way (as `masked_lm_forward` does
+    for masked LM): regression / single-label / multi-label by `problem_type`, tokens labelled -100 ignored, span
+    positions outside the row ignored.
+
+    `batch` (what `train.data.task_batches` yields): `input_ids`, `attention_mask` and, for models that take them,
+    `token_type_ids`, each `[batch, length]` (`[batch, choices, length]` for multiple choice), plus the labels of
+    the kind (`LABEL_KEYS`): `labels` `[batch]` int (class or right choice), `[batch]` float (regression),
+    `[batch, num_labels]` float (multi-label), `[batch, length]` int (tokens); `start_positions` / `end_positions`
+    `[batch]` int.
+    """
+
+    kind = ""  # set by each subclass: the HEAD_KINDS value it trains
+
+    def check_head(self, module) -> None:
+        task_kind(self, type(module).__name__)
+
+    def model_inputs(self, batch: Mapping[str, Array]) -> dict[str, Array]:
+        return {k: batch[k] for k in MODEL_INPUTS if k in batch}
+
+    def __call__(self, module, params, batch, rng, *, deterministic: bool):
+        self.check_head(module)
+        labels = {k: batch[k] for k in LABEL_KEYS[self.kind]}
+        out = _apply(module, params, {**self.model_inputs(batch), **labels}, rng, deterministic)
+        return out.loss, {"loss": out.loss, **self.train_metrics(module, out, batch)}
+
+    def train_metrics(self, module, out, batch) -> dict[str, Array]:
+        return {}
+
+    def predict(self, module, params, batch, rng) -> dict[str, Array]:
+        """The head's outputs without labels or dropout, for evaluation on the host: `{"logits"}`, or
+        `{"start_logits", "end_logits"}` for span QA."""
+        self.check_head(module)
+        out = _apply(module, params, self.model_inputs(batch), rng, True)
+        if self.kind == "question_answering":
+            return {"start_logits": out.start_logits.astype(jnp.float32),
+                    "end_logits": out.end_logits.astype(jnp.float32)}
+        return {"logits": out.logits.astype(jnp.float32)}
+
+
+def _class_accuracy(logits: Array, labels: Array) -> Array:
+    return masked_mean_cross_entropy(logits, labels.astype(jnp.int32))[1]
+
+
+@register("sequence_classification")
+@dataclasses.dataclass(frozen=True)
+class SequenceClassification(_TaskHead):
+    """`*ForSequenceClassification`: one label per row (or per pair), `[batch]` class ids, `[batch]` regression
+    targets or `[batch, num_labels]` multi-label targets; the model's `problem_type` picks the loss."""
+
+    kind = "sequence_classification"
+
+    def train_metrics(self, module, out, batch):
+        labels = batch["labels"]
+        if labels.ndim != 1 or not jnp.issubdtype(labels.dtype, jnp.integer):
+            return {}  # regression and multi-label: the loss says it
+        return {"accuracy": _class_accuracy(out.logits, labels)}
+
+
+@register("token_classification")
+@dataclasses.dataclass(frozen=True)
+class TokenClassification(_TaskHead):
+    """`*ForTokenClassification`: `labels [batch, length]`, -100 on special tokens, padding and (unless the data
+    labels every sub-token) word continuations."""
+
+    kind = "token_classification"
+
+    def train_metrics(self, module, out, batch):
+        return {"accuracy": _class_accuracy(out.logits, batch["labels"])}
+
+
+@register("question_answering")
+@dataclasses.dataclass(frozen=True)
+class QuestionAnswering(_TaskHead):
+    """`*ForQuestionAnswering`: `start_positions` / `end_positions [batch]`, token positions of the answer in the
+    window (the first token, `[CLS]`, for a window without the answer)."""
+
+    kind = "question_answering"
+
+    def train_metrics(self, module, out, batch):
+        start = jnp.argmax(out.start_logits, -1) == batch["start_positions"]
+        end = jnp.argmax(out.end_logits, -1) == batch["end_positions"]
+        return {"span_accuracy": jnp.mean(start & end)}
+
+
+@register("multiple_choice")
+@dataclasses.dataclass(frozen=True)
+class MultipleChoice(_TaskHead):
+    """`*ForMultipleChoice`: inputs `[batch, choices, length]`, `labels [batch]` the index of the right choice."""
+
+    kind = "multiple_choice"
+
+    def train_metrics(self, module, out, batch):
+        return {"accuracy": _class_accuracy(out.logits, batch["labels"])}
+
+
+@register("seq2seq")
+@dataclasses.dataclass(frozen=True)
+class Seq2Seq(_TaskHead):
+    """`*ForConditionalGeneration` (an encoder-decoder): `labels [batch, target_length]` the target tokens (-100 on
+    padding); the model reads them shifted right behind its decoder start token and scores each next token.
+    Evaluation generates (`train.finetune`); `predict` gives the teacher-forced loss of each row."""
+
+    kind = "seq2seq"
+
+    def predict(self, module, params, batch, rng):
+        """`target_nll [batch]` (summed over the row's target tokens) and `target_tokens [batch]`."""
+        self.check_head(module)
+        labels = batch["labels"]
+        out = _apply(module, params, {**self.model_inputs(batch), "labels": labels}, rng, True)
+        logp = jax.nn.log_softmax(out.logits.astype(jnp.float32), axis=-1)
+        mask = labels != IGNORE_INDEX
+        picked = jnp.take_along_axis(logp, jnp.where(mask, labels, 0)[..., None], axis=-1)[..., 0]
+        return {"target_nll": -jnp.sum(jnp.where(mask, picked, 0.0), axis=-1),
+                "target_tokens": jnp.sum(mask, axis=-1).astype(jnp.int32)}
+
+
+TASK_OBJECTIVES = {cls.kind: cls for cls in (SequenceClassification, TokenClassification, QuestionAnswering,
+                                              MultipleChoice, Seq2Seq)}
+
+
+@register("finetune")
+@dataclasses.dataclass(frozen=True)
+class FineTune:
+    """Fine-tunes whatever task head the model has: the objective of its class-name suffix (`HEAD_KINDS`)."""
+
+    def for_module(self, module):
+        return TASK_OBJECTIVES[task_kind(self, type(module).__name__)]()
+
+    def __call__(self, module, params, batch, rng, *, deterministic: bool):
+        return self.for_module(module)(module, params, batch, rng, deterministic=deterministic)
+
+    def predict(self, module, params, batch, rng):
+        return self.for_module(module).predict(module, params, batch, rng)
+
+
+def task_kind(objective, architecture: str) -> str | None:
+    """The kind of task `objective` trains on a model of class `architecture` (None for pretraining objectives);
+    a task objective on a head of another kind raises `ValueError` naming the config keys."""
+    kind = head_kind(architecture)
+    if isinstance(objective, FineTune):
+        if kind is None:
+            raise ValueError(f"config.objective.name='finetune': config.model.architectures[0]={architecture!r} is "
+                             f"no task head (one of {', '.join('*' + s for s in HEAD_KINDS)})")
+        return kind
+    if isinstance(objective, _TaskHead):
+        if kind != objective.kind:
+            wanted = next(s for s, k in HEAD_KINDS.items() if k == objective.kind)
+            raise ValueError(f"config.objective.name={objective.name!r} trains a '*{wanted}' head; "
+                             f"config.model.architectures[0] is {architecture!r} (change one of them, or use "
+                             "objective 'finetune', which follows the head)")
+        return kind
+    return None

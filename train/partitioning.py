@@ -142,6 +142,29 @@ def like_params_shardings(tree, params_abstract, params_shardings, mesh: Mesh):
     return jax.tree.map(assign, tree, is_leaf=is_params_like)
 
 
-def batch_sharding(mesh: Mesh, rules=DEFAULT_RULES) -> NamedSharding:
-    """`[batch, length]` inputs: the batch over the axes the `act_batch` rule names (the length over `act_length`'s)."""
-    return nn.logical_to_mesh_sharding(PartitionSpec(axes.ACT_BATCH, axes.ACT_LENGTH), mesh, rules)
+def batch_sharding(mesh: Mesh, rules=DEFAULT_RULES, ndim: int = 2, *, tokens: bool = True) -> NamedSharding:
+    """Sharding of a batch array: its batch axis over the axes the `act_batch` rule names and, for an array of
+    tokens (`tokens`), its last axis, the length, over `act_length`'s. `[batch, length]` inputs by default;
+    `ndim` 1 for `[batch]` labels, 3 for `[batch, choices, length]` (multiple choice; the choices replicated);
+    `tokens=False` for an array without a length axis (`[batch, num_labels]` targets: only the batch is split)."""
+    if ndim < 1:
+        raise ValueError(f"batch arrays have a batch axis; got ndim={ndim}")
+    spec = [axes.ACT_BATCH] + [None] * (ndim - 1)
+    if tokens and ndim >= 2:
+        spec[-1] = axes.ACT_LENGTH
+    return nn.logical_to_mesh_sharding(PartitionSpec(*spec), mesh, rules)
+
+
+def batch_shardings(mesh: Mesh, rules, batch: dict, token_keys=None) -> dict[str, NamedSharding]:
+    """`batch_sharding` of every array of a batch dict; `token_keys` are the arrays with a length axis (None: all
+    of rank 2 or more)."""
+    return {k: batch_sharding(mesh, rules, np.ndim(v), tokens=token_keys is None or k in token_keys)
+            for k, v in batch.items()}
+
+
+def put_batch(batch: dict, shardings) -> dict:
+    """This process's rows of each array of `batch` -> global arrays laid out by `shardings` (one sharding for
+    all, or a dict by key)."""
+    return {k: jax.make_array_from_process_local_data(shardings[k] if isinstance(shardings, dict) else shardings,
+                                                      np.asarray(v))
+            for k, v in batch.items()}

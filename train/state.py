@@ -82,8 +82,10 @@ def init_train_state(module: nn.Module, tx: optax.GradientTransformation, rng: j
 
     `init_from` is what `jaxmodels.from_pretrained` reads (an HF directory or Hub id, an Orbax params directory from
     `python -m jaxmodels.convert`, or a training run's checkpoint), loaded straight into the params' shardings on
-    `mesh`; weights the checkpoint lacks (a new head) are initialised from `rng`, and its config must build the
-    same shapes.
+    `mesh`, into `module`'s class and config (its fields over the checkpoint's, so a pretraining or bare-model
+    checkpoint can start a task head); weights the checkpoint lacks (a new head) are initialised from `rng` with a
+    warning naming them, as HF does. A checkpoint tensor of another shape than `module` needs is a `ValueError`
+    naming `config.init_from`.
     """
     shardings = state_shardings(module, tx, mesh, rules)
 
@@ -91,7 +93,14 @@ def init_train_state(module: nn.Module, tx: optax.GradientTransformation, rng: j
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
     if init_from:
-        loaded_module, loaded = jaxmodels.from_pretrained(init_from, rng=rng, mesh=mesh, rules=rules)
+        target = {**module.config.to_hf_dict(), "architectures": [type(module).__name__]}
+        try:
+            loaded_module, loaded = jaxmodels.from_pretrained(init_from, rng=rng, mesh=mesh, rules=rules,
+                                                              overrides=target)
+        except ValueError as error:
+            message = str(error)
+            raise ValueError(message if message.startswith("config.init_from") else
+                             f"config.init_from={init_from!r}: {message}") from error
         abstract_params = jax.eval_shape(lambda: jaxmodels.init_params(module, jax.random.PRNGKey(0)))
         got = jax.tree.map(lambda x: (x.shape, str(x.dtype)), loaded)
         want = jax.tree.map(lambda x: (x.shape, str(x.dtype)), abstract_params)

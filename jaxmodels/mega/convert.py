@@ -9,7 +9,7 @@ HF's rotary bias also registers a persistent ``_float_tensor`` buffer (a dtype c
 
 from __future__ import annotations
 
-from jaxmodels.hf_io import torch_leaf
+from jaxmodels.hf_io import stacked_layer_names, torch_leaf
 from jaxmodels.mega.config import MegaConfig
 
 BASE_MODEL_PREFIX = "mega"
@@ -27,10 +27,7 @@ def key_fn(config: MegaConfig):
 
     def keys(path, shape):
         if _LAYERS in path:
-            at = path.index(_LAYERS)
-            stem = ".".join(path[:at + 1])
-            rest = torch_leaf(path[at + 1:])
-            return [(f"{stem}.{i}.{rest}", (i,)) for i in range(config.num_hidden_layers)]
+            return stacked_layer_names(path, config.num_hidden_layers)
         return [(torch_leaf(path), ())]
 
     return keys

@@ -180,7 +180,7 @@ class ReformerEmbeddings(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, input_ids, position_ids, inputs_embeds, *, start_index=0, deterministic: bool = True):
+    def __call__(self, input_ids, position_ids, inputs_embeds, start_index=0, deterministic: bool = True):
         c = self.config
         word = Embed(c.vocab_size, c.hidden_size, dtype=self.dtype, embedding_init=_normal(c), name="word_embeddings")
         x = word(input_ids) if inputs_embeds is None else inputs_embeds.astype(self.dtype)
@@ -231,7 +231,7 @@ class ReformerAttention(nn.Module):
     def __call__(self, x, attention_mask=None, *, rotations=None, buckets=None, num_hashes=None,
                  deterministic: bool = True, return_probs: bool = False, live_length=None):
         c = self.config
-        h = LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="layer_norm")(x)
+        h = LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, remat=True, name="layer_norm")(x)
         if self.kind == "lsh":
             out, buckets, probs = LSHSelfAttention(
                 num_heads=c.num_attention_heads, head_dim=c.attention_head_size, chunk_length=c.lsh_attn_chunk_length,
@@ -598,7 +598,10 @@ class ReformerModel(nn.Module):
     decoding: str = "exact"
 
     def setup(self):
-        self.embeddings = ReformerEmbeddings(self.config, self.dtype)
+        # Rematerialised: its backward would otherwise keep two fp32 [batch, length, H] buffers (the word dropout's
+        # scaled mask and the axial positions' dropout product) alive through the whole encoder backward, 2 KiB per
+        # token at d=256; recomputing a gather and a hashed mask costs nothing next to a layer.
+        self.embeddings = nn.remat(ReformerEmbeddings, static_argnums=(5,))(self.config, self.dtype)
         self.encoder = ReformerEncoder(self.config, self.dtype, remat=self.remat, scan_residuals=self.scan_residuals,
                                        scan_unroll=self.scan_unroll, sequence_sharding=self.sequence_sharding)
 
@@ -643,7 +646,7 @@ class ReformerModel(nn.Module):
                                  f"{c.lcm_chunk_length}), beyond the {c.max_length} positions of axial_pos_shape")
         if lsh_rotations is not None and "lsh" in c.attn_layers and padded > c.lsh_attn_chunk_length:
             check_rotations(c, lsh_rotations, padded, num_hashes)
-        x = self.embeddings(input_ids, position_ids, inputs_embeds, deterministic=deterministic)
+        x = self.embeddings(input_ids, position_ids, inputs_embeds, 0, deterministic)  # positional: remat
         h, hidden, attentions = self.encoder(
             x, attention_mask, lsh_rotations=lsh_rotations, num_hashes=num_hashes, deterministic=deterministic,
             output_hidden_states=output_hidden_states, output_attentions=output_attentions)
@@ -670,7 +673,7 @@ class ReformerModel(nn.Module):
         end = index + t
         if lsh_rotations is not None and "lsh" in c.attn_layers and slots > c.lsh_attn_chunk_length:
             check_rotations(c, lsh_rotations, slots, None)
-        x = self.embeddings(ids, None, None, deterministic=True)
+        x = self.embeddings(ids, None, None, 0, True)
         live = mask * (jnp.arange(slots) < end)
         h, _, _ = self.encoder(x, live, lsh_rotations=lsh_rotations, deterministic=True,
                                live_length=padded_length(c, end))
@@ -687,7 +690,7 @@ class ReformerModel(nn.Module):
             raise ValueError(f"cache max_length={max_length} exceeds the {c.max_length} positions of the model")
         if lsh_rotations is not None and "lsh" in c.attn_layers and max_length > c.lsh_attn_chunk_length:
             check_rotations(c, lsh_rotations, max_length, None)
-        x = self.embeddings(input_ids, position_ids, inputs_embeds, start_index=cache["index"], deterministic=True)
+        x = self.embeddings(input_ids, position_ids, inputs_embeds, cache["index"], True)
         h, _, _, new_cache = self.encoder(x, attention_mask, lsh_rotations=lsh_rotations, deterministic=True,
                                           cache=cache)
         return ReformerModelOutput(last_hidden_state=h, cache=new_cache)

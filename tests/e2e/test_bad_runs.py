@@ -9,6 +9,7 @@ the run resumes from the previous one. (SIGKILL during a save and SIGTERM: tests
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -167,3 +168,87 @@ def test_aot_without_libtpu_is_a_user_error(tmp_path):
     result = subprocess.run([sys.executable, "-m", "train.aot", "--config", TINY, "--topology", "v5e:2x2"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     _user_error(result, "train.aot needs libtpu")
+
+
+# Fine-tuning: a bad row of the user's files, and `python -m train.evaluate` on what is not a run.
+def _finetune_config(name: str) -> str:
+    return os.path.join(ROOT, "configs", f"finetune_{name}.py")
+
+
+_REVIEW = '{"text": "fine", "label": 1}\n'
+_QA = '{"question": "what is the code ?", "context": "the code is apple", "answers": ["apple"]}\n'
+
+
+@pytest.mark.parametrize("name,train,held_out,message", [
+    ("classification", _REVIEW + '{"text": "bad", "label": 7}\n', None,
+     "{train}:2: field 'label': label 7 is out of range [0, 2)"),
+    ("classification", _REVIEW + '{"text": "bad", "label": 0}\n', _REVIEW + '{"txt": "no text field", "label": 0}\n',
+     "{eval}:2: field 'text' is missing (the row has: label, txt; config.data.schema names the fields to read)"),
+    ("classification", "text,class\nfine,1\n", None, "{train}:1: field 'label' is missing from the header"),
+    ("ner", '{"tokens": ["Anna", "met", "Omar"], "tags": ["B-PER", "O", "B-XYZ"]}\n', None,
+     "{train}:1: field 'tags': label 'B-XYZ' is not one of the classes"),
+    ("qa", _QA + '{"question": "q", "context": "the code is apple", "answers": ["zebra"]}\n', None,
+     "{train}:2: field 'answers': answer 0 'zebra' is not in the context"),
+    ("multiple_choice", '{"text": "pick", "choices": ["a", "b"], "label": "c"}\n', None,
+     "{train}:1: field 'label': expected a class id (int) got 'c'"),
+])
+def test_bad_rows_of_fine_tuning_files_name_file_line_and_field(cli, tmp_path, name, train, held_out, message):
+    suffix = ".csv" if train.startswith("text,") else ".jsonl"
+    files = {"train": _write(tmp_path / f"train{suffix}", train)}
+    files["eval"] = _write(tmp_path / "eval.jsonl", held_out) if held_out is not None else ""
+    if name == "ner":  # tags named, so the unknown one is a bad label, not a new class
+        labels = ["--config.data.labels=('O', 'B-PER', 'I-PER', 'B-LOC')"]
+    else:
+        labels = []
+    result = cli(tmp_path / "w", *FAST, f"--config.data.train_file={files['train']}",
+                 f"--config.data.eval_file={files['eval']}", "--config.warmup_steps=0", *labels,
+                 f"--config.data.cache_dir={tmp_path / 'spm'}", config=_finetune_config(name))
+    _user_error(result, "error: " + message.format(**files))
+    assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
+def test_fine_tuning_on_user_files_through_the_cli_counts_unanswerable_rows(cli, cli_env, tmp_path):
+    """A QA run on the user's CSV file, some of whose rows have no answer: they are trained on and counted in a
+    note, never skipped silently; `train.evaluate` then names a bad row of another file, and scores a good one."""
+    answer = '"[{""text"": ""apple"", ""answer_start"": 12}]"'
+    train = _write(tmp_path / "train.csv", "question,context,answers\n"
+                   f"what is the code ?,the code is apple,{answer}\n"
+                   "what is the code ?,nothing here,[]\n"
+                   f"what is the code ?,the code is apple,{answer}\n")
+    workdir = tmp_path / "w"
+    result = cli(workdir, "--config.total_steps=2", "--config.checkpoint_every=2", "--config.eval_every=0",
+                 "--config.warmup_steps=0", "--config.batch_size=2", "--config.data.buckets=(48,)",
+                 f"--config.data.train_file={train}", "--config.data.eval_file=",
+                 f"--config.data.cache_dir={tmp_path / 'spm'}", config=_finetune_config("qa"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"note: {train}: 1 of 3 rows have no answer" in result.stderr, result.stderr[-3000:]
+
+    def evaluate(*args):
+        return subprocess.run([sys.executable, "-m", "train.evaluate", "--workdir", str(workdir), *args], cwd=ROOT,
+                              env=cli_env, capture_output=True, text=True, timeout=300)
+
+    _user_error(evaluate(), "error: --eval_file: the run has no eval file (config.data.eval_file); name one")
+    bad = _write(tmp_path / "bad.jsonl", '{"question": "q", "context": "the code is apple", "answers": ["pear"]}\n')
+    _user_error(evaluate("--eval_file", bad), f"error: {bad}:1: field 'answers': answer 0 'pear' is not in the context")
+    good = _write(tmp_path / "good.jsonl", '{"question": "q", "context": "the code is apple", "answers": ["apple"]}\n')
+    scored = evaluate("--eval_file", good)
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    result = json.loads(scored.stdout.strip().splitlines()[-1])
+    assert result["step"] == 2 and result["eval_file"] == good and 0 <= result["metrics"]["exact_match"] <= 100
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--workdir", "/no/such/run"), "error: --workdir='/no/such/run': no such directory"),
+    (("--step", "3"), "error: the following arguments are required: --workdir"),
+])
+def test_evaluate_user_errors(cli_env, args, message):
+    result = subprocess.run([sys.executable, "-m", "train.evaluate", *args], cwd=ROOT, env=cli_env,
+                            capture_output=True, text=True, timeout=300)
+    _user_error(result, message)
+
+
+def test_evaluate_a_step_the_run_does_not_have(cli_env, finished):
+    result = subprocess.run([sys.executable, "-m", "train.evaluate", "--workdir", str(finished), "--step", "9"],
+                            cwd=ROOT, env=cli_env, capture_output=True, text=True, timeout=300)
+    _user_error(result, "error: --step=9: no such checkpoint in")
+    assert "steps: [1, 2]" in result.stderr

@@ -7,10 +7,10 @@ import sys
 
 import jax
 import numpy as np
-import pytest
 
 import jaxmodels
 from tests.e2e.conftest import ROOT, TINY
+from tests.oracle import require_torch
 from train import experiment
 
 
@@ -22,8 +22,8 @@ def _convert(env, *args):
 
 
 def test_hf_to_orbax_to_train_init_from_to_hf(cli, cli_env, tmp_path):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    torch = require_torch()  # the [ref] oracle: CI installs it, so a missing one fails rather than skips
+    import transformers
     model = experiment.resolve(experiment.load_config(TINY)).model  # the HF config dict the run builds
     module = jaxmodels.from_config(model)
     params = jaxmodels.init_params(module, jax.random.PRNGKey(3))  # not the run's own init (its seed is 0)

@@ -1,5 +1,6 @@
 """The static KV cache (``layers.kv_cache``) against its loop twins, attention through it against the full causal
-pass, and BERT's post-LN layer (``layers.post_ln_layer``) against its float64 twin, with cross-attention and cache."""
+pass and against HF's concatenation of past and new keys (decoding in steps of random sizes, spare slots, padding),
+and BERT's post-LN layer (``layers.post_ln_layer``) against its float64 twin, with cross-attention and cache."""
 
 from __future__ import annotations
 
@@ -121,3 +122,34 @@ def test_relative_positions_refuse_a_cache():
     module = attention.Attention(num_heads=2, head_dim=4, position_embedding_type="relative_key")
     with pytest.raises(ValueError, match="position_embedding_type"):
         module.init(jax.random.PRNGKey(0), x, keys_from=x)
+
+
+@jax.jit
+def _attend(cache_k, cache_v, cache_valid, k, v, valid, q, index):
+    cache_k, cache_v, cache_valid = (kv_cache.kv_cache_write(c, x, index)
+                                     for c, x in ((cache_k, k), (cache_v, v), (cache_valid, valid)))
+    mask = kv_cache.kv_cache_mask(cache_valid, index, q.shape[1])
+    return attention.dot_product_attention(q, cache_k, cache_v, mask=mask)[0], cache_k, cache_v, cache_valid
+
+
+@settings(max_examples=6, deadline=None)
+@given(steps=st.lists(st.integers(1, 3), min_size=1, max_size=4), spare=st.integers(0, 3), seed=st.integers(0, 99))
+def test_cached_attention_equals_concatenation(steps, spare, seed):
+    rng = np.random.RandomState(seed)
+    b, h, d = 2, 2, 4
+    total = sum(steps)
+    keys, values, queries = (rng.randn(b, total, h, d).astype(np.float32) for _ in range(3))
+    valid = rng.rand(b, total) > 0.3
+    valid[:, 0] = True  # every query sees at least one key (a fully masked row has no defined softmax)
+    slots = total + spare
+    cache = (np.zeros((b, slots, h, d), np.float32), np.zeros((b, slots, h, d), np.float32), np.zeros((b, slots), bool))
+    start = 0
+    for t in steps:
+        new = slice(start, start + t)
+        out, *cache = _attend(*cache, keys[:, new], values[:, new], valid[:, new], queries[:, new], jnp.int32(start))
+        ref = kv_cache.cached_attention_reference(keys[:, :start], values[:, :start], valid[:, :start],
+                                                  keys[:, new], values[:, new], valid[:, new], queries[:, new])
+        np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-5)
+        start += t
+    np.testing.assert_array_equal(np.asarray(cache[2])[:, :total], valid)
+    assert not np.asarray(cache[2])[:, total:].any()

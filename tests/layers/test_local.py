@@ -292,3 +292,22 @@ def test_invalid_arguments_raise_value_error():
         local_attention(x, x, x, chunk_length=4, dropout_rate=0.1, deterministic=False)
     with pytest.raises(ValueError, match="length"):  # raised before tracing, also under jit
         jax.jit(lambda a: local_attention(a, a, a, chunk_length=3))(x)
+
+
+@pytest.mark.parametrize("causal,window,rate", [(True, (1, 0), 0.0), (False, (2, 1), 0.3)])
+def test_blocked_loop_equals_whole_length(monkeypatch, causal, window, rate):
+    """Past ``BLOCK_LENGTH`` positions the attention runs block by block (rematerialised); values and gradients
+    equal the whole-length computation (``return_probs`` keeps that path), dropout included."""
+    import layers.local
+
+    monkeypatch.setattr(layers.local, "BLOCK_LENGTH", 32)  # 8 chunks of 8: blocks of 4 chunks
+    q, k, v = (jax.random.normal(s, (2, 64, 2, 4)) for s in jax.random.split(jax.random.key(0, impl="rbg"), 3))
+    mask = jnp.asarray(np.random.RandomState(0).rand(2, 64) > 0.2, jnp.int32)
+    kw = dict(chunk_length=8, num_chunks_before=window[0], num_chunks_after=window[1], causal=causal,
+              attention_mask=mask, dropout_rate=rate, dropout_rng=jax.random.key(1, impl="rbg"), deterministic=False)
+    blocked = jax.jit(lambda q, k, v: local_attention(q, k, v, **kw).out)
+    whole = jax.jit(lambda q, k, v: local_attention(q, k, v, return_probs=True, **kw).out)
+    np.testing.assert_allclose(blocked(q, k, v), whole(q, k, v), atol=2e-6, rtol=1e-5)
+    grads = lambda f: jax.grad(lambda *x: jnp.sum(jnp.sin(f(*x))), argnums=(0, 1, 2))(q, k, v)  # noqa: E731
+    for got, want in zip(grads(blocked), grads(whole)):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)

@@ -507,3 +507,23 @@ def test_live_length_is_the_attention_over_the_prefix(causal, window, num_hashes
         want = _prefix(qk[:, :live], v[:, :live], rotations, jnp.asarray(mask[:, :live]), causal=causal,
                        before=before, after=after)
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5, err_msg=f"P={live}")
+
+
+@pytest.mark.parametrize("causal,window,num_hashes,rate", [(True, (1, 0), 1, 0.0), (False, (1, 1), 2, 0.3)])
+def test_blocked_loop_equals_whole_length(monkeypatch, causal, window, num_hashes, rate):
+    """Past ``layers.local.BLOCK_LENGTH`` positions the chunked attention runs block by block (rematerialised);
+    values and gradients equal the whole-length computation (``return_probs`` keeps that path), dropout included."""
+    import layers.local
+
+    monkeypatch.setattr(layers.local, "BLOCK_LENGTH", 32)  # 8 chunks of 8 per round: blocks of 4 chunks
+    qk, v = (jax.random.normal(k, (2, 64, HEADS, HEAD_DIM)) for k in jax.random.split(key(0), 2))
+    mask = jnp.asarray(np.random.RandomState(0).rand(2, 64) > 0.2, jnp.int32)
+    rotations = jax.random.normal(key(1), (HEADS, HEAD_DIM, num_hashes, 2))
+    kw = dict(chunk_length=8, num_buckets=4, num_chunks_before=window[0], num_chunks_after=window[1], causal=causal,
+              attention_mask=mask, rotations=rotations, dropout_rate=rate, dropout_rng=key(2), deterministic=False)
+    blocked = jax.jit(lambda qk, v: lsh_attention(qk, v, **kw).out)
+    whole = jax.jit(lambda qk, v: lsh_attention(qk, v, return_probs=True, **kw).out)
+    np.testing.assert_allclose(blocked(qk, v), whole(qk, v), atol=2e-6, rtol=1e-5)
+    loss = lambda f: jax.grad(lambda qk, v: jnp.sum(jnp.sin(f(qk, v))), argnums=(0, 1))(qk, v)  # noqa: E731
+    for got, want in zip(loss(blocked), loss(whole)):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)

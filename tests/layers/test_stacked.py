@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from layers.stacked import SCAN_RESIDUALS, layer_key, scan_layers, scan_layers_reference
+from layers.stacked import SCAN_RESIDUALS, PerLayer, layer_key, scan_layers, scan_layers_reference, split_layers
 
 WIDTH = 6
 
@@ -130,3 +130,17 @@ def test_bad_arguments_name_the_rule():
         scan_layers((body, body), (params,), h)
     with pytest.raises(ValueError, match="param_index has 2 entries for 3 layers"):
         scan_layers(body, params, h, param_index=[0, 1], num_layers=3)
+
+
+def test_per_layer_params_run_unrolled_with_the_same_results():
+    """Split params (and caches) run as a Python loop: the values, keys, outputs, cache and gradients of the scan."""
+    params, h, key, residuals = _params(3, 5), jnp.ones((2, WIDTH)), jax.random.PRNGKey(2), "dots"
+    cache = jnp.asarray(np.random.RandomState(6).randn(3, WIDTH), jnp.float32)
+    got = scan_layers(body, split_layers(params), h, key=key, residuals=residuals, first_layer=2,
+                      cache=PerLayer(cache[l] for l in range(3)))
+    want = scan_layers(body, params, h, key=key, first_layer=2, cache=cache)
+    assert isinstance(got.cache, PerLayer)
+    _assert_outputs_equal(got._replace(cache=jnp.stack(got.cache)), want)
+    grad = lambda split: jax.grad(lambda p: jnp.sum(scan_layers(body, split(p), h, key=key,
+                                                                residuals=residuals).carry ** 2))(params)
+    chex.assert_trees_all_close(grad(split_layers), grad(lambda p: p), rtol=1e-5, atol=1e-6)

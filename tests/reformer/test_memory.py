@@ -3,6 +3,9 @@
 A d=256 causal LM with alternating local / LSH layers (chunks of 64) and a chunked feed-forward: the reversible
 stack keeps only the final streams and the per-layer buckets, so the step's temp memory must not grow with depth
 (24 layers <= 1.2x 6 layers), and chunked local / LSH attention make it about linear in length (16K <= 4.6x 4K).
+Past one attention block (``layers.local.BLOCK_LENGTH``, 4096 positions) the per-token temp must not grow and must
+stay below what the whole-length attention tensors cost (issue 25: 37.8 KiB/token at 16K before, 24.9 after; 24.7
+at 64K, 23.6 at 1M, see benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -59,3 +62,11 @@ def test_train_step_memory_linear_in_length():
     assert long <= 4.6 * short, f"16K: {long / 2**20:.1f} MiB vs 4K: {short / 2**20:.1f} MiB"
     # And it is real activation memory that scales (not a constant that would pass trivially).
     assert long >= 2.0 * short
+
+
+def test_train_step_temp_per_token_flat_and_bounded():
+    """The compiles of the tests above, nothing new: 16K's temp per token is no more than 4K's and stays under
+    27 KiB (the attention's windows, scores and probabilities over the whole length put it at ~38 KiB)."""
+    short, long = temp_bytes(6, 4096) / 4096, temp_bytes(6, 16384) / 16384
+    assert long <= short, f"per token: 16K {long / 1024:.1f} KiB vs 4K {short / 1024:.1f} KiB"
+    assert long <= 27 * 1024, f"16K: {long / 1024:.1f} KiB per token"

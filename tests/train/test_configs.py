@@ -7,6 +7,7 @@ import jax
 import pytest
 
 import jaxmodels
+from tests.config_keys import set_keys
 from train import experiment, optim
 from train.experiment import load_config
 from train import state as state_lib
@@ -39,15 +40,7 @@ def test_config_parses_and_builds(name):
 
 
 def _bad(name="tiny_albert_mlm", **changes):
-    config = _load(name)
-    with config.ignore_type():
-        for key, value in changes.items():
-            node = config
-            *parents, leaf = key.split(".")
-            for p in parents:
-                node = node[p]
-            node[leaf] = value
-    return config
+    return set_keys(_load(name), changes)
 
 
 @pytest.mark.parametrize("changes,message", [

@@ -445,3 +445,50 @@ def test_sharded_state_refuses_another_shard_count(tiny):
     state = _sharded(tiny, 0, 1, num_shards=2).get_state()
     with pytest.raises(ValueError, match="saved with data.shards=2, this run has 4"):
         _sharded(tiny, 0, 1).set_state(state)
+
+
+# --- denoising examples (encoder/decoder batches) ----------------------------------------------------------------
+
+def _sentence_tokens(tokenizer, text):
+    ids = [i for line in text.split("\n") for i in tokenizer.encode(line)]
+    return np.asarray(ids + [data.EOS_ID], np.int32)
+
+
+def test_denoising_batches_hold_the_packed_stream_as_labels(tiny):
+    tokenizer, train = tiny["tokenizer"], tiny["train"]
+    batches = list(_make(tiny, seq_len=12, batch_size=3, seed=7, num_epochs=1, denoising={}))
+    for batch in batches:
+        assert sorted(batch) == sorted(["input_ids", "attention_mask", "decoder_input_ids",
+                                        "decoder_attention_mask", "labels"])
+        assert all(v.shape == (3, 12) and v.dtype == np.int32 for v in batch.values())
+    # Labels are <s> row </s>: the rows, end to end, are the documents (line by line) in the shuffled order.
+    labels = np.concatenate([b["labels"] for b in batches])
+    rows = [row[1:(row != -100).sum() - 1] for row in labels if (row != -100).any()]
+    assert all(row[0] == data.BOS_ID for row in labels if (row != -100).any())
+    order = list(grain.MapDataset.range(len(train)).shuffle(seed=7))
+    np.testing.assert_array_equal(np.concatenate(rows), np.concatenate([_sentence_tokens(tokenizer, train[i])
+                                                                        for i in order]))
+    inputs = np.concatenate([b["input_ids"] for b in batches])
+    assert (inputs == 6).any() and not np.array_equal(inputs, labels)  # noised: [MASK]s
+
+
+@pytest.mark.parametrize("num_epochs", [None, 1])
+def test_denoising_state_resumes_exactly(tiny, num_epochs):
+    kwargs = dict(seq_len=10, num_epochs=num_epochs, denoising={"mask_ratio": 0.3})
+    reference = _take(_make(tiny, **kwargs), 14)
+    for k in (0, 1, 4, 9):
+        iterator = _make(tiny, **kwargs)
+        _take(iterator, k)
+        state = iterator.get_state()
+        assert json.loads(json.dumps(state)) == state
+        resumed = _make(tiny, **kwargs)
+        resumed.set_state(json.loads(json.dumps(state)))
+        _assert_batches_equal(_take(resumed, 5), reference[k:k + 5])
+    # Same arguments, same noise; other noising options refuse the state.
+    _assert_batches_equal(_take(_make(tiny, **kwargs), 3), reference[:3])
+    with pytest.raises(ValueError, match="denoising: saved"):
+        _make(tiny, **{**kwargs, "denoising": {"mask_ratio": 0.2}}).set_state(state)
+    with pytest.raises(ValueError, match="denoising=.*mask_ratio=2"):
+        _make(tiny, denoising={"mask_ratio": 2})
+    with pytest.raises(ValueError, match="seq_len=2"):
+        _make(tiny, seq_len=2, denoising={})

@@ -116,7 +116,7 @@ def test_registry_rejects_unknown_names_and_options():
         objectives.get_objective({"name": "mlm", "mask_probability": 0.2})
     with pytest.raises(ValueError, match=r"config.objective.mask_prob"):
         objectives.get_objective({"name": "mlm", "mask_prob": 1.5})
-    assert {"mlm", "mlm_sop", "causal_lm"} <= set(objectives.OBJECTIVES)
+    assert {"mlm", "mlm_sop", "causal_lm", "denoising"} <= set(objectives.OBJECTIVES)
 
 
 def test_albert_pretraining_objective_runs_on_the_real_model():

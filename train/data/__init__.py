@@ -34,8 +34,19 @@ What the trainer uses (`make_sharded_dataset` -> `ShardedBatches`): a fixed numb
 global batch (shard 0's rows, then shard 1's, ...), each process reading the shards it owns, so the global
 batch does not depend on how many processes share the work.
 
+BART denoising (`make_dataset(..., denoising={...})`, `train/data/denoising.py`): documents tokenized line by
+line (a line is a sentence), packed into rows of `seq_len - 2`, each row noised on the host (sentence permutation,
+Poisson span infilling) from `(seed, shard, example index)` into encoder/decoder examples of `seq_len` tokens:
+`input_ids`, `attention_mask`, `decoder_input_ids`, `decoder_attention_mask`, `labels`.
+
 The lower layers are public too: `TextCorpus` (the TFDS builder), `TextSource`, `read_embedded_corpus`.
+
+Fine-tuning reads the user's labelled files instead (`labelled`: JSONL / CSV rows; `task_features`: rows ->
+token features of a task head; `task_batches`: bucketed, resumable batches). `SAMPLES` is the folder of the
+small synthetic task files the fine-tuning presets train on.
 """
+
+import os
 
 from train.data.pipeline import DataIterator, ShardedBatches, make_dataset, make_sharded_dataset
 from train.data.sources import TextSource, open_source
@@ -59,7 +70,10 @@ from train.data.tokenizer import (
     load_tokenizer,
 )
 
+SAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "samples")
+
 __all__ = [
+    "SAMPLES",
     "BYTES",
     "BOS_ID",
     "ByteProcessor",

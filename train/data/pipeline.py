@@ -18,6 +18,7 @@ import grain
 import numpy as np
 import sentencepiece as spm
 
+from train.data import denoising as denoising_lib
 from train.data import sources
 from train.data import tokenizer as tokenizers
 
@@ -34,6 +35,21 @@ class _Tokenize:
 
     def __call__(self, text: str) -> dict[str, np.ndarray]:
         return {"inputs": np.asarray(self._processor.encode(text) + self._eos, dtype=np.int32)}
+
+
+class _TokenizeSentences(_Tokenize):
+    """Document text -> {"inputs", "sentence_starts"}: each line encoded apart (a sentence, for sentence
+    permutation), `sentence_starts` 1 on the first token of each line, then `</s>`."""
+
+    def __call__(self, text: str) -> dict[str, np.ndarray]:
+        ids, starts = [], []
+        for line in text.split("\n"):
+            piece = self._processor.encode(line)
+            if piece:
+                ids += piece
+                starts += [1] + [0] * (len(piece) - 1)
+        return {"inputs": np.asarray(ids + self._eos, dtype=np.int32),
+                "sentence_starts": np.asarray(starts + [0] * len(self._eos), dtype=np.int32)}
 
 
 def _to_json(value: Any) -> Any:
@@ -57,7 +73,8 @@ def _from_json(value: Any) -> Any:
 class DataIterator(grain.DatasetIterator):
     """Iterator of packed batches with a JSON-serialisable state that resumes exactly.
 
-    Each `next()` returns {"inputs", "segment_ids", "positions"}, each [batch_size, seq_len] int32.
+    Each `next()` returns {"inputs", "segment_ids", "positions"}, each [batch_size, seq_len] int32 (with
+    `denoising`: the encoder/decoder examples of `train.data.denoising`, each [batch_size, seq_len] int32).
     `get_state()` returns a dict of JSON types: {"pipeline": the arguments that fix the data order,
     "grain": grain's own state}. `set_state` refuses a state saved by a pipeline with other arguments.
     Being a `grain.DatasetIterator`, it also works with `grain.checkpoint.CheckpointSave/Restore`.
@@ -69,6 +86,8 @@ class DataIterator(grain.DatasetIterator):
 
     def __next__(self) -> dict[str, np.ndarray]:
         batch = next(self._parent)
+        if "input_ids" in batch:  # encoder/decoder examples (denoising): already named as model inputs
+            return batch
         return {
             "inputs": batch["inputs"],
             "segment_ids": batch["inputs_segment_ids"],
@@ -109,6 +128,7 @@ def make_dataset(
     num_epochs: int | None = None,
     data_dir: str | None = None,
     cache_dir: str | None = None,
+    denoising: Mapping[str, Any] | denoising_lib.DenoisingOptions | None = None,
 ) -> DataIterator:
     """Packed, shuffled, sharded batches of token ids from a text corpus.
 
@@ -131,13 +151,25 @@ def make_dataset(
         last batch zero-padded (`segment_ids` 0) so every batch has the same shape.
       data_dir: TFDS data directory for a string `source`.
       cache_dir: tokenizer cache for `tokenizer=None`.
+      denoising: BART denoising examples instead of packed rows (`train.data.denoising.DenoisingOptions` or a
+        dict of its fields): documents are tokenized line by line (a line is a sentence), packed into rows of
+        `seq_len - 2` tokens, and each row becomes `<s> noised </s>` / `<s> row </s>` encoder/decoder sides of
+        `seq_len` tokens, noised from `(seed, shard_index, example index)`.
 
     Returns:
-      A `DataIterator` yielding {"inputs", "segment_ids", "positions"}, each [batch_size, seq_len] int32.
+      A `DataIterator` yielding {"inputs", "segment_ids", "positions"}, each [batch_size, seq_len] int32 (with
+      `denoising`: {"input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask", "labels"}).
     """
     _check_int("seq_len", seq_len, 2)
     _check_int("batch_size", batch_size, 1)
     _check_int("seed", seed, 0)
+    if denoising is not None:
+        if not isinstance(denoising, denoising_lib.DenoisingOptions):
+            try:
+                denoising = denoising_lib.DenoisingOptions(**dict(denoising))
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"denoising={denoising!r}: {error}") from None
+        _check_int("seq_len", seq_len, 3)  # <s>, at least one token, </s>
     if num_epochs is not None:
         _check_int("num_epochs", num_epochs, 1)
     if shard_index is None or shard_count is None:
@@ -174,13 +206,21 @@ def make_dataset(
             f"({len(source)} documents) is empty"
         )
     # Shuffle before repeat: grain then draws a new permutation for every epoch.
+    tokenize = _Tokenize(tokenizer) if denoising is None else _TokenizeSentences(tokenizer)
     tokens = (
         documents.shuffle(seed=seed)
         .repeat(num_epochs)
-        .map(_Tokenize(tokenizer))
+        .map(tokenize)
         .to_iter_dataset(_READ_OPTIONS)
     )
-    rows = grain.experimental.ConcatThenSplitIterDataset(tokens, length_struct={"inputs": seq_len})
+    if denoising is None:
+        rows = grain.experimental.ConcatThenSplitIterDataset(tokens, length_struct={"inputs": seq_len})
+    else:
+        rows = grain.experimental.ConcatThenSplitIterDataset(
+            tokens, length_struct={"inputs": seq_len - 2, "sentence_starts": seq_len - 2})
+        # The example counter is part of map_with_index's state: a resumed pipeline draws the same noise.
+        rows = rows.map_with_index(denoising_lib.DenoisingTransform(denoising, length=seq_len, seed=seed,
+                                                                    shard_index=shard_index))
     batches = rows.batch(
         batch_size, batch_fn=functools.partial(grain.experimental.batch_and_pad, batch_size=batch_size)
     )
@@ -197,6 +237,8 @@ def make_dataset(
         "shard_count": int(shard_count),
         "num_epochs": num_epochs,
     }
+    if denoising is not None:  # only then, so states saved before this option existed still restore
+        pipeline["denoising"] = denoising.to_json()
     return DataIterator(iter(batches), pipeline)
 
 
@@ -266,7 +308,7 @@ def make_sharded_dataset(
 
     `num_shards` (default: the process count) must be a multiple of the process count and divide the global
     batch; process p reads shards `p * k ... (p + 1) * k - 1` with `k = num_shards // process_count`.
-    `kwargs` go to `make_dataset` (seed, split, tokenizer, num_epochs, data_dir, cache_dir).
+    `kwargs` go to `make_dataset` (seed, split, tokenizer, num_epochs, data_dir, cache_dir, denoising).
     Returns batches of `[global_batch_size // process_count, seq_len]` arrays.
     """
     if process_index is None or process_count is None:

@@ -180,3 +180,15 @@ def load_tokenizer(path: str) -> spm.SentencePieceProcessor | ByteProcessor:
     if not os.path.isfile(path):
         raise ValueError(f"tokenizer={path!r}: no such SentencePiece model file (or \"{BYTES}\" for bytes)")
     return spm.SentencePieceProcessor(model_file=path)
+
+
+def task_tokenizer(path: str):
+    """A SentencePiece model built here (or any `.model` with the same control symbols) as a
+    `jaxmodels.tokenization.Tokenizer` with the `BERT` template, `[CLS] A [SEP] B [SEP]`: what fine-tuning a model
+    trained from scratch tokenizes with (`<pad>`=0 pads, `[CLS]` / `[SEP]` frame the texts)."""
+    from jaxmodels.tokenization import BERT, SentencePieceVocab, Tokenizer
+
+    if not os.path.isfile(path):
+        raise ValueError(f"tokenizer={path!r}: no such SentencePiece model file")
+    return Tokenizer(SentencePieceVocab(path), BERT, unk_token="<unk>", pad_token="<pad>", cls_token="[CLS]",
+                     sep_token="[SEP]", mask_token="[MASK]")
