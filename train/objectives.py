@@ -489,6 +489,9 @@ class RetrievalOpenQA(_RetrievalObjective):
 
     beam_size: int = 8
     answer_len: int = 4  # tokens of an answer in a batch (train.data.retrieval_corpus); shapes only
+    # The retrieved blocks scored by the current embedder, not the index rows: the retriever loss then trains the
+    # block side of the shared embedder too, which the next refresh reads (REALM's fresh p(z|x) of the top k).
+    rescore_blocks: bool = True
 
     def batch_shapes(self, batch_size: int, seq_len: int) -> dict:
         return {"inputs": (batch_size, seq_len), "answers": (batch_size, 1, self.answer_len),
@@ -506,8 +509,8 @@ class RetrievalOpenQA(_RetrievalObjective):
             blocks = blocks.replace(token_ids=blocks.token_ids[:n], num_tokens=blocks.num_tokens[:n])
             index = index[:n]
         out = module.apply({"params": params, "buffers": {"block_emb": index}}, ids, mask, None, answers,
-                           blocks=blocks, beam_size=self.beam_size, deterministic=deterministic,
-                           rngs={"dropout": rng})
+                           blocks=blocks, beam_size=self.beam_size, rescore_blocks=self.rescore_blocks,
+                           deterministic=deterministic, rngs={"dropout": rng})
         reader = out.reader_output
         loss = jnp.mean(reader.loss)
         retrieved = out.retrieved_block_ids

@@ -157,6 +157,23 @@ def test_open_qa_objective_metrics(corpus):
     assert float(metrics["recall@1"]) <= float(metrics["recall@5"]) <= float(metrics["recall@beam"]) or \
         objective.beam_size < 5
     assert float(metrics["loss"]) == pytest.approx(float(metrics["retriever_loss"] + metrics["reader_loss"]), abs=1e-5)
+    # The objective rescores the retrieved blocks with the current embedder (rescore_blocks, REALM's fresh p(z|x)):
+    # on an index just embedded by the same params that is HF's loss from the index rows, but the gradient also
+    # reaches the block side of the shared embedder (the index rows are constants).
+    # The whole index as the beam, so the answer block is among the scored ones and the retriever loss is not 0.
+    assert objective.rescore_blocks
+
+    def loss_and_grads(rescore):
+        obj = objectives.get_objective({"name": "realm_openqa", "beam_size": n, "rescore_blocks": rescore})
+        return jax.jit(jax.value_and_grad(lambda p: obj(module, p, batch, jax.random.PRNGKey(1), deterministic=True,
+                                                        index=index, blocks=blocks), has_aux=True))(params)
+
+    (fresh, fresh_metrics), fresh_grads = loss_and_grads(True)
+    (stale, _), stale_grads = loss_and_grads(False)
+    assert float(fresh_metrics["retriever_loss"]) > 0
+    assert float(fresh) == pytest.approx(float(stale), rel=1e-5, abs=1e-5)
+    diff = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), fresh_grads["embedder"], stale_grads["embedder"])
+    assert max(jax.tree.leaves(diff)) > 1e-6
 
 
 def test_sharded_retrieval_equals_one_device(corpus):
