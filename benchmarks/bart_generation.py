@@ -13,10 +13,11 @@ implementation can stop early and the work is the same; beam search uses 4 beams
 ``early_stopping=False``, no n-gram ban. tokens/s counts generated tokens of the batch (``batch * new``), beams not
 multiplied. Outputs are checked against HF PyTorch's, token for token.
 
-Our rows: ``ours`` is the default module (the decoder's layers scanned over stacked params in every step);
-``ours split`` sets ``split_decoding=True``, so the cache built once per generation holds the decoder's weights and
-cross-attention keys/values one buffer per layer and each step runs the layers unrolled, reading each weight in
-place (inside a scan XLA copies every layer's weight slice before reading it: ``layers.stacked.PerLayer``).
+Our rows: ``ours`` is the default module (``split_decoding=True``): the cache built once per generation holds the
+decoder's weights and cross-attention keys/values one buffer per layer and each step runs the layers unrolled,
+reading each weight in place (inside a scan XLA copies every layer's weight slice before reading it:
+``layers.stacked.PerLayer``); ``ours scanned`` sets ``split_decoding=False`` (the decoder's layers scanned over the
+stacked params in every step).
 
 Each implementation runs in its own worker process (PyTorch's and XLA's thread pools would otherwise compete on a
 few cores), built and warmed up one after another. Timed runs are interleaved round-robin (one run of each
@@ -43,7 +44,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import machine  # noqa: E402  (benchmarks/ is sys.path[0] when this runs as a script)
 
-IMPLEMENTATIONS = ("ours", "ours split", "HF Flax", "HF PyTorch")
+IMPLEMENTATIONS = ("ours", "ours scanned", "HF Flax", "HF PyTorch")
 MODES = {"greedy": 1, "beam 4": 4}
 
 
@@ -85,7 +86,7 @@ def build(name: str, directory: str, ids: np.ndarray, new: int):
         from jaxmodels.generation import generate
 
         module, params = jaxmodels.from_pretrained(directory)
-        module = module.clone(split_decoding=name == "ours split")
+        module = module.clone(split_decoding=name != "ours scanned")
         jids, jmask = jnp.asarray(ids), jnp.asarray(mask)
         return lambda beams: np.asarray(jax.block_until_ready(
             generate(module, params, jids, attention_mask=jmask, num_beams=beams, **length)))

@@ -24,11 +24,13 @@ and returns the updated cache. ``rows`` may be a multiple ``K`` of the encoder b
 values stay ``[batch, source, ...]`` per example and the K rows of an example attend to them together (their queries
 stacked along the query axis), instead of repeating the encoder output K times as HF does.
 ``reorder_cache(cache, rows)`` gathers the self-attention rows (after a beam-search step). Cached keys and values are
-heads-major, the layout the attention matmuls read in place. With ``split_decoding=True`` (a module field)
-``init_cache`` also splits the decoder's params and caches into one buffer per layer and cached calls run the layers
-unrolled (``layers.stacked.PerLayer``): inside a scan XLA copies every layer's weights before reading them, which
-doubles the memory traffic of a decoding step (benchmarks/BART_RESULTS.md); the price is a decoder traced once per
-layer.
+heads-major, the layout the attention matmuls read in place. With ``split_decoding=True`` (a module field, the
+default) ``init_cache`` also splits the decoder's params and caches into one buffer per layer and cached calls run
+the layers unrolled (``layers.stacked.PerLayer``): inside a scan XLA copies every layer's weights before reading them,
+which doubles the memory traffic of a decoding step (``benchmarks/RESULTS.md``, BART generation: greedy ~2x and
+4-beam search ~1.5x faster on CPU). The price: a decoder traced once per layer (longer compiles) and, for the
+duration of a generation, one copy of the decoder's weights in the cache. ``split_decoding=False`` keeps the scan.
+Without a cache (training, scoring) the field changes nothing.
 
 Differences from HF, all where HF is wrong, mutating or data-dependent (see ``notes/families/bart.md``):
 ``BartForSequenceClassification`` picks the last eos per row with static indexing (HF Flax sums every eos under
@@ -434,7 +436,7 @@ class _BartStack(nn.Module):
     remat: bool = False
     scan_residuals: str = "dots"
     scan_unroll: int = 1
-    split_decoding: bool = False
+    split_decoding: bool = True
 
     def _setup_stack(self, num_layers: int, *dummy_args, **dummy_kwargs):
         c = self.config
@@ -656,9 +658,9 @@ class BartModel(nn.Module):
     encoder_outputs, ...)`` -> ``BartDecoderOutput`` (or with ``cache=`` from ``init_cache``: the next tokens);
     ``init_cache(rows, max_length, encoder_outputs, encoder_attention_mask)`` -> ``BartCache``.
     ``position_ids`` / ``decoder_position_ids`` (0-based; default ``arange``, or the cache index onwards) replace
-    the default positions, as in HF Flax. ``split_decoding``: ``init_cache`` splits the decoder per layer, so cached
-    decoding runs its layers unrolled, each reading its own buffers (``BartCache``; ~2x faster steps on CPU, the
-    layer traced once per layer instead of once).
+    the default positions, as in HF Flax. ``split_decoding`` (default True): ``init_cache`` splits the decoder per
+    layer, so cached decoding runs its layers unrolled, each reading its own buffers (``BartCache``; ~2x faster steps
+    on CPU, the layer traced once per layer instead of once); False scans the stacked layers.
     """
 
     config: BartConfig
@@ -666,7 +668,7 @@ class BartModel(nn.Module):
     remat: bool = False
     scan_residuals: str = "dots"
     scan_unroll: int = 1
-    split_decoding: bool = False
+    split_decoding: bool = True
 
     def setup(self):
         c = self.config
@@ -745,7 +747,7 @@ class _BartHead(nn.Module):
     remat: bool = False
     scan_residuals: str = "dots"
     scan_unroll: int = 1
-    split_decoding: bool = False
+    split_decoding: bool = True
 
     def _knobs(self) -> dict:
         return dict(remat=self.remat, scan_residuals=self.scan_residuals, scan_unroll=self.scan_unroll,
@@ -937,7 +939,7 @@ class _BartDecoderWrapper(nn.Module):
     remat: bool = False
     scan_residuals: str = "dots"
     scan_unroll: int = 1
-    split_decoding: bool = False
+    split_decoding: bool = True
 
     def setup(self):
         self.decoder = BartDecoder(self.config, self.dtype, None, self.remat, self.scan_residuals, self.scan_unroll,

@@ -85,10 +85,10 @@ def test_beam_search_equals_hf(pair, name):
                                **BEAM_OPTIONS[name]))
     theirs = _hf_generate(pair, max_new_tokens=NEW, min_new_tokens=2, num_beams=3, **BEAM_OPTIONS[name])
     _assert_same(ours, theirs, 1 + NEW)
-    if name == "early_stopping=True-lp2":  # the decoder split per layer (unrolled steps) decodes the same
-        split = generate(configured.clone(split_decoding=True), params, jnp.asarray(ids),
-                         attention_mask=jnp.asarray(mask), **BEAM_OPTIONS[name])
-        np.testing.assert_array_equal(split, ours)
+    if name == "early_stopping=True-lp2":  # the scanned decoder (split_decoding=False) decodes the same
+        scanned = generate(configured.clone(split_decoding=False), params, jnp.asarray(ids),
+                           attention_mask=jnp.asarray(mask), **BEAM_OPTIONS[name])
+        np.testing.assert_array_equal(scanned, ours)
     if name == "early_stopping=False":
         greedy = _hf_generate(pair, max_new_tokens=NEW, min_new_tokens=2)
         assert theirs.shape != greedy.shape or (theirs != greedy).any()
@@ -114,8 +114,9 @@ def test_sampling_top_k_one_is_greedy(pair):
 
 def test_cached_decoding_equals_full_pass(pair):
     """``decode`` with a cache for 2 beams per example (cross keys/values per example, not repeated; a 3-token prefix,
-    then one token at a time, spare slots) equals the full decoder pass on the repeated batch, and HF's. (The decoder
-    split per layer, ``split_decoding``, is checked through beam search above.)"""
+    then one token at a time, spare slots) equals the full decoder pass on the repeated batch, and HF's. (The module's
+    default splits the decoder per layer; the scanned decoder, ``split_decoding=False``, is checked through beam
+    search above.)"""
     torch = require_torch()
     hf_model, module, params, ids, mask = pair
     dec = np.random.RandomState(1).randint(3, VOCAB, (3, 7))
@@ -140,7 +141,9 @@ def test_cached_decoding_equals_full_pass(pair):
 
     full, cached, cache = run(params, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(dec))
     assert_close(full, theirs, 1e-5, "decode (full pass) vs HF")
-    assert cache.cross_key.shape[1] == 3 and cache.self_key.shape[1] == 6 and int(cache.index) == dec.shape[1]
+    # The default cache holds one buffer per decoder layer (split_decoding): cross keys per example, self keys per row.
+    assert len(cache.cross_key) == len(cache.self_key) == module.config.decoder_layers
+    assert cache.cross_key[0].shape[0] == 3 and cache.self_key[0].shape[0] == 6 and int(cache.index) == dec.shape[1]
     assert_close(cached, np.repeat(np.asarray(theirs), 2, axis=0), 1e-5, "cached decoding, 2 beams per example")
 
 

@@ -176,10 +176,11 @@ def test_mlm_objective_equals_the_full_logits_formula(family):
     objective = objectives.get_objective({"name": "mlm", "mask_prob": 0.3, "max_predictions": 10})
     rng = jax.random.key(3)
 
-    (loss, metrics), grads = jax.value_and_grad(
-        lambda p: objective(module, p, batch, rng, deterministic=True), has_aux=True)(params)
-    (want, want_accuracy), want_grads = jax.value_and_grad(
-        lambda p: _full_logits_twin(objective, module, p, batch, rng), has_aux=True)(params)
+    # Jitted: op-by-op dispatch of a scanned model's backward pass costs more than compiling it.
+    (loss, metrics), grads = jax.jit(jax.value_and_grad(
+        lambda p: objective(module, p, batch, rng, deterministic=True), has_aux=True))(params)
+    (want, want_accuracy), want_grads = jax.jit(jax.value_and_grad(
+        lambda p: _full_logits_twin(objective, module, p, batch, rng), has_aux=True))(params)
     np.testing.assert_allclose(float(loss), float(want), rtol=1e-5)
     assert float(metrics["mlm_accuracy"]) == pytest.approx(float(want_accuracy))
     # Relative to the largest gradient: some leaves (a key bias) are zero in exact arithmetic, rounding noise here.
