@@ -60,6 +60,8 @@ class Family:
         passes to every decoding call of a sample (Reformer: one set of LSH rotations for the whole sample).
       sequence_parallel: the family's modules take a ``sequence_sharding`` field
         (``layers.sequence_parallel.SequenceSharding``) and split the length over that mesh axis.
+      block_store: a retrieval family's evidence-store class (``BlockStore``: ``write`` / ``open`` / ``tokens()``,
+        its ``token_class``), which the trainer's retrieval objectives build their corpus with; None elsewhere.
       presets: named model configs (HF ``config.json`` dicts) an experiment can give as ``config.model``; every
         name starts with ``<model_type>-`` (``albert-base-v2``), which is how :func:`preset` finds the family.
     """
@@ -78,6 +80,7 @@ class Family:
     generation_kwargs: Callable[[Any, int, Any], dict] = _no_kwargs
     sequence_parallel: bool = False
     presets: Mapping[str, dict] = dataclasses.field(default_factory=dict)
+    block_store: Any = None
 
     def __post_init__(self):
         if self.default_architecture not in self.architectures:

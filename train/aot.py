@@ -265,12 +265,23 @@ def compile_train_step(config, topology: Topology | str, *, mesh: str | None = N
              for k in objectives.batch_keys(objective)}
     key = jax.eval_shape(lambda: jax.random.key(config.seed, impl=config.rng_impl))
     key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=NamedSharding(device_mesh, PartitionSpec()))
-    train_step = step_lib.make_train_step(module, objective, tx, schedule, shardings, batch_sharding,
-                                          grad_accum_steps=config.grad_accum_steps)
+    index_rows = None
+    if getattr(objective, "uses_index", False):
+        module, objective, state, shardings, batch, batch_sharding, context = _retrieval_shapes(
+            config, module, objective, state, shardings, device_mesh, batch_sharding)
+        index_rows = int(state.index.shape[0])
+        train_step = step_lib.make_train_step(module, objective, tx, schedule, shardings, batch_sharding,
+                                              grad_accum_steps=config.grad_accum_steps,
+                                              context_sharding=jax.tree.map(lambda x: x.sharding, context))
+        args = (state, batch, key, context)
+    else:
+        train_step = step_lib.make_train_step(module, objective, tx, schedule, shardings, batch_sharding,
+                                              grad_accum_steps=config.grad_accum_steps)
+        args = (state, batch, key)
 
     started = time.perf_counter()
     with partitioning.activate(device_mesh, rules):  # jit traces here: the logical constraints need the mesh
-        lowered = train_step.lower(state, batch, key)
+        lowered = train_step.lower(*args)
     compiler_error = None
     try:
         memory = _memory(lowered.compile().memory_analysis())
@@ -304,7 +315,48 @@ def compile_train_step(config, topology: Topology | str, *, mesh: str | None = N
         "measured": compiler_error is None,
         "compiler_error": compiler_error,
         "compile_seconds": round(seconds, 1),
+        **({} if index_rows is None else {"index_rows": index_rows}),
     }
+
+
+def _retrieval_shapes(config, module, objective, state, shardings, mesh, batch_sharding):
+    """A retrieval objective's step arguments as shapes: the state with its index (``num_block_records`` rows of
+    ``retriever_proj_size``, split over ``objective.index_axis``), the block store's tokens (``data.block_tokens``
+    per block, split the same way) and its batch (``objective.batch_shapes``)."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from jaxmodels import registry
+    from layers.retrieval import RowSharding
+    from train.state import IndexedTrainState
+
+    axis = objective.index_axis
+    if axis not in mesh.axis_names:
+        raise ValueError(f"config.objective.index_axis={axis!r}: not an axis of the mesh {dict(mesh.shape)}")
+    shards = int(mesh.shape[axis])
+    c = module.config
+    BlockTokens = registry.of_config(c).block_store.token_class  # noqa: N806
+    rows = -(-c.num_block_records // shards) * shards
+    if shards > 1:
+        objective = dataclasses.replace(objective, index_mesh=mesh)
+        if hasattr(module, "index_sharding"):
+            module = module.clone(index_sharding=RowSharding(mesh, axis))
+    index_sharding, row_sharding = NamedSharding(mesh, P(axis, None)), NamedSharding(mesh, P(axis))
+    state = IndexedTrainState(
+        step=state.step, params=state.params, opt_state=state.opt_state,
+        index=jax.ShapeDtypeStruct((rows, c.retriever_proj_size), jnp.float32, sharding=index_sharding),
+        index_step=state.step)
+    shardings = IndexedTrainState(step=shardings.step, params=shardings.params, opt_state=shardings.opt_state,
+                                  index=index_sharding, index_step=shardings.step)
+    blocks = BlockTokens(
+        jax.ShapeDtypeStruct((rows, config.data.block_tokens), jnp.uint16, sharding=index_sharding),
+        jax.ShapeDtypeStruct((rows,), jnp.int32, sharding=row_sharding),
+        cls_token_id=2, sep_token_id=3, pad_token_id=0, special_ids=(0, 1, 2, 3, 4))
+    batch_sharding = NamedSharding(mesh, P(batch_sharding.spec[0]))
+    batch = {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=batch_sharding)
+             for k, shape in objective.batch_shapes(config.batch_size, config.seq_len).items()}
+    return module, objective, state, shardings, batch, batch_sharding, {"blocks": blocks}
 
 
 def _gib(n: int | None) -> str:

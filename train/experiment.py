@@ -60,6 +60,8 @@ def base_config(model=""):
         eval_split="validation",
         shards=0,              # document shards making each global batch (0 = one per process); keep it
                                # fixed to get the same batches, and resume, under any number of processes
+        block_tokens=288,      # retrieval objectives: most WordPiece tokens of an evidence block (REALM's 288)
+        max_documents=0,       # retrieval objectives: the corpus' first documents only (0 = all)
         # Fine-tuning (objective "finetune" or a task objective; the keys above but `tokenizer`, `vocab_size` and
         # `cache_dir` are for language-model objectives). README "Fine-tuning" shows the file formats.
         train_file="",         # labelled examples, .jsonl (one JSON object a line) or .csv (a header row)

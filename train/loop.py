@@ -126,13 +126,32 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
     init_key, train_key, eval_key = _seed_keys(config)
 
     data_dir = config.data.data_dir or None
+    # A retrieval objective (REALM) reads its own corpus: evidence blocks, sentences, questions; its index of block
+    # embeddings is part of the train state (train/retrieval_index.py).
+    retrieval = None
     task = evaluator = None
-    if exp.task is not None:
+    eval_data = None
+    if getattr(objective, "uses_index", False):
+        from train.data.retrieval_corpus import ExampleBatches
+        from train.retrieval_index import RetrievalSetup, examples
+
+        with distributed.primary_first("retrieval corpus"):
+            params_sharding = state_lib.state_shardings(module, tx, mesh, rules).params
+            retrieval, module, objective = RetrievalSetup.create(config, objective, module, mesh, params_sharding)
+        tokenizer = retrieval.corpus.path
+        train_data = ExampleBatches(examples(objective, retrieval.corpus, "train"),
+                                    global_batch_size=config.batch_size, seed=config.seed,
+                                    process_index=jax.process_index(), process_count=jax.process_count())
+        if config.eval_every:
+            eval_data = ExampleBatches(examples(objective, retrieval.corpus, "validation"),
+                                       global_batch_size=config.batch_size, seed=0, shuffle=False,
+                                       process_index=jax.process_index(), process_count=jax.process_count())
+            eval_start = eval_data.get_state()
+    elif exp.task is not None:
         # Fine-tuning: the labelled files, read whole, tokenized and checked before anything is compiled.
         task = finetune.TaskData(exp)
         tokenizer = task.tokenizer_source
         train_data = task.train_batches(batch_size=config.batch_size, seed=config.seed)
-        eval_data = None
     else:
         # Process 0 prepares the corpus files and trains the tokenizer; the others then find them in the cache.
         with distributed.primary_first("tokenizer"):
@@ -146,7 +165,6 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
                                                global_batch_size=config.batch_size, num_shards=num_shards,
                                                seed=config.seed, tokenizer=tokenizer, data_dir=data_dir,
                                                **pipeline_options)
-        eval_data = None
         if config.eval_every:
             eval_data = data.make_sharded_dataset(config.data.source, split=config.data.eval_split,
                                                   seq_len=config.seq_len, global_batch_size=config.batch_size,
@@ -160,12 +178,25 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
     best_checkpoints = None if exp.best is None else checkpoint_lib.Checkpoints(
         workdir, keep=1, async_save=config.async_checkpointing, name=checkpoint_lib.BEST)
     shardings = state_lib.state_shardings(module, tx, mesh, rules)
+    abstract = state_lib.abstract_state(shardings, module, tx)
+    if retrieval is not None:
+        shardings, abstract = retrieval.shardings(shardings), retrieval.abstract_state(abstract)
+
+    def check_run(metadata: dict) -> None:
+        check_same_run(metadata, config, model_dict, workdir)
+        if retrieval is not None and metadata.get("block_store") != retrieval.corpus.identity:
+            raise ValueError(f"--workdir={workdir!r}: its checkpoints index the block store "
+                             f"{metadata.get('block_store')!r}, not this config's {retrieval.corpus.identity!r} "
+                             "(config.data differs); use a new workdir")
+
     # The newest readable checkpoint (unreadable ones are moved aside); one of another run is refused by name.
-    restored = checkpoints.restore_latest(state_lib.abstract_state(shardings, module, tx),
-                                          check=lambda metadata: check_same_run(metadata, config, model_dict, workdir))
+    restored = checkpoints.restore_latest(abstract, check=check_run)
     latest = None if restored is None else restored[0]
+    refresh_seconds = None
     if restored is None:
         state, _ = state_lib.init_train_state(module, tx, init_key, mesh, rules, init_from=config.init_from or None)
+        if retrieval is not None:
+            state, refresh_seconds = retrieval.attach_index(state, 0)
     else:
         _, state, data_state, _ = restored
         train_data.set_state(data_state)
@@ -174,6 +205,7 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
         with open(os.path.join(workdir, "config.json"), "w") as f:
             json.dump({"config": experiment.to_dict(config), "model": model_dict}, f, indent=2)
 
+    vocab_size = module.config.vocab_size
     if task is None:
         batch_sharding = partitioning.batch_sharding(mesh, rules)
     else:  # one sharding per array: labels are [batch] (or [batch, length]), multiple choice [batch, choices, length]
@@ -182,11 +214,21 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
             evaluator = finetune.TaskEvaluator(task, module, objective, mesh, rules, shardings.params, eval_key,
                                                batch_size=config.batch_size,
                                                check=lambda b: check_batch(b, vocab_size, "eval"))
-    vocab_size = module.config.vocab_size
+    if retrieval is not None:  # rows of every rank (source blocks [b], answers [b, A, La]) split by the batch alone
+        batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(batch_sharding.spec[0]))
     train_step = step_lib.make_train_step(module, objective, tx, schedule, shardings, batch_sharding,
-                                          grad_accum_steps=config.grad_accum_steps)
-    eval_step = step_lib.make_eval_step(module, objective, shardings.params, batch_sharding) if task is None \
-        else None
+                                          grad_accum_steps=config.grad_accum_steps,
+                                          context_sharding=None if retrieval is None else retrieval.context_sharding)
+    eval_step = None
+    if retrieval is not None:
+        retrieval_step = train_step
+        train_step = lambda state, batch, key: retrieval_step(state, batch, key, retrieval.context)  # noqa: E731
+        indexed_eval = step_lib.make_eval_step(module, objective, shardings.params, batch_sharding,
+                                               {"index": shardings.index, **retrieval.context_sharding})
+        eval_step = lambda params, batch, key: indexed_eval(  # noqa: E731
+            params, batch, key, {"index": state.index, **retrieval.context})
+    elif task is None:
+        eval_step = step_lib.make_eval_step(module, objective, shardings.params, batch_sharding)
 
     # Every process computes the metrics (they are global values); process 0 alone writes and shows them.
     writer = metrics_lib.MetricsWriter(workdir, resume_step=start) if primary else metrics_lib.NullWriter()
@@ -208,10 +250,13 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
     last_eval: dict = {}
 
     def metadata(step: int) -> dict:
-        return {"step": step, "config": experiment.to_dict(config), "model": model_dict, "tokenizer": tokenizer,
+        meta = {"step": step, "config": experiment.to_dict(config), "model": model_dict, "tokenizer": tokenizer,
                 "time": time.time(), "jax_version": jax.__version__,
                 **({"tokens_seen": step * tokens_per_step} if task is None else {}),
                 **({"best": best} if best else {})}
+        if retrieval is not None:
+            meta.update(block_store=retrieval.corpus.identity, index_step=int(state.index_step))
+        return meta
 
     def data_state() -> dict:
         if task is not None:  # every process draws the same global batches: one state serves all
@@ -238,7 +283,7 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
 
     def flush(step: int) -> None:
         """Fetches pending metrics, stops on a non-finite loss, writes the row of `step` if it is a log step."""
-        nonlocal window_start, window_tokens, last_row
+        nonlocal window_start, window_tokens, last_row, refresh_seconds
         fetched = jax.device_get([m for _, m in pending])
         for (s, _), m in zip(pending, fetched):
             if not math.isfinite(float(m["loss"])):
@@ -253,6 +298,9 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
             tps = window_tokens / max(now - window_start, 1e-9)
             window_start, window_tokens = now, 0
             row = {"step": step, **{k: float(v) for k, v in fetched[-1].items()}, "tokens_per_second": tps}
+            if refresh_seconds is not None:  # the last index refresh (re-embedding every block)
+                row["index_refresh_seconds"] = refresh_seconds
+                row["index_step"] = int(state.index_step)
             writer.write(row)
             last_row = row
             bar.update(0, loss=row["loss"], tokens_per_second=tps)
@@ -303,6 +351,10 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
             step += 1
             pending.append((step, step_metrics))
             bar.update(1)
+            if retrieval is not None and objective.refresh_every and step % objective.refresh_every == 0 \
+                    and step < config.total_steps:
+                # Before any save of this step: its checkpoint holds the refreshed index.
+                state, refresh_seconds = retrieval.refresh(state, step)
             checkpoint_due = step % config.checkpoint_every == 0 or step == config.total_steps
             eval_due = config.eval_every and (step % config.eval_every == 0 or step == config.total_steps)
             if (step % config.log_every == 0 or checkpoint_due or eval_due or stop.signal

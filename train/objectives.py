@@ -270,6 +270,261 @@ class CausalLM:
         return loss, {"loss": loss, "accuracy": accuracy}
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Retrieval-augmented objectives (REALM): the index of block embeddings lives in the train state, not the params
+# --------------------------------------------------------------------------------------------------------------
+def block_rows(blocks, ids: Array, cls_id: int, sep_id: int, pad_id: int, take=None) -> tuple[Array, Array]:
+    """``[CLS] block [SEP]`` rows of blocks ``ids [...]``: ``(input_ids, attention_mask) [..., block_len + 2]``.
+
+    ``blocks`` is a ``BlockTokens`` (``token_ids [N, block_len]``, ``num_tokens [N]``, the block's full count);
+    ``take(table, ids)`` gathers rows (default ``jnp.take``; ``layers.retrieval.sharded_take`` for a sharded store)."""
+    take = take or (lambda table, i: jnp.take(table, i, axis=0))
+    tokens = take(blocks.token_ids, ids).astype(jnp.int32)
+    width = tokens.shape[-1]
+    n = jnp.minimum(take(blocks.num_tokens, ids), width)[..., None]
+    p = jnp.arange(width + 2)
+    body = jnp.take(tokens, jnp.clip(p - 1, 0, width - 1), axis=-1)
+    row = jnp.where(p == 0, cls_id, jnp.where(p <= n, body, jnp.where(p == n + 1, sep_id, pad_id)))
+    return row.astype(jnp.int32), (p <= n + 1).astype(jnp.int32)
+
+
+def exclude_and_keep(ids: Array, scores: Array, excluded: Array, k: int) -> tuple[Array, Array]:
+    """The first ``k`` of the ranked ``ids [b, k + 1]`` that are not ``excluded [b]`` (order kept)."""
+    keep = ids != excluded[:, None]
+    order = jnp.argsort(~keep, axis=1, stable=True)[:, :k]
+    return jnp.take_along_axis(ids, order, 1), jnp.take_along_axis(scores, order, 1)
+
+
+def pick_salient_span(rng: Array, spans: Array) -> Array:
+    """One salient span per row, uniformly among the row's spans (``spans [b, l]`` numbered from 1, 0 = none):
+    the ``[b, l]`` bool mask of its tokens (all False in a row without spans)."""
+    count = jnp.max(spans, axis=1)
+    chosen = 1 + jnp.floor(jax.random.uniform(rng, count.shape) * count).astype(spans.dtype)
+    return (spans == chosen[:, None]) & (count[:, None] > 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class _RetrievalObjective:  # noqa: B903
+    """What a retrieval objective shares: the index refresh options and the retriever's params.
+
+    ``refresh_every``: steps between index refreshes (re-embedding every block with the current retriever; 0 =
+    never: a frozen index, as ORQA fine-tunes). ``retriever``: the params key of the block/query embedder
+    (``embedder``, a ``RealmEmbedder``); ``embed_chunk``: blocks embedded per device per scan step.
+    """
+
+    refresh_every: int = 0
+    retriever: str = "embedder"
+    embed_chunk: int = 64
+    index_axis: str = "data"
+    # Set by the trainer (not a config option): the mesh whose `index_axis` splits the index and the block store
+    # by rows; retrieval then searches and gathers shard by shard (layers.retrieval).
+    index_mesh: Any = dataclasses.field(default=None, compare=False)
+
+    uses_index = True
+
+    def __post_init__(self):
+        for name in ("refresh_every", "embed_chunk"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "refresh_every" else 1):
+                raise ValueError(f"config.objective.{name}={value!r}: expected an int >= "
+                                 f"{0 if name == 'refresh_every' else 1}")
+
+    def embedder(self, module):
+        """The retriever's module class, built from ``module.config`` (the family's ``RealmEmbedder``)."""
+        from jaxmodels import registry
+
+        family = registry.of_config(module.config)
+        return family.architectures["RealmEmbedder"](config=module.config, dtype=module.dtype)
+
+    def embed(self, module, params, input_ids, attention_mask, rng, deterministic):
+        out = self.embedder(module).apply({"params": params[self.retriever]}, input_ids, attention_mask,
+                                          deterministic=deterministic, rngs={"dropout": rng})
+        return out.projected_score.astype(jnp.float32)
+
+    def embed_blocks(self, module, params, blocks) -> Array:
+        """Every block's embedding ``[N, P]`` fp32 (the index), in scan steps of ``embed_chunk`` rows."""
+        n = blocks.token_ids.shape[0]
+        c = min(self.embed_chunk, n)
+
+        def one(chunk_ids):
+            rows, mask = block_rows(blocks, chunk_ids, blocks.cls_token_id, blocks.sep_token_id, blocks.pad_token_id)
+            return self.embed(module, params, rows, mask, jax.random.PRNGKey(0), True)
+
+        full = n // c * c
+        parts = [jax.lax.map(one, jnp.arange(full).reshape(-1, c)).reshape(full, -1)]
+        if n > full:
+            parts.append(one(jnp.arange(full, n)))
+        return jnp.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def search(self, query: Array, index: Array, k: int, num_valid: int):
+        from layers import retrieval
+
+        if self.index_mesh is None:
+            return retrieval.mips_topk(query, index, k, num_valid=num_valid)
+        return retrieval.sharded_mips_topk(query, index, k, mesh=self.index_mesh, axis=self.index_axis,
+                                           num_valid=num_valid)
+
+    def take(self):
+        from layers import retrieval
+
+        if self.index_mesh is None:
+            return None
+        return lambda table, ids: retrieval.sharded_take(table, ids, mesh=self.index_mesh, axis=self.index_axis)
+
+
+@register("realm_pretrain")
+@dataclasses.dataclass(frozen=True)
+class RetrievalMaskedLM(_RetrievalObjective):
+    """REALM pretraining; for a module with a retriever ``embedder`` and a knowledge-augmented ``encoder``
+    (``RealmForRetrievalPretraining``).
+
+    Per sentence (``batch``: ``inputs [b, l]`` = ``[CLS] s [SEP]``, ``salient_spans [b, l]``, ``source_block [b]``):
+    1. salient-span masking: one span of capitalised words / numbers (a tagger-free stand-in for REALM's named
+       entities and dates, see ``train.data.retrieval_corpus``) becomes ``[MASK]``;
+    2. the masked sentence is embedded and the top ``k = num_candidates - 1`` blocks are retrieved from the
+       index in the state (``extras["index"]``, exact MIPS, no gradient), the sentence's own block excluded;
+    3. those blocks are embedded afresh by the current retriever (gradient into it, as REALM recomputes
+       ``p(z|x)`` of the top-k), relevance = query . block, and a null block (empty evidence, ``[CLS] [SEP]``,
+       scored the same way) is added, so the encoder can do without retrieval;
+    4. the encoder reads ``[CLS] masked sentence [SEP] block [SEP]`` for each candidate; the loss is the negative
+       marginal log-likelihood of the masked tokens, ``-log sum_z p(z|x) p(y|x, z)`` (``marginal_mlm_loss``),
+       so gradients reach both the encoder and the query/block embedder;
+    5. with ``ict_weight`` > 0, plus that weight times ORQA's inverse cloze task (the masked sentence must score its
+       own block above the batch's other blocks): REALM warm-starts its retriever with ICT, since the marginal
+       likelihood alone gives the retriever no signal while its top-k is random.
+    """
+
+    mask_token_id: int = 4
+    ict_weight: float = 0.0
+
+    @staticmethod
+    def batch_shapes(batch_size: int, seq_len: int) -> dict:
+        return {"inputs": (batch_size, seq_len), "salient_spans": (batch_size, seq_len), "source_block": (batch_size,)}
+
+    def __call__(self, module, params, batch, rng, *, deterministic: bool, index=None, blocks=None):
+        if index is None or blocks is None:
+            raise ValueError("config.objective.name='realm_pretrain' needs the index and the block store "
+                             "(train.loop passes them)")
+        from jaxmodels import registry
+
+        family = registry.of_config(module.config)
+        c = module.config
+        k = c.num_candidates - 1
+        k_mask, k_query, k_block, k_enc = jax.random.split(rng, 4)
+        ids = batch["inputs"].astype(jnp.int32)
+        pad, cls_id, sep_id = blocks.pad_token_id, blocks.cls_token_id, blocks.sep_token_id
+        valid = ids != pad
+        masked = pick_salient_span(k_mask, batch["salient_spans"]) & valid
+        query_ids = jnp.where(masked, self.mask_token_id, ids)
+        labels = jnp.where(masked, ids, IGNORE_INDEX)
+        query = self.embed(module, params, query_ids, valid.astype(jnp.int32), k_query, deterministic)  # [b, P]
+        top = self.search(jax.lax.stop_gradient(query), index, k + 1, c.num_block_records)
+        retrieved, _ = exclude_and_keep(top.ids, top.scores, batch["source_block"].astype(top.ids.dtype), k)
+        b = ids.shape[0]
+        rows, row_mask = block_rows(blocks, retrieved, cls_id, sep_id, pad, self.take())  # [b, k, Lb + 2]
+        # The retrieved blocks and the null block ([CLS] [SEP], empty evidence) embedded by the current retriever.
+        width = rows.shape[-1]
+        null_row = jnp.full((1, width), pad, jnp.int32).at[0, 0].set(cls_id).at[0, 1].set(sep_id)
+        null_mask = (jnp.arange(width) < 2).astype(jnp.int32)[None]
+        extra_rows, extra_mask = [null_row], [null_mask]
+        if self.ict_weight:  # the sentences' own blocks, for the inverse cloze task below
+            own, own_mask = block_rows(blocks, batch["source_block"], cls_id, sep_id, pad, self.take())
+            extra_rows, extra_mask = [own, null_row], [own_mask, null_mask]
+        fresh = self.embed(module, params, jnp.concatenate([rows.reshape(b * k, -1), *extra_rows]),
+                           jnp.concatenate([row_mask.reshape(b * k, -1), *extra_mask]), k_block, deterministic)
+        scores = jnp.einsum("bp,bkp->bk", query, fresh[:b * k].reshape(b, k, -1))
+        relevance = jnp.concatenate([scores, query @ fresh[-1][:, None]], axis=1)  # the null block last
+        # [CLS] masked sentence [SEP] (padded, pads unattended) then block [SEP]; the null block is just [SEP].
+        block_part = jnp.concatenate([rows[..., 1:], jnp.full((b, 1, rows.shape[-1] - 1), pad, jnp.int32)], 1)
+        block_part = block_part.at[:, k, 0].set(sep_id)
+        block_mask = jnp.concatenate([row_mask[..., 1:], jnp.zeros((b, 1, rows.shape[-1] - 1), jnp.int32)], 1)
+        block_mask = block_mask.at[:, k, 0].set(1)
+        length = ids.shape[1]
+        enc_ids = jnp.concatenate([jnp.repeat(query_ids[:, None], k + 1, 1), block_part], -1)
+        enc_mask = jnp.concatenate([jnp.repeat(valid[:, None].astype(jnp.int32), k + 1, 1), block_mask], -1)
+        enc_types = jnp.concatenate([jnp.zeros((b, k + 1, length), jnp.int32), block_mask], -1)
+        enc_labels = jnp.concatenate([labels, jnp.full((b, block_part.shape[-1]), IGNORE_INDEX, labels.dtype)], -1)
+        encoder = family.architectures["RealmKnowledgeAugEncoder"](config=c, dtype=module.dtype)
+        out = encoder.apply({"params": params["encoder"]}, enc_ids, enc_mask, enc_types, relevance_score=relevance,
+                            labels=enc_labels, mlm_mask=enc_labels != IGNORE_INDEX, deterministic=deterministic,
+                            rngs={"dropout": k_enc})
+        any_label = jnp.any(masked)
+        loss = jnp.where(any_label, out.loss, 0.0)
+        # The marginal prediction's accuracy on the masked tokens, and how much the null block is relied on.
+        log_prior = jax.nn.log_softmax(relevance, axis=-1)
+        logp = jax.nn.log_softmax(out.logits.astype(jnp.float32), -1).reshape(b, k + 1, enc_ids.shape[-1], -1)
+        marginal = jax.nn.logsumexp(logp[:, :, :length] + log_prior[:, :, None, None], axis=1)
+        correct = (jnp.argmax(marginal, -1) == ids) & masked
+        count = jnp.maximum(jnp.sum(masked), 1)
+        metrics = {}
+        if self.ict_weight:
+            # ORQA's inverse cloze task, REALM's retriever warm start: each masked sentence must find its own block
+            # among the batch's blocks (in-batch negatives; a block shared by two rows is correct for both).
+            source = batch["source_block"]
+            ict_logits = query @ fresh[b * k:b * k + b].T  # [b, b]
+            same = source[:, None] == source[None, :]
+            from layers.span_reader import marginal_log_loss
+
+            ict = jnp.mean(marginal_log_loss(ict_logits, same))
+            loss = loss + self.ict_weight * ict
+            metrics = {"ict_loss": ict, "ict_accuracy": jnp.mean(same[jnp.arange(b), jnp.argmax(ict_logits, 1)])}
+        return loss, {"loss": loss, **metrics, "mlm_accuracy": jnp.sum(correct) / count,
+                      "null_block_probability": jnp.mean(jnp.exp(log_prior[:, k])),
+                      "retrieval_entropy": -jnp.mean(jnp.sum(jnp.exp(log_prior) * log_prior, -1))}
+
+
+@register("realm_openqa")
+@dataclasses.dataclass(frozen=True)
+class RetrievalOpenQA(_RetrievalObjective):
+    """Open-domain QA fine-tuning from ``(question, answers)``; for ``RealmForOpenQA`` (retriever ``embedder`` +
+    ``reader``). The model retrieves ``beam_size`` blocks of the index (``extras["index"]``), the reader reads the
+    first ``reader_beam_size``; the loss is the model's: the reader's marginal span loss plus the retriever's
+    marginal loss over the retrieved blocks that hold an answer (both 0 when none does).
+
+    ``batch``: ``inputs [b, l]`` questions (``[CLS] q [SEP]``, padded), ``answers [b, A, La]`` (-1 padded),
+    ``answer_block [b]`` (the block holding the answer, for recall). Metrics: the loss terms, ``recall@1/5`` and
+    ``recall@beam`` (the answer block among the top retrieved) and ``exact_match`` (the predicted span's tokens are
+    an answer's).
+    """
+
+    beam_size: int = 8
+    answer_len: int = 4  # tokens of an answer in a batch (train.data.retrieval_corpus); shapes only
+    # The retrieved blocks scored by the current embedder, not the index rows: the retriever loss then trains the
+    # block side of the shared embedder too, which the next refresh reads (REALM's fresh p(z|x) of the top k).
+    rescore_blocks: bool = True
+
+    def batch_shapes(self, batch_size: int, seq_len: int) -> dict:
+        return {"inputs": (batch_size, seq_len), "answers": (batch_size, 1, self.answer_len),
+                "answer_block": (batch_size,)}
+
+    def __call__(self, module, params, batch, rng, *, deterministic: bool, index=None, blocks=None):
+        if index is None or blocks is None:
+            raise ValueError("config.objective.name='realm_openqa' needs the index and the block store "
+                             "(train.loop passes them)")
+        ids = batch["inputs"].astype(jnp.int32)
+        mask = (ids != blocks.pad_token_id).astype(jnp.int32)
+        answers = batch["answers"].astype(jnp.int32)
+        if getattr(module, "index_sharding", None) is None:  # unsharded: the index without its padding rows
+            n = module.config.num_block_records
+            blocks = blocks.replace(token_ids=blocks.token_ids[:n], num_tokens=blocks.num_tokens[:n])
+            index = index[:n]
+        out = module.apply({"params": params, "buffers": {"block_emb": index}}, ids, mask, None, answers,
+                           blocks=blocks, beam_size=self.beam_size, rescore_blocks=self.rescore_blocks,
+                           deterministic=deterministic, rngs={"dropout": rng})
+        reader = out.reader_output
+        loss = jnp.mean(reader.loss)
+        retrieved = out.retrieved_block_ids
+        hit = retrieved == batch["answer_block"][:, None].astype(retrieved.dtype)
+        width = out.predicted_answer_ids.shape[-1]
+        gold = answers[..., :width]
+        gold = jnp.concatenate([gold, jnp.full(gold.shape[:-1] + (width - gold.shape[-1],), -1, gold.dtype)], -1)
+        exact = jnp.any(jnp.all(out.predicted_answer_ids[:, None, :] == gold, -1), -1)
+        recall = lambda n: jnp.mean(jnp.any(hit[:, :n], -1).astype(jnp.float32))  # noqa: E731
+        return loss, {"loss": loss, "retriever_loss": jnp.mean(reader.retriever_loss),
+                      "reader_loss": jnp.mean(reader.reader_loss), "recall@1": recall(1), "recall@5": recall(5),
+                      "recall@beam": recall(self.beam_size), "exact_match": jnp.mean(exact.astype(jnp.float32))}
+
+
 @register("denoising")
 @dataclasses.dataclass(frozen=True)
 class Denoising:

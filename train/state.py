@@ -34,6 +34,16 @@ class TrainState:
     opt_state: Any
 
 
+@flax.struct.dataclass
+class IndexedTrainState(TrainState):
+    """The state of a retrieval-augmented run: also the index of block embeddings (``index [rows, P]`` fp32, rows
+    split over every mesh axis; not params, so no optimizer touches it) and ``index_step``, the step whose params
+    computed it. Both are checkpointed, so a run resumed after a refresh retrieves from the very same index."""
+
+    index: Any
+    index_step: jax.Array
+
+
 def build_model(model: dict, *, dtype: str = "float32", remat: bool = False,
                 sequence_sharding=None) -> nn.Module:
     """The module for an HF-style config dict, computing in `dtype`; `remat` recomputes layers in backward (every

@@ -29,17 +29,26 @@ def _split_micro(batch: dict, n: int) -> dict:
     return jax.tree.map(lambda x: x.reshape(x.shape[0] // n, n, *x.shape[1:]).swapaxes(0, 1), batch)
 
 
+def objective_extras(state, context) -> dict:
+    """Keyword arguments a retrieval objective takes besides the batch: the state's ``index`` and the run's constant
+    ``context`` (the block store's tokens); nothing for a state without an index."""
+    if not hasattr(state, "index"):
+        return {}
+    return {"index": state.index, **(context or {})}
+
+
 def train_step(state: TrainState, batch: dict, seed_key: jax.Array, *, module, objective, tx, schedule,
-               grad_accum_steps: int = 1) -> tuple[TrainState, dict]:
+               grad_accum_steps: int = 1, context: dict | None = None) -> tuple[TrainState, dict]:
     """One optimizer step on `batch` (`{name: [batch, length]}`): mean loss and gradient over
     `grad_accum_steps` equal micro-batches (summed in a scan, so memory is one micro-batch's), then `tx`.
 
     Returns the new state and scalar metrics: the objective's, `grad_norm` and the `learning_rate` used.
     """
     step_key = jax.random.fold_in(seed_key, state.step)
+    extras = objective_extras(state, context)
 
     def loss_fn(params, micro, key):
-        return objective(module, params, micro, key, deterministic=False)
+        return objective(module, params, micro, key, deterministic=False, **extras)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if grad_accum_steps == 1:
@@ -59,18 +68,29 @@ def train_step(state: TrainState, batch: dict, seed_key: jax.Array, *, module, o
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {**metrics, "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state.step)}
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def eval_step(params, batch: dict, seed_key: jax.Array, *, module, objective) -> dict:
-    """The objective's metrics without dropout; masks drawn from `seed_key` so every eval sees the same ones."""
-    _, metrics = objective(module, params, batch, seed_key, deterministic=True)
+def eval_step(params, batch: dict, seed_key: jax.Array, *, module, objective, extras: dict | None = None) -> dict:
+    """The objective's metrics without dropout; masks drawn from `seed_key` so every eval sees the same ones.
+    ``extras``: a retrieval objective's index and block store (``objective_extras``)."""
+    _, metrics = objective(module, params, batch, seed_key, deterministic=True, **(extras or {}))
     return metrics
 
 
 def make_train_step(module, objective, tx, schedule, state_shardings, batch_sharding, *,
-                    grad_accum_steps: int = 1) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
-    """`train_step` bound to a model and optimizer, jitted with shardings and the state donated."""
+                    grad_accum_steps: int = 1, context_sharding=None
+                    ) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
+    """`train_step` bound to a model and optimizer, jitted with shardings and the state donated. With
+    `context_sharding` (a retrieval run) the step takes a fourth argument, the constant context (block tokens)."""
+    if context_sharding is not None:
+        def with_context(state, batch, seed_key, context):
+            return train_step(state, batch, seed_key, module=module, objective=objective, tx=tx, schedule=schedule,
+                              grad_accum_steps=grad_accum_steps, context=context)
+
+        return jax.jit(with_context, in_shardings=(state_shardings, batch_sharding, None, context_sharding),
+                       out_shardings=(state_shardings, None), donate_argnums=(0,))
+
     def fn(state, batch, seed_key):
         return train_step(state, batch, seed_key, module=module, objective=objective, tx=tx, schedule=schedule,
                           grad_accum_steps=grad_accum_steps)
@@ -79,7 +99,14 @@ def make_train_step(module, objective, tx, schedule, state_shardings, batch_shar
                    donate_argnums=(0,))
 
 
-def make_eval_step(module, objective, params_shardings, batch_sharding) -> Callable[[Any, dict, jax.Array], dict]:
+def make_eval_step(module, objective, params_shardings, batch_sharding, extras_sharding=None
+                   ) -> Callable[[Any, dict, jax.Array], dict]:
+    if extras_sharding is not None:
+        def with_extras(params, batch, seed_key, extras):
+            return eval_step(params, batch, seed_key, module=module, objective=objective, extras=extras)
+
+        return jax.jit(with_extras, in_shardings=(params_shardings, batch_sharding, None, extras_sharding))
+
     def fn(params, batch, seed_key):
         return eval_step(params, batch, seed_key, module=module, objective=objective)
 

@@ -12,6 +12,7 @@ from jaxmodels.realm.modeling import (
     RealmEmbedderOutput,
     RealmForOpenQA,
     RealmForOpenQAOutput,
+    RealmForRetrievalPretraining,
     RealmKnowledgeAugEncoder,
     RealmReader,
     RealmReaderOutput,
@@ -47,12 +48,12 @@ def check_training_length(config: RealmConfig, length: int) -> None:
 FAMILY = Family(
     model_type="realm", config_class=RealmConfig, architectures=ARCHITECTURES, default_architecture="RealmEmbedder",
     base_model_prefix=BASE_MODEL_PREFIX, key_fn=key_fn, dummy_inputs=dummy_inputs, tied_keys=TIED_KEYS,
-    tokenizer=load_tokenizer, check_training_length=check_training_length, presets=PRESETS,
+    tokenizer=load_tokenizer, check_training_length=check_training_length, presets=PRESETS, block_store=BlockStore,
 )
 
 __all__ = [
     "FAMILY", "RealmConfig", "load_tokenizer", "RealmEmbedder", "RealmScorer", "RealmKnowledgeAugEncoder",
     "RealmReader", "RealmForOpenQA", "RealmEmbedderOutput", "RealmScorerOutput", "RealmReaderOutput",
-    "RealmForOpenQAOutput", "BlockTokens", "BlockStore", "RealmRetriever", "load_block_emb",
+    "RealmForOpenQAOutput", "RealmForRetrievalPretraining", "BlockTokens", "BlockStore", "RealmRetriever", "load_block_emb",
     "save_open_qa_pretrained",
 ]

@@ -65,6 +65,8 @@ def _load_array(path: str) -> np.ndarray:
 class BlockStore:
     """The blocks of one store directory (see the module docstring); arrays are memory-mapped, read on use."""
 
+    token_class = BlockTokens  # what tokens() returns
+
     def __init__(self, path: str, meta: dict, token_ids: np.ndarray, num_tokens: np.ndarray, offsets: np.ndarray,
                  text: np.ndarray, tokenizer: Tokenizer):
         self.path, self.meta = path, meta

@@ -555,7 +555,10 @@ class RealmForOpenQA(_RealmModule):
     (token ids, each answer padded with -1; optional: without them no loss), ``beam_size`` (blocks retrieved per
     question; default HF's: ``searcher_beam_size`` when ``deterministic=False`` (training), else
     ``reader_beam_size``). The reader reads the first ``min(reader_beam_size, beam)`` blocks; the retriever loss
-    covers all of them. Returns :class:`RealmForOpenQAOutput`; every field has the leading ``B``.
+    covers all of them. ``rescore_blocks``: the retrieved blocks' logits from the current embedder on their tokens
+    (``[CLS] block [SEP]``, as the index embeds them) instead of from ``block_emb`` (HF): the same values when the
+    index is fresh, and differentiable with respect to the blocks too (training with a refreshed index).
+    Returns :class:`RealmForOpenQAOutput`; every field has the leading ``B``.
 
     ``index_sharding`` (:class:`layers.retrieval.RowSharding`): ``block_emb`` and ``blocks`` are split by rows over
     that mesh axis and searched / gathered shard by shard. ``approximate_search`` uses ``lax.approx_max_k`` per
@@ -570,7 +573,7 @@ class RealmForOpenQA(_RealmModule):
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, answer_ids=None, *,
                  blocks: Optional[BlockTokens] = None, beam_size: Optional[int] = None,
-                 deterministic: bool = True) -> Optional[RealmForOpenQAOutput]:
+                 rescore_blocks: bool = False, deterministic: bool = True) -> Optional[RealmForOpenQAOutput]:
         c = self.config
         embedder = self._child(RealmEmbedder, "embedder")
         reader = self._child(RealmReader, "reader")
@@ -594,9 +597,20 @@ class RealmForOpenQA(_RealmModule):
         top = self._search(jax.lax.stop_gradient(question).astype(jnp.float32), block_emb, k)
         ids = top.ids  # [B, K]
         take = self._take
-        # The retriever logits again, from the gathered rows: differentiable with respect to the question only.
-        retrieved = take(block_emb, ids).astype(jnp.float32)  # [B, K, P]
-        logits = jnp.einsum("bp,bkp->bk", question.astype(jnp.float32), retrieved)
+        if rescore_blocks:
+            # REALM's "recompute p(z|x) of the top k with fresh parameters": the index only chooses the blocks, the
+            # current embedder scores them, so the retriever loss trains the block side of the shared embedder as
+            # well (what a refreshed index reads); from the index rows it would train the question side alone.
+            b, k_ = ids.shape
+            block_ids, block_mask = reader_inputs.block_rows(
+                take(blocks.token_ids, ids), take(blocks.num_tokens, ids), cls_token_id=blocks.cls_token_id,
+                sep_token_id=blocks.sep_token_id, pad_token_id=blocks.pad_token_id)
+            retrieved = embedder(block_ids.reshape(b * k_, -1), block_mask.reshape(b * k_, -1),
+                                 deterministic=deterministic).projected_score.reshape(b, k_, -1)
+        else:
+            # The retriever logits again, from the gathered rows: differentiable with respect to the question only.
+            retrieved = take(block_emb, ids)  # [B, K, P]
+        logits = jnp.einsum("bp,bkp->bk", question.astype(jnp.float32), retrieved.astype(jnp.float32))
         q_tokens, q_len = reader_inputs.question_tokens(input_ids, attention_mask, blocks.special_ids)
         rows = reader_inputs.build_rows(
             q_tokens, q_len, take(blocks.token_ids, ids), take(blocks.num_tokens, ids), seq_len=c.reader_seq_len,
@@ -678,7 +692,32 @@ class RealmForOpenQA(_RealmModule):
         return sharded_take(table, ids, mesh=self.index_sharding.mesh, axis=self.index_sharding.axis)
 
 
+class RealmForRetrievalPretraining(_RealmModule):
+    """REALM's pretraining model (not an HF class): the retriever ``embedder`` (a :class:`RealmEmbedder` that embeds
+    both the masked sentences and the evidence blocks) and the knowledge-augmented ``encoder`` (a
+    :class:`RealmKnowledgeAugEncoder` over ``num_candidates`` = retrieved blocks + one null block).
+
+    Its params are ``{"embedder": ..., "encoder": ...}``; the training objective applies each part with its own
+    class (``train.objectives``), and each part's params load into that class (``embedder`` into
+    :class:`RealmEmbedder` or ``RealmForOpenQA``'s ``embedder``, as REALM initialises open-QA fine-tuning).
+    Calling it embeds ``input_ids`` and encodes them as every candidate row (what ``init`` needs); returns
+    ``(projected_score [b, P], logits [b * C, l, vocab])``.
+    """
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, deterministic: bool = True):
+        c = self.config
+        query = self._child(RealmEmbedder, "embedder")(input_ids, attention_mask, token_type_ids,
+                                                       deterministic=deterministic).projected_score
+        rows = jnp.repeat(input_ids[:, None], c.num_candidates, axis=1)
+        expand = lambda x: None if x is None else jnp.repeat(x[:, None], c.num_candidates, axis=1)  # noqa: E731
+        logits = self._child(RealmKnowledgeAugEncoder, "encoder")(
+            rows, expand(attention_mask), expand(token_type_ids), deterministic=deterministic).logits
+        return query, logits
+
+
 ARCHITECTURES = {
     cls.__name__: cls
-    for cls in (RealmEmbedder, RealmScorer, RealmKnowledgeAugEncoder, RealmReader, RealmForOpenQA)
+    for cls in (RealmEmbedder, RealmScorer, RealmKnowledgeAugEncoder, RealmReader, RealmForOpenQA,
+                RealmForRetrievalPretraining)
 }

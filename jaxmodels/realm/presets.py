@@ -10,4 +10,8 @@ _OPENQA = dict(
     eos_token_id=2,
 )
 
-PRESETS = {"realm-orqa-nq-openqa": _OPENQA}
+# REALM pretraining (Guu et al. 2020) at BERT-base size over the same 13.35M-block index: the retriever and the
+# knowledge-augmented encoder, 8 retrieved blocks + the null block per sentence (RealmForRetrievalPretraining).
+_PRETRAIN = dict(_OPENQA, architectures=["RealmForRetrievalPretraining"], num_candidates=9, hidden_dropout_prob=0.1)
+
+PRESETS = {"realm-orqa-nq-openqa": _OPENQA, "realm-base-pretrain": _PRETRAIN}

@@ -8,6 +8,7 @@ arithmetic on static shapes, for a whole batch of questions in one jitted call:
 
     question_tokens   [B, Lq] ids, mask        -> the question's tokens without special tokens, lengths [B]
     build_rows        + blocks [B, K, Lb]      -> input_ids / token types / attention mask / block mask [B, K, M]
+    block_rows        blocks [..., Lb]         -> [CLS] block [SEP] ids, mask [..., Lb + 2] (the retriever's rows)
     answer_matches    + answers [B, A, La]     -> [B, K, A, M]: answer a starts at position p inside the block
 
 Rows are padded to ``M = reader_seq_len`` (HF pads to the longest row of the call): the tokens, types and masks of
@@ -105,6 +106,20 @@ def build_rows(question: Array, question_len: Array, blocks: Array, block_len: A
     attention = p <= block_end
     types = (p >= block_start) & attention
     return ReaderRows(ids.astype(jnp.int32), types.astype(jnp.int32), attention.astype(jnp.int32), in_block)
+
+
+def block_rows(tokens: Array, num_tokens: Array, *, cls_token_id: int, sep_token_id: int,
+               pad_token_id: int) -> tuple[Array, Array]:
+    """``[CLS] block [SEP]`` rows, the retriever's view of a block (what an index of block embeddings embeds).
+
+    ``tokens [..., Lb]`` (a block's first ``Lb`` token ids), ``num_tokens [...]`` (its full count; more than ``Lb``
+    is cut to ``Lb``) -> ``(input_ids, attention_mask) [..., Lb + 2]`` int32, padded after the ``[SEP]``."""
+    width = tokens.shape[-1]
+    n = jnp.minimum(num_tokens, width)[..., None]
+    p = jnp.arange(width + 2)
+    body = jnp.take(tokens.astype(jnp.int32), jnp.clip(p - 1, 0, width - 1), axis=-1)
+    row = jnp.where(p == 0, cls_token_id, jnp.where(p <= n, body, jnp.where(p == n + 1, sep_token_id, pad_token_id)))
+    return row.astype(jnp.int32), (p <= n + 1).astype(jnp.int32)
 
 
 def answer_matches(rows: ReaderRows, answers: Array) -> tuple[Array, Array]:
