@@ -129,6 +129,10 @@ class Checkpoints:
     def close(self) -> None:
         try:
             self.wait()
+            # Orbax's close does not join the clean-up of temporary directories that its constructor starts in a
+            # thread: a process exiting right after (train.evaluate on a user error) had that thread fail at
+            # interpreter shutdown, printing a traceback. (Orbax awaits it itself only before a save.)
+            getattr(self._manager, "_maybe_await_cleanup_tmp_directory", lambda: None)()
         finally:
             self._manager.close()
 
