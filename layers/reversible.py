@@ -214,6 +214,34 @@ def reversible_stack(
     def call_g(k, p, y, g_key, ctx, dtype):
         return gs[k](p, y, g_key, ctx).astype(dtype)
 
+    def layer_forward(k, fp, gp, y1, y2, f_key, g_key, ctx):
+        f_out, aux = call_f(k, fp, y2, f_key, ctx, None, y1.dtype)
+        y1 = y1 + f_out
+        return y1, y2 + call_g(k, gp, y1, g_key, ctx, y2.dtype), aux
+
+    def layer_backward(k, fp, gp, aux, y1, y2, dy1, dy2, f_key, g_key, ctx):
+        g_out, g_vjp = jax.vjp(lambda p, y: call_g(k, p, y, g_key, ctx, y2.dtype), gp, y1)
+        x2 = y2 - g_out
+        dgp, dy1_from_g = g_vjp(dy2)
+        dy1 = dy1 + dy1_from_g
+        # Recompute F on the rebuilt input with the *saved* aux (never re-hash reconstructed inputs).
+        f_out, f_vjp = jax.vjp(lambda p, x: call_f(k, p, x, f_key, ctx, aux, y1.dtype)[0], fp, x2)
+        x1 = y1 - f_out
+        dfp, dx2_from_f = f_vjp(dy1)
+        return x1, x2, dy1, dy2 + dx2_from_f, dfp, dgp
+
+    return _custom_stack(layer_forward, layer_backward, kinds, num_groups, fps, gps, x1, x2, key, context,
+                         has_aux, single)
+
+
+def _custom_stack(layer_forward, layer_backward, kinds, num_groups, fps, gps, x1, x2, key, ctx, has_aux, single):
+    """The reversible stack's scan over layer groups and its ``custom_vjp``, given one layer's two directions:
+
+    ``layer_forward(k, fp, gp, y1, y2, f_key, g_key, ctx) -> (y1, y2, aux)`` and ``layer_backward(k, fp, gp, aux,
+    y1, y2, dy1, dy2, f_key, g_key, ctx) -> (x1, x2, dx1, dx2, dfp, dgp)`` (the layer's inputs rebuilt from its
+    outputs, the cotangents of its inputs, its params' gradients). Only the final streams and the per-layer aux
+    are saved for the backward pass. Returns ``reversible_stack``'s ``(y1, y2, aux)``."""
+
     def forward(fps, gps, x1, x2, key, ctx):
         def group(carry, xs):
             y1, y2 = carry
@@ -221,9 +249,7 @@ def reversible_stack(
             auxs = []
             for k in range(kinds):
                 f_key, g_key = _layer_keys(key, index * kinds + k)
-                f_out, aux = call_f(k, group_fps[k], y2, f_key, ctx, None, y1.dtype)
-                y1 = y1 + f_out
-                y2 = y2 + call_g(k, group_gps[k], y1, g_key, ctx, y2.dtype)
+                y1, y2, aux = layer_forward(k, group_fps[k], group_gps[k], y1, y2, f_key, g_key, ctx)
                 auxs.append(aux)
             return (y1, y2), tuple(auxs)
 
@@ -249,19 +275,8 @@ def reversible_stack(
             dfps, dgps = [None] * kinds, [None] * kinds
             for k in reversed(range(kinds)):
                 f_key, g_key = _layer_keys(key, index * kinds + k)
-                g_out, g_vjp = jax.vjp(
-                    lambda p, y: call_g(k, p, y, g_key, ctx, y2.dtype), group_gps[k], y1
-                )
-                x2 = y2 - g_out
-                dgps[k], dy1_from_g = g_vjp(dy2)
-                dy1 = dy1 + dy1_from_g
-                # Recompute F on the rebuilt input with the *saved* aux (never re-hash reconstructed inputs).
-                f_out, f_vjp = jax.vjp(
-                    lambda p, x: call_f(k, p, x, f_key, ctx, group_auxs[k], y1.dtype)[0], group_fps[k], x2
-                )
-                x1 = y1 - f_out
-                dfps[k], dx2_from_f = f_vjp(dy1)
-                y1, y2, dy1, dy2 = x1, x2, dy1, dy2 + dx2_from_f
+                y1, y2, dy1, dy2, dfps[k], dgps[k] = layer_backward(
+                    k, group_fps[k], group_gps[k], group_auxs[k], y1, y2, dy1, dy2, f_key, g_key, ctx)
             return (y1, y2, dy1, dy2), (tuple(dfps), tuple(dgps))
 
         (_, _, dx1, dx2), (dfps, dgps) = lax.scan(
@@ -270,7 +285,7 @@ def reversible_stack(
         return dfps, dgps, dx1, dx2, None, None
 
     stack.defvjp(stack_fwd, stack_bwd)
-    y1, y2, auxs = stack(fps, gps, x1, x2, key, context)
+    y1, y2, auxs = stack(fps, gps, x1, x2, key, ctx)
     if not has_aux:
         return y1, y2, None
     return y1, y2, (auxs[0] if single else auxs)
@@ -314,102 +329,60 @@ def _chunked_stack(fs, gs, fps, gps, x1, x2, key, context, has_aux, chunk, num_g
             return fs[k].core(p, a, f_key, ctx, aux)
         return fs[k].core(p, a, f_key, ctx), None
 
-    def forward(fps, gps, x1, x2, key, ctx):
-        def group(carry, xs):
-            y1, y2 = carry
-            group_fps, group_gps, index = xs
-            auxs = []
-            for k in range(kinds):
-                f_key, g_key = _layer_keys(key, index * kinds + k)
-                fp, gp = group_fps[k], group_gps[k]
-                c, aux = core(k, fp, pre_all(k, fp, y2, f_key, ctx), f_key, ctx, None)
+    def layer_forward(k, fp, gp, y1, y2, f_key, g_key, ctx):
+        c, aux = core(k, fp, pre_all(k, fp, y2, f_key, ctx), f_key, ctx, None)
 
-                def add_f(s, y1, fp=fp, c=c, f_key=f_key, k=k):
-                    out = fs[k].post(fp, _slice(c, s, chunk), f_key, ctx, s)
-                    return _update(y1, _slice(y1, s, chunk) + out.astype(y1.dtype), s)
+        def add_f(s, y1):
+            out = fs[k].post(fp, _slice(c, s, chunk), f_key, ctx, s)
+            return _update(y1, _slice(y1, s, chunk) + out.astype(y1.dtype), s)
 
-                y1 = loop(add_f, y1)
+        y1 = loop(add_f, y1)
 
-                def add_g(s, y2, gp=gp, y1=y1, g_key=g_key, k=k):
-                    out = gs[k](gp, _slice(y1, s, chunk), g_key, ctx, s)
-                    return _update(y2, _slice(y2, s, chunk) + out.astype(y2.dtype), s)
+        def add_g(s, y2):
+            out = gs[k](gp, _slice(y1, s, chunk), g_key, ctx, s)
+            return _update(y2, _slice(y2, s, chunk) + out.astype(y2.dtype), s)
 
-                y2 = loop(add_g, y2)
-                auxs.append(aux)
-            return (y1, y2), tuple(auxs)
+        return y1, loop(add_g, y2), aux
 
-        (y1, y2), auxs = lax.scan(group, (x1, x2), (fps, gps, jnp.arange(num_groups)))
-        return y1, y2, auxs
+    def layer_backward(k, fp, gp, aux, y1, y2, dy1, dy2, f_key, g_key, ctx):
+        # G, chunk by chunk: x2 = y2 - G(y1) in place of y2, dy1 += dG^T dy2 in place.
+        def undo_g(s, carry):
+            y2, dy1, dgp = carry
+            out, vjp = jax.vjp(lambda p, y: gs[k](p, y, g_key, ctx, s).astype(y2.dtype), gp, _slice(y1, s, chunk))
+            dgp_s, dy1_s = vjp(_slice(dy2, s, chunk))
+            return (_update(y2, _slice(y2, s, chunk) - out, s), _update(dy1, _slice(dy1, s, chunk) + dy1_s, s),
+                    _tree_add(dgp, dgp_s))
 
-    @jax.custom_vjp
-    def stack(fps, gps, x1, x2, key, ctx):
-        return forward(fps, gps, x1, x2, key, ctx)
+        x2, dy1, dgp = loop(undo_g, (y2, dy1, _zeros_like(gp)))
 
-    def stack_fwd(fps, gps, x1, x2, key, ctx):
-        y1, y2, auxs = forward(fps, gps, x1, x2, key, ctx)
-        return (y1, y2, auxs), (fps, gps, y1, y2, auxs, key, ctx)
+        # F = post(core(pre(x2))): recompute pre and core (with the saved aux), then post chunk by chunk:
+        # x1 = y1 - post(c) in place of y1, and post's cotangent dc; core's VJP; pre's VJP into dy2.
+        a = pre_all(k, fp, x2, f_key, ctx)
+        c, core_vjp = jax.vjp(lambda p, a: core(k, p, a, f_key, ctx, aux)[0], fp, a)
 
-    def stack_bwd(residuals, cotangents):
-        fps, gps, y1, y2, auxs, key, ctx = residuals
-        dy1, dy2, _ = cotangents
+        def undo_post(s, carry):
+            y1, dc, dfp = carry
+            out, vjp = jax.vjp(lambda p, cs: fs[k].post(p, cs, f_key, ctx, s).astype(y1.dtype), fp,
+                               _slice(c, s, chunk))
+            dfp_s, dc_s = vjp(_slice(dy1, s, chunk))
+            return _update(y1, _slice(y1, s, chunk) - out, s), _update(dc, dc_s, s), _tree_add(dfp, dfp_s)
 
-        def group(carry, xs):
-            y1, y2, dy1, dy2 = carry
-            group_fps, group_gps, group_auxs, index = xs
-            dfps, dgps = [None] * kinds, [None] * kinds
-            for k in reversed(range(kinds)):
-                f_key, g_key = _layer_keys(key, index * kinds + k)
-                fp, gp = group_fps[k], group_gps[k]
+        x1, dc, dfp_post = loop(undo_post, (y1, _zeros_like(c), _zeros_like(fp)))
+        del c
+        dfp_core, da = core_vjp(dc)
+        del dc
 
-                # G, chunk by chunk: x2 = y2 - G(y1) in place of y2, dy1 += dG^T dy2 in place.
-                def undo_g(s, carry, gp=gp, y1=y1, dy2=dy2, g_key=g_key, k=k):
-                    y2, dy1, dgp = carry
-                    out, vjp = jax.vjp(lambda p, y: gs[k](p, y, g_key, ctx, s).astype(y2.dtype), gp,
-                                       _slice(y1, s, chunk))
-                    dgp_s, dy1_s = vjp(_slice(dy2, s, chunk))
-                    return (_update(y2, _slice(y2, s, chunk) - out, s), _update(dy1, _slice(dy1, s, chunk) + dy1_s, s),
-                            _tree_add(dgp, dgp_s))
+        def back_pre(s, carry):
+            dy2, dfp = carry
+            _, vjp = jax.vjp(lambda p, x: fs[k].pre(p, x, f_key, ctx, s), fp, _slice(x2, s, chunk))
+            dfp_s, dx_s = vjp(_slice(da, s, chunk))
+            return _update(dy2, _slice(dy2, s, chunk) + dx_s, s), _tree_add(dfp, dfp_s)
 
-                y2, dy1, dgps[k] = loop(undo_g, (y2, dy1, _zeros_like(gp)))
-                x2 = y2
+        dy2, dfp_pre = loop(back_pre, (dy2, _zeros_like(fp)))
+        return x1, x2, dy1, dy2, _tree_add(_tree_add(dfp_post, dfp_core), dfp_pre), dgp
 
-                # F = post(core(pre(x2))): recompute pre and core (with the saved aux), then post chunk by chunk:
-                # x1 = y1 - post(c) in place of y1, and post's cotangent dc; core's VJP; pre's VJP into dy2.
-                a = pre_all(k, fp, x2, f_key, ctx)
-                c, core_vjp = jax.vjp(lambda p, a: core(k, p, a, f_key, ctx, group_auxs[k])[0], fp, a)
-
-                def undo_post(s, carry, fp=fp, c=c, dy1=dy1, f_key=f_key, k=k):
-                    y1, dc, dfp = carry
-                    out, vjp = jax.vjp(lambda p, cs: fs[k].post(p, cs, f_key, ctx, s).astype(y1.dtype), fp,
-                                       _slice(c, s, chunk))
-                    dfp_s, dc_s = vjp(_slice(dy1, s, chunk))
-                    return _update(y1, _slice(y1, s, chunk) - out, s), _update(dc, dc_s, s), _tree_add(dfp, dfp_s)
-
-                y1, dc, dfp_post = loop(undo_post, (y1, _zeros_like(c), _zeros_like(fp)))
-                del c
-                dfp_core, da = core_vjp(dc)
-                del dc
-
-                def back_pre(s, carry, fp=fp, x2=x2, da=da, f_key=f_key, k=k):
-                    dy2, dfp = carry
-                    _, vjp = jax.vjp(lambda p, x: fs[k].pre(p, x, f_key, ctx, s), fp, _slice(x2, s, chunk))
-                    dfp_s, dx_s = vjp(_slice(da, s, chunk))
-                    return _update(dy2, _slice(dy2, s, chunk) + dx_s, s), _tree_add(dfp, dfp_s)
-
-                dy2, dfp_pre = loop(back_pre, (dy2, _zeros_like(fp)))
-                dfps[k] = _tree_add(_tree_add(dfp_post, dfp_core), dfp_pre)
-            return (y1, y2, dy1, dy2), (tuple(dfps), tuple(dgps))
-
-        (_, _, dx1, dx2), (dfps, dgps) = lax.scan(
-            group, (y1, y2, dy1, dy2), (fps, gps, auxs, jnp.arange(num_groups)), reverse=True
-        )
-        return dfps, dgps, dx1, dx2, None, None
-
-    stack.defvjp(stack_fwd, stack_bwd)
-    y1, y2, auxs = stack(fps, gps, x1, x2, key, context)
-    if not has_aux:
-        return y1, y2, None
-    return y1, y2, (auxs[0] if single else auxs)
+    return _custom_stack(layer_forward, layer_backward, kinds, num_groups, fps, gps, x1, x2, key, context,
+                         has_aux, single)
 
 
 def reversible_stack_reference(
