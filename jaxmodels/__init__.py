@@ -93,7 +93,9 @@ def from_pretrained(name_or_path: str, dtype: Any = jnp.float32, *, architecture
     Params absent from the checkpoint (a classifier, or a pooler, on top of a pretraining checkpoint) are freshly
     initialised from ``rng`` with a warning naming them, as HF does; a checkpoint matching nothing is an error.
     ``overrides`` are config fields put over the checkpoint's ``config.json`` (a new head's ``num_labels``), as HF's
-    ``from_pretrained(path, num_labels=3)``.
+    ``from_pretrained(path, num_labels=3)``. An Orbax checkpoint of another of the family's classes is read where
+    the family's ``checkpoint_renames`` puts its weights (a REALM pretraining run's ``encoder`` as the open-QA
+    ``reader``).
     """
     path = hub.resolve(name_or_path, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
                        token=token, files=hub.MODEL_FILES)
@@ -103,9 +105,14 @@ def from_pretrained(name_or_path: str, dtype: Any = jnp.float32, *, architecture
 
 def _load_directory(path, dtype, architecture, rng, mesh, rules, overrides) -> tuple[nn.Module, dict]:
     orbax = orbax_io.is_orbax(path)
-    hf_config = {**(orbax_io.read_config(path) if orbax else hf_io.read_config(path)), **(overrides or {})}
+    stored = orbax_io.read_config(path) if orbax else hf_io.read_config(path)
+    hf_config = {**stored, **(overrides or {})}
     module = from_config(hf_config, dtype=dtype, architecture=architecture)
     fam = _family_of(module)
+    # Another class of the family may keep the same weights under other names (REALM's pretraining `encoder` is
+    # the open-QA `reader`): the family says where this class finds them.
+    checkpoint_arch = (stored.get("architectures") or [fam.default_architecture])[0]
+    renames = fam.checkpoint_renames(checkpoint_arch, type(module).__name__) if orbax else ()
     key_fn = fam.key_fn(module.config)
     if mesh is None and not orbax:  # the whole checkpoint in host memory, converted in one piece
         shapes = abstract_params(module)
@@ -122,7 +129,7 @@ def _load_directory(path, dtype, architecture, rng, mesh, rules, overrides) -> t
         shapes = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, jnp.float32, sharding=s),
                               nn.unbox(boxed), shardings)
         if orbax:
-            params, missing, unexpected = orbax_io.restore_params(path, shapes, fam.base_model_prefix)
+            params, missing, unexpected = orbax_io.restore_params(path, shapes, fam.base_model_prefix, renames)
         else:
             source = hf_io.LazyStateDict(path)
             lookup = hf_io.prefixed_names(source.keys(), fam.base_model_prefix,

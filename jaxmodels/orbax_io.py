@@ -74,11 +74,14 @@ def read_config(path: str) -> dict[str, Any]:
     return dict(model)
 
 
-def restore_params(path: str, target: dict, prefix: str | None = None) -> tuple[dict, list[str], list[str]]:
+def restore_params(path: str, target: dict, prefix: str | None = None,
+                   renames: tuple = ()) -> tuple[dict, list[str], list[str]]:
     """The params of an Orbax params directory or a training checkpoint that ``target`` asks for: ``target`` is a
     tree of ``jax.ShapeDtypeStruct`` with shardings, and each leaf the checkpoint holds is read straight into its
     sharding (Orbax partial restore: nothing else is read). ``prefix`` bridges HF's ``base_model_prefix`` as for HF
-    directories (a bare model's params have no ``albert`` level, a head's have it).
+    directories (a bare model's params have no ``albert`` level, a head's have it). ``renames``: ``(prefix,
+    checkpoint_prefix)`` pairs (``Family.checkpoint_renames``): a param under ``prefix`` is read from under
+    ``checkpoint_prefix``, the first matching pair winning, before the ``prefix`` bridge.
 
     Returns ``(params, missing, unexpected)`` like ``hf_io.state_dict_to_params``: the leaves found (a tree shaped
     like ``target`` without the missing ones), the paths of the missing leaves, and the checkpoint's unused paths.
@@ -89,10 +92,11 @@ def restore_params(path: str, target: dict, prefix: str | None = None) -> tuple[
     step = None if is_params_directory(path) else training_checkpoint(path)
     directory = os.path.join(path, PARAMS_DIR) if step is None else os.path.join(step, "state")
     with ocp.PyTreeCheckpointer() as checkpointer:  # closed: no Orbax thread outlives the call
-        return _restore(checkpointer, directory, target, prefix)
+        return _restore(checkpointer, directory, target, prefix, renames)
 
 
-def _restore(checkpointer, directory: str, target: dict, prefix: str | None) -> tuple[dict, list[str], list[str]]:
+def _restore(checkpointer, directory: str, target: dict, prefix: str | None,
+             renames: tuple = ()) -> tuple[dict, list[str], list[str]]:
     import orbax.checkpoint as ocp
 
     try:
@@ -104,6 +108,9 @@ def _restore(checkpointer, directory: str, target: dict, prefix: str | None) -> 
     want = prefix is not None and any(p[0] == prefix for p in wanted)
 
     def stored_path(p):
+        for ours, theirs in renames:
+            if p[:len(ours)] == tuple(ours):
+                return tuple(theirs) + p[len(ours):]
         if want and not has:
             return p[1:] if p[0] == prefix else None
         if has and not want:

@@ -37,6 +37,10 @@ def _no_kwargs(config: Any, length: int, key: Any) -> dict:
     return {}
 
 
+def _no_renames(checkpoint_architecture: str, architecture: str) -> tuple:
+    return ()
+
+
 @dataclasses.dataclass(frozen=True)
 class Family:
     """Everything the doorway, the tokenizer doorway and the trainer need to know about one family.
@@ -62,6 +66,10 @@ class Family:
         (``layers.sequence_parallel.SequenceSharding``) and split the length over that mesh axis.
       block_store: a retrieval family's evidence-store class (``BlockStore``: ``write`` / ``open`` / ``tokens()``,
         its ``token_class``), which the trainer's retrieval objectives build their corpus with; None elsewhere.
+      checkpoint_renames: ``(checkpoint_architecture, architecture) -> ((prefix, checkpoint_prefix), ...)``: where
+        a head reads its params in an Orbax checkpoint of another of the family's classes, when the two name the
+        same weights differently (REALM: an open-QA model's ``reader`` starts from the pretraining model's
+        ``encoder``). A param whose path starts with ``prefix`` is read at ``checkpoint_prefix`` + the rest.
       presets: named model configs (HF ``config.json`` dicts) an experiment can give as ``config.model``; every
         name starts with ``<model_type>-`` (``albert-base-v2``), which is how :func:`preset` finds the family.
     """
@@ -81,6 +89,7 @@ class Family:
     sequence_parallel: bool = False
     presets: Mapping[str, dict] = dataclasses.field(default_factory=dict)
     block_store: Any = None
+    checkpoint_renames: Callable[[str, str], tuple] = _no_renames
 
     def __post_init__(self):
         if self.default_architecture not in self.architectures:

@@ -148,6 +148,7 @@ def attention_block(
     use_bias: bool = True,
     dtype: Any = jnp.float32,
     query_positions: Array | None = None,
+    init_std: float = 0.02,
 ) -> tuple[Array, Array, tuple[Array, Array]]:
     """Projections + attention, creating ``query``/``key``/``value`` (+ ``distance_embedding``) in the CALLING module.
 
@@ -170,6 +171,9 @@ def attention_block(
     still cover every row: the outputs become ``[batch, rows, heads * head_dim]`` and ``[batch, heads, rows,
     length]``, equal to those rows of the full result. A model whose loss reads a few positions of its last layer
     uses it to skip the query, output and feed-forward work on every other row.
+
+    ``init_std``: the standard deviation of the projections' (and distance table's) normal init (HF's
+    ``initializer_range``).
     """
     if position_embedding_type not in POSITION_SCHEMES:
         raise ValueError(f"position_embedding_type={position_embedding_type!r}; expected one of {POSITION_SCHEMES}")
@@ -179,7 +183,8 @@ def attention_block(
     width = num_heads * head_dim
 
     def project(name, inputs):
-        y = Dense(width, (axes.EMBED, axes.HEADS), use_bias=use_bias, dtype=dtype, name=name)(inputs)
+        y = Dense(width, (axes.EMBED, axes.HEADS), use_bias=use_bias, dtype=dtype,
+                  kernel_init=nn.initializers.normal(init_std), name=name)(inputs)
         return y.reshape(y.shape[:-1] + (num_heads, head_dim))
 
     x_query = x if query_positions is None else gather_rows(x, query_positions)
@@ -194,7 +199,8 @@ def attention_block(
     bias = None
     if position_embedding_type != "absolute":
         table = Embed(
-            2 * max_position_embeddings - 1, head_dim, dtype=dtype, axes=(axes.POSITIONS, axes.KV), name="distance_embedding"
+            2 * max_position_embeddings - 1, head_dim, dtype=dtype, axes=(axes.POSITIONS, axes.KV),
+            embedding_init=nn.initializers.normal(init_std), name="distance_embedding"
         ).embedding
         bias = relative_position_scores(q, k, table, position_embedding_type, max_position_embeddings,
                                         query_positions)
@@ -225,6 +231,7 @@ class Attention(nn.Module):
     dropout_rate: float = 0.0
     use_bias: bool = True
     dtype: Any = jnp.float32
+    init_std: float = 0.02  # the projections' normal init (HF's initializer_range)
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None = None, *, deterministic: bool = True,
@@ -242,7 +249,8 @@ class Attention(nn.Module):
             x, mask, num_heads=self.num_heads, head_dim=self.head_dim,
             position_embedding_type=self.position_embedding_type,
             max_position_embeddings=self.max_position_embeddings, dropout_rate=self.dropout_rate,
-            dropout_rng=dropout_rng, deterministic=deterministic, use_bias=self.use_bias, dtype=self.dtype, **sources,
+            dropout_rng=dropout_rng, deterministic=deterministic, use_bias=self.use_bias, dtype=self.dtype,
+            init_std=self.init_std, **sources,
         )
 
 

@@ -78,13 +78,17 @@ class TokenEmbeddings(nn.Module):
     use_position_embeddings: bool = True  # False for relative position schemes (HF adds none then)
     pad_token_id: int | None = None
     dtype: Any = jnp.float32
+    init_std: float = 0.02  # the tables' normal init (HF's initializer_range)
 
     def setup(self):
-        self.word_embeddings = Embed(self.vocab_size, self.embedding_size, padding_idx=self.pad_token_id, dtype=self.dtype)
+        init = nn.initializers.normal(self.init_std)
+        self.word_embeddings = Embed(self.vocab_size, self.embedding_size, padding_idx=self.pad_token_id,
+                                     dtype=self.dtype, embedding_init=init)
         self.position_embeddings = Embed(
-            self.max_position_embeddings, self.embedding_size, dtype=self.dtype, axes=(axes.POSITIONS, axes.EMBED)
-        )
-        self.token_type_embeddings = Embed(self.type_vocab_size, self.embedding_size, dtype=self.dtype)
+            self.max_position_embeddings, self.embedding_size, dtype=self.dtype, axes=(axes.POSITIONS, axes.EMBED),
+            embedding_init=init)
+        self.token_type_embeddings = Embed(self.type_vocab_size, self.embedding_size, dtype=self.dtype,
+                                           embedding_init=init)
         self.LayerNorm = LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype)
         self.dropout = Dropout(rate=self.dropout_rate)
 

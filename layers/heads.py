@@ -26,10 +26,12 @@ class Pooler(nn.Module):
 
     hidden_size: int
     dtype: Any = jnp.float32
+    init_std: float = 0.02  # the dense kernel's normal init (HF's initializer_range)
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        return jnp.tanh(Dense(self.hidden_size, (axes.EMBED, axes.MLP), dtype=self.dtype, name="dense")(x[:, 0]))
+        return jnp.tanh(Dense(self.hidden_size, (axes.EMBED, axes.MLP), dtype=self.dtype,
+                              kernel_init=nn.initializers.normal(self.init_std), name="dense")(x[:, 0]))
 
 
 class MaskedLMHead(nn.Module):
@@ -49,16 +51,19 @@ class MaskedLMHead(nn.Module):
     layer_norm_eps: float
     dtype: Any = jnp.float32
     loss_chunk: int = 32  # positions per example per step of the loss loop (layers.vocab_loss)
+    init_std: float = 0.02  # the dense kernels' normal init (HF's initializer_range)
 
     @nn.compact
     def __call__(self, x: Array, decoder_embedding: Array | None = None,
                  labels: Array | None = None) -> tuple[Array, Array | None]:
-        h = Dense(self.embedding_size, (axes.EMBED, axes.MLP), dtype=self.dtype, name="dense")(x)
+        init = nn.initializers.normal(self.init_std)
+        h = Dense(self.embedding_size, (axes.EMBED, axes.MLP), dtype=self.dtype, kernel_init=init, name="dense")(x)
         h = get_activation(self.hidden_act)(h)
         h = LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="LayerNorm")(h)
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes.VOCAB,)), (self.vocab_size,))
         if decoder_embedding is None:
-            decoder = Dense(self.vocab_size, (axes.EMBED, axes.VOCAB), use_bias=False, dtype=self.dtype, name="decoder")
+            decoder = Dense(self.vocab_size, (axes.EMBED, axes.VOCAB), use_bias=False, dtype=self.dtype,
+                            kernel_init=init, name="decoder")
             logits = decoder(h)
             kernel = decoder.variables["params"]["kernel"]
             kernel = kernel.value if isinstance(kernel, nn.Partitioned) else kernel

@@ -67,17 +67,19 @@ class SpanReader(nn.Module):
     max_width: int
     layer_norm_eps: float = 1e-3
     dtype: Any = jnp.float32
+    init_std: float = 0.02  # the dense kernels' normal init (HF's initializer_range)
 
     @nn.compact
     def __call__(self, hidden: Array, block_mask: Array) -> tuple[Array, Array]:
         starts, ends = span_candidates(hidden.shape[-2], self.max_width)
-        both = Dense(2 * self.span_hidden_size, (axes.EMBED, axes.MLP), dtype=self.dtype,
+        init = nn.initializers.normal(self.init_std)
+        both = Dense(2 * self.span_hidden_size, (axes.EMBED, axes.MLP), dtype=self.dtype, kernel_init=init,
                      name="dense_intermediate")(hidden)
         start_proj, end_proj = jnp.split(both, 2, axis=-1)
         span = jax.nn.relu(jnp.take(start_proj, starts, axis=-2) + jnp.take(end_proj, ends, axis=-2))
         span = LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, axis_name=axes.MLP,
                          name="layer_normalization")(span)
-        logits = Dense(1, (axes.MLP, axes.VOCAB), dtype=self.dtype, name="dense_output")(span)[..., 0]
+        logits = Dense(1, (axes.MLP, axes.VOCAB), dtype=self.dtype, kernel_init=init, name="dense_output")(span)[..., 0]
         block_mask = block_mask.astype(bool)
         span_mask = jnp.take(block_mask, starts, axis=-1) & jnp.take(block_mask, ends, axis=-1)
         logits = jnp.where(span_mask, logits.astype(jnp.float32), jnp.finfo(jnp.float32).min)

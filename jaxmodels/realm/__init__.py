@@ -5,7 +5,7 @@ import jax.numpy as jnp
 
 from jaxmodels.realm.block_store import BlockStore, load_block_emb, save_open_qa_pretrained
 from jaxmodels.realm.config import RealmConfig
-from jaxmodels.realm.convert import BASE_MODEL_PREFIX, TIED_KEYS, key_fn
+from jaxmodels.realm.convert import BASE_MODEL_PREFIX, TIED_KEYS, checkpoint_renames, key_fn
 from jaxmodels.realm.modeling import (
     ARCHITECTURES,
     RealmEmbedder,
@@ -49,11 +49,12 @@ FAMILY = Family(
     model_type="realm", config_class=RealmConfig, architectures=ARCHITECTURES, default_architecture="RealmEmbedder",
     base_model_prefix=BASE_MODEL_PREFIX, key_fn=key_fn, dummy_inputs=dummy_inputs, tied_keys=TIED_KEYS,
     tokenizer=load_tokenizer, check_training_length=check_training_length, presets=PRESETS, block_store=BlockStore,
+    checkpoint_renames=checkpoint_renames,
 )
 
 __all__ = [
     "FAMILY", "RealmConfig", "load_tokenizer", "RealmEmbedder", "RealmScorer", "RealmKnowledgeAugEncoder",
     "RealmReader", "RealmForOpenQA", "RealmEmbedderOutput", "RealmScorerOutput", "RealmReaderOutput",
     "RealmForOpenQAOutput", "RealmForRetrievalPretraining", "BlockTokens", "BlockStore", "RealmRetriever", "load_block_emb",
-    "save_open_qa_pretrained",
+    "save_open_qa_pretrained", "checkpoint_renames",
 ]

@@ -50,3 +50,28 @@ def key_fn(config: RealmConfig):
         return names(path)
 
     return keys
+
+
+# Where each class keeps REALM's two networks: the retriever (the query / block embedder) and the BERT that reads
+# retrieved text (the knowledge-augmented encoder in pretraining, the reader in open QA; REALM fine-tunes both from
+# pretraining, the reader starting from the encoder, its span head new).
+_PARTS = {
+    "RealmEmbedder": {"retriever": ()},
+    "RealmScorer": {"retriever": (_SCORER_EMBEDDER,)},
+    "RealmKnowledgeAugEncoder": {"reader": ()},
+    "RealmReader": {"reader": ()},
+    "RealmForOpenQA": {"retriever": ("embedder",), "reader": ("reader",)},
+    "RealmForRetrievalPretraining": {"retriever": ("embedder",), "reader": ("encoder",)},
+}
+
+
+def checkpoint_renames(checkpoint_architecture: str, architecture: str) -> tuple:
+    """``((prefix, checkpoint_prefix), ...)`` (``Family.checkpoint_renames``): ``architecture``'s retriever and reader
+    params read from where ``checkpoint_architecture`` keeps them, so ``init_from`` a ``RealmForRetrievalPretraining``
+    run starts ``RealmForOpenQA`` with both (its ``reader/qa_outputs`` span head, absent there, is initialised)."""
+    ours, theirs = _PARTS.get(architecture, {}), _PARTS.get(checkpoint_architecture, {})
+    if architecture == checkpoint_architecture:
+        return ()
+    # Longest prefix first: the first matching pair wins.
+    pairs = [(ours[part], theirs[part]) for part in ours if part in theirs]
+    return tuple(sorted(pairs, key=lambda pair: -len(pair[0])))

@@ -156,6 +156,11 @@ def _check_shape(name: str, x, shape: tuple, rule: str) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # The BERT backbone
 # ---------------------------------------------------------------------------------------------------------------
+def _init(config: RealmConfig):
+    """Every weight matrix and table is drawn from N(0, initializer_range^2), as HF's ``_init_weights``."""
+    return nn.initializers.normal(config.initializer_range)
+
+
 class _ResidualOutput(nn.Module):
     """``LayerNorm(residual + dropout(dense(x)))`` (HF's ``*.output``: ``dense``, ``LayerNorm``). ``[.., in] -> [.., H]``."""
 
@@ -166,7 +171,7 @@ class _ResidualOutput(nn.Module):
     @nn.compact
     def __call__(self, x: Array, residual: Array, deterministic: bool) -> Array:
         c = self.config
-        y = Dense(c.hidden_size, (self.in_axis, axes.EMBED), dtype=self.dtype, name="dense")(x)
+        y = Dense(c.hidden_size, (self.in_axis, axes.EMBED), dtype=self.dtype, kernel_init=_init(c), name="dense")(x)
         y = Dropout(c.hidden_dropout_prob)(y, deterministic=deterministic)
         return LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="LayerNorm")(residual + y)
 
@@ -182,7 +187,8 @@ class _Attention(nn.Module):
         c = self.config
         context, weights = SelfAttention(
             c.num_attention_heads, c.head_dim, c.position_embedding_type, c.max_position_embeddings,
-            c.attention_probs_dropout_prob, dtype=self.dtype, name="self")(x, mask, deterministic=deterministic)
+            c.attention_probs_dropout_prob, dtype=self.dtype, init_std=c.initializer_range,
+            name="self")(x, mask, deterministic=deterministic)
         return _ResidualOutput(c, axes.HEADS, self.dtype, name="output")(context, x, deterministic), weights
 
 
@@ -195,7 +201,7 @@ class _Intermediate(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         c = self.config
-        y = Dense(c.intermediate_size, (axes.EMBED, axes.MLP), dtype=self.dtype, name="dense")(x)
+        y = Dense(c.intermediate_size, (axes.EMBED, axes.MLP), dtype=self.dtype, kernel_init=_init(c), name="dense")(x)
         return get_activation(c.hidden_act)(y)
 
 
@@ -261,9 +267,9 @@ class RealmBertModel(nn.Module):
             vocab_size=c.vocab_size, embedding_size=c.hidden_size, max_position_embeddings=c.max_position_embeddings,
             type_vocab_size=c.type_vocab_size, layer_norm_eps=c.layer_norm_eps, dropout_rate=c.hidden_dropout_prob,
             use_position_embeddings=c.position_embedding_type == "absolute", pad_token_id=c.pad_token_id,
-            dtype=self.dtype)
+            dtype=self.dtype, init_std=c.initializer_range)
         self.encoder = RealmEncoder(c, self.dtype, self.remat, self.scan_unroll, self.scan_residuals)
-        self.pooler = Pooler(c.hidden_size, dtype=self.dtype)
+        self.pooler = Pooler(c.hidden_size, dtype=self.dtype, init_std=c.initializer_range)
 
     def word_embedding_table(self) -> Array:
         """``[vocab_size, hidden_size]``: the table the knowledge-augmented encoder's decoder is tied to."""
@@ -291,7 +297,8 @@ class _MaskedLMHeads(nn.Module):
     @nn.compact
     def __call__(self, x: Array, decoder_embedding: Optional[Array] = None) -> Array:
         c = self.config
-        head = MaskedLMHead(c.hidden_size, c.vocab_size, c.hidden_act, c.layer_norm_eps, self.dtype, name="predictions")
+        head = MaskedLMHead(c.hidden_size, c.vocab_size, c.hidden_act, c.layer_norm_eps, self.dtype,
+                            init_std=c.initializer_range, name="predictions")
         return head(x, decoder_embedding)[0]
 
     def register(self) -> None:
@@ -329,9 +336,10 @@ class _ScorerProjection(nn.Module):
     def __call__(self, pooled: Array) -> Array:
         c = self.config
         # HF's RealmScorerProjection owns an MLM head that it never runs: `predictions` here, at zero cost.
-        MaskedLMHead(c.hidden_size, c.vocab_size, c.hidden_act, c.layer_norm_eps, self.dtype, name="predictions")(
-            jnp.zeros((0, c.hidden_size), self.dtype))
-        y = Dense(c.retriever_proj_size, (axes.EMBED, axes.MLP), dtype=self.dtype, name="dense")(pooled)
+        MaskedLMHead(c.hidden_size, c.vocab_size, c.hidden_act, c.layer_norm_eps, self.dtype,
+                     init_std=c.initializer_range, name="predictions")(jnp.zeros((0, c.hidden_size), self.dtype))
+        y = Dense(c.retriever_proj_size, (axes.EMBED, axes.MLP), dtype=self.dtype, kernel_init=_init(c),
+                  name="dense")(pooled)
         return LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, axis_name=axes.MLP, name="LayerNorm")(y)
 
 
@@ -471,7 +479,8 @@ class RealmReader(_RealmModule):
         c = self.config
         self.realm = self._backbone()
         self.cls = _MaskedLMHeads(c, self.dtype)
-        self.qa_outputs = SpanReader(c.span_hidden_size, c.max_span_width, c.reader_layer_norm_eps, self.dtype)
+        self.qa_outputs = SpanReader(c.span_hidden_size, c.max_span_width, c.reader_layer_norm_eps, self.dtype,
+                                     init_std=c.initializer_range)
 
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                  inputs_embeds=None, relevance_score=None, block_mask=None, start_positions=None,
