@@ -462,17 +462,18 @@ class RetrievalMaskedLM(_RetrievalObjective):
         enc_ids = jnp.concatenate([jnp.repeat(query_ids[:, None], k + 1, 1), block_part], -1)
         enc_mask = jnp.concatenate([jnp.repeat(valid[:, None].astype(jnp.int32), k + 1, 1), block_mask], -1)
         enc_types = jnp.concatenate([jnp.zeros((b, k + 1, length), jnp.int32), block_mask], -1)
-        enc_labels = jnp.concatenate([labels, jnp.full((b, block_part.shape[-1]), IGNORE_INDEX, labels.dtype)], -1)
         encoder = family.architectures["RealmKnowledgeAugEncoder"](config=c, dtype=module.dtype)
+        # Only the sentence part is predicted (mlm_prefix): the block positions' logits, 5.5x as many at REALM's
+        # sizes and most of a base model's step memory (train/AOT.md), are never formed.
         out = encoder.apply({"params": params["encoder"]}, enc_ids, enc_mask, enc_types, relevance_score=relevance,
-                            labels=enc_labels, mlm_mask=enc_labels != IGNORE_INDEX, deterministic=deterministic,
-                            rngs={"dropout": k_enc})
+                            labels=labels, mlm_mask=labels != IGNORE_INDEX, deterministic=deterministic,
+                            mlm_prefix=length, rngs={"dropout": k_enc})
         any_label = jnp.any(masked)
         loss = jnp.where(any_label, out.loss, 0.0)
         # The marginal prediction's accuracy on the masked tokens, and how much the null block is relied on.
         log_prior = jax.nn.log_softmax(relevance, axis=-1)
-        logp = jax.nn.log_softmax(out.logits.astype(jnp.float32), -1).reshape(b, k + 1, enc_ids.shape[-1], -1)
-        marginal = jax.nn.logsumexp(logp[:, :, :length] + log_prior[:, :, None, None], axis=1)
+        logp = jax.nn.log_softmax(out.logits.astype(jnp.float32), -1).reshape(b, k + 1, length, -1)
+        marginal = jax.nn.logsumexp(logp + log_prior[:, :, None, None], axis=1)
         correct = (jnp.argmax(marginal, -1) == ids) & masked
         count = jnp.maximum(jnp.sum(masked), 1)
         metrics = {}
