@@ -8,18 +8,20 @@ The corpus, model and tokenizer are the presets' (30 chapters of the embedded co
 come from sentences no training question comes from (train/data/retrieval_corpus.py). The pretraining sentences
 cover the whole corpus, as REALM pretrains on its knowledge corpus.
 
-Thresholds, from this test's run (stop 31, this machine; 64 held-out rows, the 60 questions with 4 twice) and from
-experiment scripts running the same two stages:
+Thresholds, from this test's run and the full presets' run (150 ICT + 200 open-QA steps), stop 31, this machine;
+64 held-out rows (the 60 questions, 4 of them twice):
 - ICT's in-batch accuracy (own block among 32 own + 128 retrieved blocks; chance 1/160 = 0.006) reaches 0.5 by step
   30 (the init already matches some words) and 0.97 at step 120. The test asks >= 0.5 in the last logged batch and
   a rise of >= 0.15 from the first.
-- Held-out recall@5 of the answer block among 627: untrained 0.19, after ICT 0.58, after 100 open-QA steps 0.73
-  (recall@1: 0.11, 0.19, 0.38). In the experiments: after ICT 0.35-0.42 (100-150 steps at batch 32) and after
-  open QA 0.71-0.85. The test asks: ICT alone >= +0.15; after open QA >= 0.6, >= +0.3 over untrained and >= +0.05
-  over the start of fine-tuning.
-- Held-out exact match: 0 untrained, 0.03 after ICT, 0.09 after open QA (6 of 64; training batches 0.5-0.9). The
-  test asks >= 0.04, 3 of 64 rows. Chance is about 1 in 250 for a row whose block is read: 64 positions x 4 widths.
-  Exact match is low because with 270 training questions the reader memorises rather than learns to read.
+- Held-out recall@5 of the answer block among 627: untrained 0.19; after ICT 0.58 (presets: 0.50); after open QA
+  0.73 (presets: 0.59 at step 100, 0.67 at 150-200). The test asks: ICT alone >= +0.15, and after open QA >= 0.55
+  and >= +0.25 over untrained.
+- Open QA's own gain over ICT: held-out retriever loss 4.67 -> 2.42 (presets 6.06 -> 2.91-3.30) and recall@1
+  0.19 -> 0.38 (presets 0.23 -> 0.38). The test asks for the loss to fall to <= 0.7x and recall@1 to rise >= 0.1.
+- Held-out exact match: 0 untrained, 0.03 after ICT, 0.09 after open QA (presets 0.03 -> 0.05-0.06; training
+  batches 0.5-0.9). The test asks >= 0.03, 2 of 64 rows. Chance is about 1 in 250 for a row whose block is read
+  (64 positions x 4 widths), so 2 hits by chance has probability ~3%. Exact match is low because with 270
+  training questions the reader memorises rather than learns to read.
 """
 
 import json
@@ -76,6 +78,9 @@ def test_ict_pretraining_then_open_qa_learns_to_retrieve_and_read(cli, tmp_path)
     print({k: (untrained[k], pretrained[k], after[k]) for k in sorted(names)})
     recall = [r["eval_recall@5"] for r in (untrained, pretrained, after)]
     assert recall[1] >= recall[0] + 0.15, recall  # ICT alone
-    assert recall[2] >= 0.6 and recall[2] >= recall[0] + 0.3 and recall[2] >= recall[1] + 0.05, recall
+    assert recall[2] >= 0.55 and recall[2] >= recall[0] + 0.25, recall
+    # Open QA on top of ICT: the retriever's held-out loss (over all 627 blocks) and its top-1 hit rate.
+    assert after["eval_retriever_loss"] <= 0.7 * pretrained["eval_retriever_loss"], (pretrained, after)
+    assert after["eval_recall@1"] >= pretrained["eval_recall@1"] + 0.1, (pretrained, after)
     assert untrained["eval_exact_match"] == 0.0
-    assert after["eval_exact_match"] >= 0.04, (untrained, pretrained, after)
+    assert after["eval_exact_match"] >= 0.03, (untrained, pretrained, after)
