@@ -39,10 +39,12 @@ class ResidualOutput(nn.Module):
     layer_norm_eps: float
     dropout_rate: float = 0.0
     dtype: Any = jnp.float32
+    init_std: float = 0.02  # the dense kernel's normal init (HF's initializer_range)
 
     @nn.compact
     def __call__(self, x: Array, residual: Array, deterministic: bool = True) -> Array:
-        h = Dense(self.features, self.kernel_axes, dtype=self.dtype, name="dense")(x)
+        h = Dense(self.features, self.kernel_axes, dtype=self.dtype, kernel_init=nn.initializers.normal(self.init_std),
+                  name="dense")(x)
         h = Dropout(self.dropout_rate)(h, deterministic=deterministic)
         return LayerNorm(epsilon=self.layer_norm_eps, dtype=self.dtype, name="LayerNorm")(h + residual)
 
@@ -59,15 +61,17 @@ class PostLNAttention(nn.Module):
     hidden_dropout_prob: float = 0.0
     attention_probs_dropout_prob: float = 0.0
     dtype: Any = jnp.float32
+    init_std: float = 0.02  # the projections' normal init (HF's initializer_range)
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None, *, deterministic: bool = True, **sources):
         hidden = x.shape[-1]
         context, weights, kv = Attention(self.num_heads, hidden // self.num_heads,
                                          dropout_rate=self.attention_probs_dropout_prob, dtype=self.dtype,
-                                         name="self")(x, mask, deterministic=deterministic, **sources)
+                                         init_std=self.init_std, name="self")(x, mask, deterministic=deterministic,
+                                                                              **sources)
         y = ResidualOutput(hidden, (axes.HEADS, axes.EMBED), self.layer_norm_eps, self.hidden_dropout_prob,
-                           self.dtype, name="output")(context, x, deterministic)
+                           self.dtype, init_std=self.init_std, name="output")(context, x, deterministic)
         return y, weights, kv
 
 
@@ -77,10 +81,12 @@ class Intermediate(nn.Module):
     features: int
     hidden_act: str
     dtype: Any = jnp.float32
+    init_std: float = 0.02  # the dense kernel's normal init (HF's initializer_range)
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         return get_activation(self.hidden_act)(Dense(self.features, (axes.EMBED, axes.MLP), dtype=self.dtype,
+                                                      kernel_init=nn.initializers.normal(self.init_std),
                                                       name="dense")(x))
 
 
@@ -94,6 +100,7 @@ class PostLNLayer(nn.Module):
     hidden_dropout_prob: float = 0.0
     attention_probs_dropout_prob: float = 0.0
     dtype: Any = jnp.float32
+    init_std: float = 0.02  # every kernel's normal init (HF's initializer_range)
 
     @nn.compact
     def __call__(self, x: Array, mask: Array | None, *, encoder_states: Array | None = None,
@@ -112,7 +119,8 @@ class PostLNLayer(nn.Module):
         """
         hidden = x.shape[-1]
         attention = lambda name: PostLNAttention(self.num_heads, self.layer_norm_eps, self.hidden_dropout_prob,
-                                                 self.attention_probs_dropout_prob, self.dtype, name=name)
+                                                 self.attention_probs_dropout_prob, self.dtype, self.init_std,
+                                                 name=name)
         self_cache = cross_cache = None
         if cache is not None:
             self_cache = (cache[0], cache[1])
@@ -125,9 +133,9 @@ class PostLNLayer(nn.Module):
             sources = {"kv_cache": cross_cache} if cross_cache is not None else {"keys_from": encoder_states}
             a, cross_weights, cross_kv = attention("crossattention")(a, encoder_mask, deterministic=deterministic,
                                                                      **sources)
-        h = Intermediate(self.intermediate_size, self.hidden_act, self.dtype, name="intermediate")(a)
+        h = Intermediate(self.intermediate_size, self.hidden_act, self.dtype, self.init_std, name="intermediate")(a)
         y = ResidualOutput(hidden, (axes.MLP, axes.EMBED), self.layer_norm_eps, self.hidden_dropout_prob, self.dtype,
-                           name="output")(h, a, deterministic)
+                           self.init_std, name="output")(h, a, deterministic)
         y = nn.with_logical_constraint(y, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
         new_cache = None
         if cache is not None:

@@ -143,6 +143,11 @@ def init_cache(config: RemBertConfig, batch_size: int, max_length: int, dtype: A
                          config.head_dim, dtype)
 
 
+def _init(config: RemBertConfig):
+    """Every weight matrix and table is drawn from N(0, initializer_range^2), as HF's ``_init_weights``."""
+    return nn.initializers.normal(config.initializer_range)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Encoder
 # ---------------------------------------------------------------------------------------------------------------
@@ -165,9 +170,11 @@ class RemBertEncoder(nn.Module):
                  encoder_mask: Optional[Array], cache: Optional[tuple], cache_index: Optional[Array], *,
                  deterministic: bool, output_hidden_states: bool, output_attentions: bool):
         c = self.config
-        h = Dense(c.hidden_size, (axes.EMBED, axes.MLP), dtype=self.dtype, name="embedding_hidden_mapping_in")(x)
+        h = Dense(c.hidden_size, (axes.EMBED, axes.MLP), dtype=self.dtype, kernel_init=_init(c),
+                  name="embedding_hidden_mapping_in")(x)
         layer = PostLNLayer(c.num_attention_heads, c.intermediate_size, c.hidden_act, c.layer_norm_eps,
-                            c.hidden_dropout_prob, c.attention_probs_dropout_prob, self.dtype, parent=None)
+                            c.hidden_dropout_prob, c.attention_probs_dropout_prob, self.dtype,
+                            init_std=c.initializer_range, parent=None)
         dummy = jnp.zeros((1, 1, c.hidden_size), self.dtype)
         # Cross-attention weights exist whenever the config has them (HF creates them), used or not.
         params = self.param("layer", lambda rng: init_stacked(
@@ -232,8 +239,8 @@ class RemBertModel(nn.Module):
             position_ids = (cache.index + jnp.arange(length, dtype=jnp.int32))[None, :]
         x = TokenEmbeddings(c.vocab_size, c.input_embedding_size, c.max_position_embeddings, c.type_vocab_size,
                             c.layer_norm_eps, c.hidden_dropout_prob, pad_token_id=c.pad_token_id, dtype=self.dtype,
-                            name="embeddings")(input_ids, token_type_ids, position_ids, inputs_embeds,
-                                               deterministic=deterministic)
+                            init_std=c.initializer_range, name="embeddings")(
+            input_ids, token_type_ids, position_ids, inputs_embeds, deterministic=deterministic)
 
         cross_mask = None
         if encoder_hidden_states is not None:
@@ -261,7 +268,8 @@ class RemBertModel(nn.Module):
             key, value, cross_key, cross_value = new_layer_caches
             new_cache = KVCache(key=key, value=value, mask=slots, index=cache.index + length, cross_key=cross_key,
                                 cross_value=cross_value, cross_mask=cross_mask if cross_key is not None else None)
-        pooled = Pooler(c.hidden_size, dtype=self.dtype, name="pooler")(h) if self.add_pooling_layer else None
+        pooled = (Pooler(c.hidden_size, dtype=self.dtype, init_std=c.initializer_range, name="pooler")(h)
+                  if self.add_pooling_layer else None)
         return RemBertModelOutput(h, pooled, hidden, weights, cross_weights, new_cache)
 
 
@@ -285,12 +293,13 @@ class _RemBertHead(nn.Module):
         """HF ``cls.predictions``: H -> E_out -> act -> LayerNorm -> vocab with its own decoder bias."""
         c = self.config
         return MaskedLMHead(c.output_embedding_size, c.vocab_size, c.hidden_act, c.layer_norm_eps, self.dtype,
-                            name="predictions")
+                            init_std=c.initializer_range, name="predictions")
 
     def _classifier(self, features: int, x: Array, deterministic: bool) -> Array:
         """dropout(classifier_dropout_prob) -> ``classifier`` Dense. ``[..., H] -> [..., features]``."""
         x = Dropout(self.config.classifier_dropout_prob)(x, deterministic=deterministic)
-        return Dense(features, (axes.EMBED, axes.VOCAB), dtype=self.dtype, name="classifier")(x)
+        return Dense(features, (axes.EMBED, axes.VOCAB), dtype=self.dtype, kernel_init=_init(self.config),
+                     name="classifier")(x)
 
 
 class RemBertForMaskedLM(_RemBertHead):
@@ -411,7 +420,8 @@ class RemBertForQuestionAnswering(_RemBertHead):
         out = self._backbone(False)(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                                     deterministic=deterministic, output_attentions=output_attentions,
                                     output_hidden_states=output_hidden_states)
-        logits = Dense(2, (axes.EMBED, axes.VOCAB), dtype=self.dtype, name="qa_outputs")(out.last_hidden_state)
+        logits = Dense(2, (axes.EMBED, axes.VOCAB), dtype=self.dtype, kernel_init=_init(self.config),
+                       name="qa_outputs")(out.last_hidden_state)
         start, end = split_span_logits(logits)
         loss = None
         if start_positions is not None and end_positions is not None:
