@@ -69,6 +69,11 @@ def validate_inputs(config: AlbertConfig, input_ids, attention_mask, token_type_
                        max_position_embeddings=config.max_position_embeddings)
 
 
+def _init(config: AlbertConfig):
+    """Every weight matrix and table is drawn from N(0, initializer_range^2), as HF's ``_init_weights``."""
+    return nn.initializers.normal(config.initializer_range)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Encoder
 # ---------------------------------------------------------------------------------------------------------------
@@ -88,9 +93,10 @@ class AlbertAttention(nn.Module):
             x, mask, num_heads=c.num_attention_heads, head_dim=c.head_dim,
             position_embedding_type=c.position_embedding_type, max_position_embeddings=c.max_position_embeddings,
             dropout_rate=c.attention_probs_dropout_prob, dropout_rng=dropout_rng, deterministic=deterministic,
-            dtype=self.dtype, query_positions=query_positions,
+            dtype=self.dtype, query_positions=query_positions, init_std=c.initializer_range,
         )
-        out = Dense(c.hidden_size, (axes.HEADS, axes.EMBED), dtype=self.dtype, name="dense")(context)
+        out = Dense(c.hidden_size, (axes.HEADS, axes.EMBED), dtype=self.dtype, kernel_init=_init(c),
+                    name="dense")(context)
         out = Dropout(c.hidden_dropout_prob)(out, deterministic=deterministic)
         residual = x if query_positions is None else gather_rows(x, query_positions)
         out = LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="LayerNorm")(residual + out)
@@ -112,9 +118,9 @@ class AlbertLayer(nn.Module):
                  query_positions: Optional[Array] = None):
         c = self.config
         a, weights = AlbertAttention(c, self.dtype, name="attention")(x, mask, deterministic, query_positions)
-        h = Dense(c.intermediate_size, (axes.EMBED, axes.MLP), dtype=self.dtype, name="ffn")(a)
+        h = Dense(c.intermediate_size, (axes.EMBED, axes.MLP), dtype=self.dtype, kernel_init=_init(c), name="ffn")(a)
         h = get_activation(c.hidden_act)(h)
-        h = Dense(c.hidden_size, (axes.MLP, axes.EMBED), dtype=self.dtype, name="ffn_output")(h)
+        h = Dense(c.hidden_size, (axes.MLP, axes.EMBED), dtype=self.dtype, kernel_init=_init(c), name="ffn_output")(h)
         y = LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="full_layer_layer_norm")(h + a)
         y = nn.with_logical_constraint(y, (axes.ACT_BATCH, axes.ACT_LENGTH, axes.ACT_EMBED))
         return y, weights
@@ -150,7 +156,8 @@ class AlbertTransformer(nn.Module):
         ``inner_group_num == 1``, no active dropout and no returned hidden states or attentions.
         """
         c = self.config
-        h = Dense(c.hidden_size, (axes.EMBED, axes.MLP), dtype=self.dtype, name="embedding_hidden_mapping_in")(x)
+        h = Dense(c.hidden_size, (axes.EMBED, axes.MLP), dtype=self.dtype, kernel_init=_init(c),
+                  name="embedding_hidden_mapping_in")(x)
         layer = AlbertLayer(c, self.dtype, parent=None)
         groups = self.param(
             "albert_layer_groups",
@@ -272,12 +279,12 @@ class AlbertModel(nn.Module):
             vocab_size=c.vocab_size, embedding_size=c.embedding_size, max_position_embeddings=c.max_position_embeddings,
             type_vocab_size=c.type_vocab_size, layer_norm_eps=c.layer_norm_eps, dropout_rate=c.hidden_dropout_prob,
             use_position_embeddings=c.position_embedding_type == "absolute", pad_token_id=c.pad_token_id,
-            dtype=self.dtype,
+            dtype=self.dtype, init_std=c.initializer_range,
         )
         self.encoder = AlbertTransformer(c, self.dtype, remat=self.remat, scan_unroll=self.scan_unroll,
                                           scan_residuals=self.scan_residuals)
         if self.add_pooling_layer:
-            self.pooler = Pooler(c.hidden_size, dtype=self.dtype)
+            self.pooler = Pooler(c.hidden_size, dtype=self.dtype, init_std=c.initializer_range)
 
     def word_embedding_table(self) -> Array:
         """``[vocab_size, embedding_size]``: the table the masked-LM decoder is tied to."""
@@ -392,11 +399,13 @@ class _AlbertHead(nn.Module):
 
     def _mlm_head(self) -> MaskedLMHead:
         c = self.config
-        return MaskedLMHead(c.embedding_size, c.vocab_size, c.hidden_act, c.layer_norm_eps, self.dtype, name="predictions")
+        return MaskedLMHead(c.embedding_size, c.vocab_size, c.hidden_act, c.layer_norm_eps, self.dtype,
+                            init_std=c.initializer_range, name="predictions")
 
     def _classifier(self, features: int, dropout: float, pooled: Array, deterministic: bool) -> Array:
         pooled = Dropout(dropout)(pooled, deterministic=deterministic)
-        return Dense(features, (axes.EMBED, axes.VOCAB), dtype=self.dtype, name="classifier")(pooled)
+        return Dense(features, (axes.EMBED, axes.VOCAB), dtype=self.dtype, kernel_init=_init(self.config),
+                     name="classifier")(pooled)
 
 
 class AlbertSOPHead(nn.Module):
@@ -408,7 +417,8 @@ class AlbertSOPHead(nn.Module):
     @nn.compact
     def __call__(self, pooled: Array, deterministic: bool = True) -> Array:
         pooled = Dropout(self.config.classifier_dropout_prob or 0.0)(pooled, deterministic=deterministic)
-        return Dense(self.config.num_labels, (axes.EMBED, axes.VOCAB), dtype=self.dtype, name="classifier")(pooled)
+        return Dense(self.config.num_labels, (axes.EMBED, axes.VOCAB), dtype=self.dtype, kernel_init=_init(self.config),
+                     name="classifier")(pooled)
 
 
 class AlbertForPreTraining(_AlbertHead):
@@ -504,7 +514,8 @@ class AlbertForQuestionAnswering(_AlbertHead):
         out = self._backbone(add_pooling_layer=False)(
             input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, deterministic=deterministic,
             output_attentions=output_attentions, output_hidden_states=output_hidden_states)
-        logits = Dense(c.num_labels, (axes.EMBED, axes.VOCAB), dtype=self.dtype, name="qa_outputs")(out.last_hidden_state)
+        logits = Dense(c.num_labels, (axes.EMBED, axes.VOCAB), dtype=self.dtype, kernel_init=_init(c),
+                       name="qa_outputs")(out.last_hidden_state)
         start, end = split_span_logits(logits)
         loss = None
         if start_positions is not None and end_positions is not None:
