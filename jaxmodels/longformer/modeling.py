@@ -198,6 +198,11 @@ def resolve_global_slots(key_mode: Array, max_global_tokens: Optional[int], boun
 # ---------------------------------------------------------------------------------------------------------------
 # Layers
 # ---------------------------------------------------------------------------------------------------------------
+def _init(config: LongformerConfig):
+    """Every weight matrix and table is drawn from N(0, initializer_range^2), as HF's ``_init_weights``."""
+    return nn.initializers.normal(config.initializer_range)
+
+
 class LongformerEmbeddings(nn.Module):
     """word + position + token type -> LayerNorm -> dropout. ``[batch, length]`` -> ``[batch, length, H]``.
 
@@ -209,10 +214,12 @@ class LongformerEmbeddings(nn.Module):
 
     def setup(self):
         c = self.config
-        self.word_embeddings = Embed(c.vocab_size, c.hidden_size, padding_idx=c.pad_token_id, dtype=self.dtype)
+        self.word_embeddings = Embed(c.vocab_size, c.hidden_size, padding_idx=c.pad_token_id, dtype=self.dtype,
+                                     embedding_init=_init(c))
         self.position_embeddings = Embed(c.max_position_embeddings, c.hidden_size, padding_idx=c.pad_token_id,
-                                         dtype=self.dtype, axes=(axes.POSITIONS, axes.EMBED))
-        self.token_type_embeddings = Embed(c.type_vocab_size, c.hidden_size, dtype=self.dtype)
+                                         dtype=self.dtype, axes=(axes.POSITIONS, axes.EMBED), embedding_init=_init(c))
+        self.token_type_embeddings = Embed(c.type_vocab_size, c.hidden_size, dtype=self.dtype,
+                                           embedding_init=_init(c))
         self.LayerNorm = LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype)
         self.dropout = Dropout(c.hidden_dropout_prob)
 
@@ -240,7 +247,8 @@ class LongformerSelfAttention(nn.Module):
     def __call__(self, x: Array, key_mode: Array, slots, deterministic: bool = True, output_attentions: bool = False):
         c = self.config
         project = lambda name, rows: _heads(  # noqa: E731
-            Dense(c.hidden_size, (axes.EMBED, axes.HEADS), dtype=self.dtype, name=name)(rows), c.num_attention_heads)
+            Dense(c.hidden_size, (axes.EMBED, axes.HEADS), dtype=self.dtype, kernel_init=_init(c), name=name)(rows),
+            c.num_attention_heads)
         query, key, value = project("query", x), project("key", x), project("value", x)
         batch, length = x.shape[:2]
         sharding = self.sequence_sharding
@@ -277,7 +285,7 @@ class _Output(nn.Module):
     @nn.compact
     def __call__(self, x: Array, residual: Array, deterministic: bool = True) -> Array:
         c = self.config
-        x = Dense(c.hidden_size, (self.in_axis, axes.EMBED), dtype=self.dtype, name="dense")(x)
+        x = Dense(c.hidden_size, (self.in_axis, axes.EMBED), dtype=self.dtype, kernel_init=_init(c), name="dense")(x)
         x = Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic)
         return LayerNorm(epsilon=c.layer_norm_eps, dtype=self.dtype, name="LayerNorm")(x + residual)
 
@@ -290,7 +298,8 @@ class _Intermediate(nn.Module):
     def __call__(self, x: Array) -> Array:
         c = self.config
         return get_activation(c.hidden_act)(
-            Dense(c.intermediate_size, (axes.EMBED, axes.MLP), dtype=self.dtype, name="dense")(x))
+            Dense(c.intermediate_size, (axes.EMBED, axes.MLP), dtype=self.dtype, kernel_init=_init(c),
+                  name="dense")(x))
 
 
 class _LayerPart(nn.Module):
@@ -398,7 +407,7 @@ class LongformerModel(nn.Module):
         self.encoder = LongformerEncoder(c, self.dtype, self.remat, self.scan_residuals, self.scan_unroll,
                                          self.sequence_sharding)
         if self.add_pooling_layer:
-            self.pooler = Pooler(c.hidden_size, dtype=self.dtype)
+            self.pooler = Pooler(c.hidden_size, dtype=self.dtype, init_std=c.initializer_range)
 
     def word_embedding_table(self) -> Array:
         """``[vocab_size, hidden_size]``: the table the masked-LM decoder is tied to."""
@@ -486,7 +495,7 @@ class _LongformerHead(nn.Module):
                                self.scan_residuals, self.scan_unroll, self.sequence_sharding, name="longformer")
 
     def _dense(self, features: int, name: str) -> Dense:
-        return Dense(features, (axes.EMBED, axes.VOCAB), dtype=self.dtype, name=name)
+        return Dense(features, (axes.EMBED, axes.VOCAB), dtype=self.dtype, kernel_init=_init(self.config), name=name)
 
 
 class LongformerForMaskedLM(_LongformerHead):
@@ -503,7 +512,8 @@ class LongformerForMaskedLM(_LongformerHead):
                          inputs_embeds, deterministic=deterministic, output_attentions=output_attentions,
                          output_hidden_states=output_hidden_states)
         # HF's LM head applies the exact GELU whatever hidden_act says.
-        head = MaskedLMHead(c.hidden_size, c.vocab_size, "gelu", c.layer_norm_eps, self.dtype, name="lm_head")
+        head = MaskedLMHead(c.hidden_size, c.vocab_size, "gelu", c.layer_norm_eps, self.dtype,
+                            init_std=c.initializer_range, name="lm_head")
         logits, loss = head(out.last_hidden_state, longformer.word_embedding_table(), labels)
         return LongformerMaskedLMOutput(logits, loss, out.hidden_states, out.attentions, out.global_attentions)
 
@@ -519,9 +529,11 @@ class LongformerClassificationHead(nn.Module):
     def __call__(self, h: Array, deterministic: bool = True) -> Array:
         c = self.config
         x = Dropout(c.hidden_dropout_prob)(h[:, 0], deterministic=deterministic)
-        x = jnp.tanh(Dense(c.hidden_size, (axes.EMBED, axes.MLP), dtype=self.dtype, name="dense")(x))
+        x = jnp.tanh(Dense(c.hidden_size, (axes.EMBED, axes.MLP), dtype=self.dtype, kernel_init=_init(c),
+                           name="dense")(x))
         x = Dropout(c.hidden_dropout_prob)(x, deterministic=deterministic)
-        return Dense(c.num_labels, (axes.EMBED, axes.VOCAB), dtype=self.dtype, name="out_proj")(x)
+        return Dense(c.num_labels, (axes.EMBED, axes.VOCAB), dtype=self.dtype, kernel_init=_init(c),
+                     name="out_proj")(x)
 
 
 class LongformerForSequenceClassification(_LongformerHead):
