@@ -90,6 +90,7 @@ def base_config(model=""):
     config.log_every = 50
     config.eval_every = 500    # 0 disables evaluation
     config.eval_steps = 8
+    config.eval_at_start = False  # also evaluate before the first step (logged as step 0): a run's starting point
     config.checkpoint_every = 500
     config.keep_checkpoints = 3
     config.seed = 0

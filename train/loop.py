@@ -341,6 +341,8 @@ def run(config, workdir: str, *, progress: bool | None = None) -> dict[str, Any]
         # jit traces at the first call: the mesh and rules must be in scope then, for the logical constraints.
         scope.enter_context(partitioning.activate(mesh, rules))
         step = start
+        if config.eval_at_start and config.eval_every and start == 0:
+            last_eval = evaluate(0)  # the starting point: what the first steps improve on
         while step < config.total_steps:
             host_batch = check_batch(next(train_data), vocab_size, "train")
             # Fine-tuning counts real tokens (not padding), as the LM's packed rows have none.

@@ -288,6 +288,24 @@ def block_rows(blocks, ids: Array, cls_id: int, sep_id: int, pad_id: int, take=N
     return row.astype(jnp.int32), (p <= n + 1).astype(jnp.int32)
 
 
+def blocks_with_answer(blocks, answers: Array) -> Array:
+    """``[b, N]`` bool: whether block ``n`` of ``blocks`` (``BlockTokens``) holds one of row ``b``'s ``answers
+    [b, A, La]`` (token ids, -1 padded; an all -1 answer matches nothing), wholly inside its ``num_tokens``."""
+    tokens = blocks.token_ids.astype(jnp.int32)  # [N, Lb]
+    width, la = tokens.shape[-1], answers.shape[-1]
+    tokens = jnp.concatenate([tokens, jnp.full((tokens.shape[0], la), -2, jnp.int32)], -1)  # matches nothing
+    real = answers >= 0
+    lengths = jnp.where(jnp.any(real, -1), la - jnp.argmax(real[..., ::-1], -1), 0)  # [b, A]
+    limit = jnp.minimum(blocks.num_tokens, width)
+    p = jnp.arange(width)
+    ok = (lengths[:, :, None, None] > 0) & \
+        (p[None, None, None] + lengths[:, :, None, None] <= limit[None, None, :, None])  # [b, A, N, Lb]
+    for j in range(la):
+        same = tokens[None, None, :, j:j + width] == answers[:, :, None, j, None]
+        ok = ok & ((j >= lengths)[:, :, None, None] | same)
+    return jnp.any(ok, axis=(1, 3))
+
+
 def exclude_and_keep(ids: Array, scores: Array, excluded: Array, k: int) -> tuple[Array, Array]:
     """The first ``k`` of the ranked ``ids [b, k + 1]`` that are not ``excluded [b]`` (order kept)."""
     keep = ids != excluded[:, None]
@@ -390,7 +408,8 @@ class RetrievalMaskedLM(_RetrievalObjective):
        marginal log-likelihood of the masked tokens, ``-log sum_z p(z|x) p(y|x, z)`` (``marginal_mlm_loss``),
        so gradients reach both the encoder and the query/block embedder;
     5. with ``ict_weight`` > 0, plus that weight times ORQA's inverse cloze task (the masked sentence must score its
-       own block above the batch's other blocks): REALM warm-starts its retriever with ICT, since the marginal
+       own block above the batch's other blocks, in-batch negatives as ORQA, and every row's retrieved blocks, hard
+       negatives already embedded for step 3): REALM warm-starts its retriever with ICT, since the marginal
        likelihood alone gives the retriever no signal while its top-k is random.
     """
 
@@ -443,26 +462,30 @@ class RetrievalMaskedLM(_RetrievalObjective):
         enc_ids = jnp.concatenate([jnp.repeat(query_ids[:, None], k + 1, 1), block_part], -1)
         enc_mask = jnp.concatenate([jnp.repeat(valid[:, None].astype(jnp.int32), k + 1, 1), block_mask], -1)
         enc_types = jnp.concatenate([jnp.zeros((b, k + 1, length), jnp.int32), block_mask], -1)
-        enc_labels = jnp.concatenate([labels, jnp.full((b, block_part.shape[-1]), IGNORE_INDEX, labels.dtype)], -1)
         encoder = family.architectures["RealmKnowledgeAugEncoder"](config=c, dtype=module.dtype)
+        # Only the sentence part is predicted (mlm_prefix): the block positions' logits, 5.5x as many at REALM's
+        # sizes and most of a base model's step memory (train/AOT.md), are never formed.
         out = encoder.apply({"params": params["encoder"]}, enc_ids, enc_mask, enc_types, relevance_score=relevance,
-                            labels=enc_labels, mlm_mask=enc_labels != IGNORE_INDEX, deterministic=deterministic,
-                            rngs={"dropout": k_enc})
+                            labels=labels, mlm_mask=labels != IGNORE_INDEX, deterministic=deterministic,
+                            mlm_prefix=length, rngs={"dropout": k_enc})
         any_label = jnp.any(masked)
         loss = jnp.where(any_label, out.loss, 0.0)
         # The marginal prediction's accuracy on the masked tokens, and how much the null block is relied on.
         log_prior = jax.nn.log_softmax(relevance, axis=-1)
-        logp = jax.nn.log_softmax(out.logits.astype(jnp.float32), -1).reshape(b, k + 1, enc_ids.shape[-1], -1)
-        marginal = jax.nn.logsumexp(logp[:, :, :length] + log_prior[:, :, None, None], axis=1)
+        logp = jax.nn.log_softmax(out.logits.astype(jnp.float32), -1).reshape(b, k + 1, length, -1)
+        marginal = jax.nn.logsumexp(logp + log_prior[:, :, None, None], axis=1)
         correct = (jnp.argmax(marginal, -1) == ids) & masked
         count = jnp.maximum(jnp.sum(masked), 1)
         metrics = {}
         if self.ict_weight:
             # ORQA's inverse cloze task, REALM's retriever warm start: each masked sentence must find its own block
-            # among the batch's blocks (in-batch negatives; a block shared by two rows is correct for both).
+            # among the batch's blocks (in-batch negatives; a block shared by two rows is correct for both) and
+            # every row's retrieved blocks (hard negatives, already embedded above; never a row's own block).
             source = batch["source_block"]
-            ict_logits = query @ fresh[b * k:b * k + b].T  # [b, b]
-            same = source[:, None] == source[None, :]
+            candidates = jnp.concatenate([fresh[b * k:b * k + b], fresh[:b * k]])  # [b + b * k, P]
+            ict_logits = query @ candidates.T  # [b, b + b * k]
+            same = jnp.concatenate([source[:, None] == source[None, :],
+                                    source[:, None] == retrieved.reshape(1, -1).astype(source.dtype)], axis=1)
             from layers.span_reader import marginal_log_loss
 
             ict = jnp.mean(marginal_log_loss(ict_logits, same))
@@ -479,7 +502,8 @@ class RetrievalOpenQA(_RetrievalObjective):
     """Open-domain QA fine-tuning from ``(question, answers)``; for ``RealmForOpenQA`` (retriever ``embedder`` +
     ``reader``). The model retrieves ``beam_size`` blocks of the index (``extras["index"]``), the reader reads the
     first ``reader_beam_size``; the loss is the model's: the reader's marginal span loss plus the retriever's
-    marginal loss over the retrieved blocks that hold an answer (both 0 when none does).
+    marginal loss over the retrieved blocks that hold an answer (both 0 when none does), or, with
+    ``retriever_loss="index"``, over every block of the index (see the field).
 
     ``batch``: ``inputs [b, l]`` questions (``[CLS] q [SEP]``, padded), ``answers [b, A, La]`` (-1 padded),
     ``answer_block [b]`` (the block holding the answer, for recall). Metrics: the loss terms, ``recall@1/5`` and
@@ -492,6 +516,16 @@ class RetrievalOpenQA(_RetrievalObjective):
     # The retrieved blocks scored by the current embedder, not the index rows: the retriever loss then trains the
     # block side of the shared embedder too, which the next refresh reads (REALM's fresh p(z|x) of the top k).
     rescore_blocks: bool = True
+    # "beam": the model's retriever loss, REALM's, over the retrieved blocks (a question whose answer block is not
+    # among them has none). "index": the exact marginal over every block of the index, -log sum_{z holds an answer}
+    # p(z|x) with p(z|x) a softmax over all N blocks (question side only: the index rows are constants); it needs
+    # [batch, N] scores and an answer search through every block, so it is for stores small enough to scan.
+    retriever_loss: str = "beam"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.retriever_loss not in ("beam", "index"):
+            raise ValueError(f"config.objective.retriever_loss={self.retriever_loss!r}: expected 'beam' or 'index'")
 
     def batch_shapes(self, batch_size: int, seq_len: int) -> dict:
         return {"inputs": (batch_size, seq_len), "answers": (batch_size, 1, self.answer_len),
@@ -513,6 +547,16 @@ class RetrievalOpenQA(_RetrievalObjective):
                            deterministic=deterministic, rngs={"dropout": rng})
         reader = out.reader_output
         loss = jnp.mean(reader.loss)
+        retriever_loss = jnp.mean(reader.retriever_loss)
+        if self.retriever_loss == "index":
+            from layers.span_reader import marginal_log_loss
+
+            question = self.embed(module, params, ids, mask, rng, deterministic)  # [b, P]
+            n = module.config.num_block_records
+            scores = question @ index.astype(jnp.float32).T  # [b, rows]; padding rows (sharded) never hold an answer
+            scores = jnp.where(jnp.arange(scores.shape[1]) < n, scores, jnp.finfo(jnp.float32).min)
+            retriever_loss = jnp.mean(marginal_log_loss(scores, blocks_with_answer(blocks, answers)))
+            loss = jnp.mean(reader.reader_loss) + retriever_loss
         retrieved = out.retrieved_block_ids
         hit = retrieved == batch["answer_block"][:, None].astype(retrieved.dtype)
         width = out.predicted_answer_ids.shape[-1]
@@ -520,7 +564,7 @@ class RetrievalOpenQA(_RetrievalObjective):
         gold = jnp.concatenate([gold, jnp.full(gold.shape[:-1] + (width - gold.shape[-1],), -1, gold.dtype)], -1)
         exact = jnp.any(jnp.all(out.predicted_answer_ids[:, None, :] == gold, -1), -1)
         recall = lambda n: jnp.mean(jnp.any(hit[:, :n], -1).astype(jnp.float32))  # noqa: E731
-        return loss, {"loss": loss, "retriever_loss": jnp.mean(reader.retriever_loss),
+        return loss, {"loss": loss, "retriever_loss": retriever_loss,
                       "reader_loss": jnp.mean(reader.reader_loss), "recall@1": recall(1), "recall@5": recall(5),
                       "recall@beam": recall(self.beam_size), "exact_match": jnp.mean(exact.astype(jnp.float32))}
 

@@ -423,26 +423,38 @@ def marginal_mlm_loss(logits: Array, labels: Array, relevance_score: Array, mlm_
 class RealmKnowledgeAugEncoder(_RealmModule):
     """Masked LM over ``[b, C, l]`` (question, candidate block) rows: ``logits [b * C, l, vocab]`` (not reshaped,
     as HF) from a head tied to the word embeddings; with ``labels [b, l]`` and ``relevance_score [b, C]`` the loss
-    of :func:`marginal_mlm_loss`."""
+    of :func:`marginal_mlm_loss`.
+
+    ``mlm_prefix`` (not HF's; a static int): only the first ``mlm_prefix`` positions of each row are predicted, the
+    masked sentence before its evidence block: ``logits [b * C, mlm_prefix, vocab]`` and ``labels`` / ``mlm_mask``
+    ``[b, mlm_prefix]``. The loss is HF's whenever no label lies beyond the prefix (REALM pretraining), and the
+    logits of the block positions (5.5x more at REALM's 64 + 288-token rows) are never formed."""
 
     @nn.compact
     def __call__(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                  inputs_embeds=None, relevance_score=None, labels=None, mlm_mask=None, *, deterministic: bool = True,
-                 output_attentions: bool = False, output_hidden_states: bool = False) -> MaskedLMOutput:
+                 output_attentions: bool = False, output_hidden_states: bool = False,
+                 mlm_prefix: Optional[int] = None) -> MaskedLMOutput:
         c = self.config
         shape = validate_inputs(c, input_ids, attention_mask, token_type_ids, None, inputs_embeds, rank=3,
                                 embeds_rank=2)
         if input_ids is not None and shape[1] != c.num_candidates:
             raise ValueError(f"input_ids has {shape[1]} candidates per example (shape {shape}); "
                              f"config.num_candidates={c.num_candidates}")
+        length = shape[-1]
+        if mlm_prefix is not None:
+            if isinstance(mlm_prefix, bool) or not isinstance(mlm_prefix, int) or not 1 <= mlm_prefix <= length:
+                raise ValueError(f"mlm_prefix={mlm_prefix!r}: must be an int in [1, row length={length}]")
+            length = mlm_prefix
         if labels is not None:
             if relevance_score is None:
                 raise ValueError("relevance_score is required with labels (the loss marginalises over candidates)")
             check_array("labels", labels)
             batch = shape[0] if input_ids is not None else shape[0] // c.num_candidates
             _check_shape("relevance_score", relevance_score, (batch, c.num_candidates), "[batch, num_candidates]")
-            _check_shape("labels", labels, (batch, shape[-1]), "[batch, length]")
-            _check_shape("mlm_mask", mlm_mask, (batch, shape[-1]), "[batch, length], like labels")
+            what = "[batch, length]" if mlm_prefix is None else "[batch, mlm_prefix]"
+            _check_shape("labels", labels, (batch, length), what)
+            _check_shape("mlm_mask", mlm_mask, (batch, length), what + ", like labels")
             if not jnp.issubdtype(labels.dtype, jnp.integer):
                 raise ValueError(f"labels: token ids must be integers, got dtype {labels.dtype}")
             check_range("labels", labels, c.vocab_size, f"token ids must be in [0, vocab_size={c.vocab_size}) or "
@@ -452,7 +464,8 @@ class RealmKnowledgeAugEncoder(_RealmModule):
         out = realm(flat(input_ids), flat(attention_mask), flat(token_type_ids), position_ids, inputs_embeds,
                     deterministic=deterministic, output_attentions=output_attentions,
                     output_hidden_states=output_hidden_states)
-        logits = _MaskedLMHeads(c, self.dtype, name="cls")(out.last_hidden_state, realm.word_embedding_table())
+        hidden = out.last_hidden_state if mlm_prefix is None else out.last_hidden_state[:, :mlm_prefix]
+        logits = _MaskedLMHeads(c, self.dtype, name="cls")(hidden, realm.word_embedding_table())
         loss = None if labels is None else marginal_mlm_loss(logits, labels, relevance_score, mlm_mask)
         return MaskedLMOutput(logits, loss, out.hidden_states, out.attentions)
 

@@ -96,6 +96,21 @@ def test_knowledge_augmented_encoder(masked):
     assert ours.logits.shape == (2 * c, 9, V)
     assert_close(ours.logits, theirs.logits, OUT_TOL, "logits")
     assert_close(ours.loss, theirs.loss, OUT_TOL, "loss")
+    if masked:
+        # mlm_prefix (ours, REALM pretraining): the first 6 positions predicted, every label among them: HF's loss
+        # and logits of those positions, and the gradients of the whole-row loss (which equal HF's, above).
+        full = {k: jnp.asarray(v) for k, v in inputs.items()}
+        prefix = {**full, "labels": full["labels"][:, :6], "mlm_mask": full["mlm_mask"][:, :6]}
+        loss = lambda p, x, **kw: module.apply({"params": p}, **x, **kw).loss  # noqa: E731
+        short = module.apply({"params": params}, **prefix, mlm_prefix=6)
+        assert short.logits.shape == (2 * c, 6, V)
+        assert_close(short.logits, theirs.logits[:, :6], OUT_TOL, "prefix logits")
+        assert_close(short.loss, theirs.loss, OUT_TOL, "prefix loss")
+        got = jax.jit(jax.grad(lambda p: loss(p, prefix, mlm_prefix=6)))(params)
+        want = jax.jit(jax.grad(lambda p: loss(p, full)))(params)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), got, want)
+        with pytest.raises(ValueError, match="mlm_prefix=10"):
+            module.apply({"params": params}, **prefix, mlm_prefix=10)
 
 
 def _reader_inputs(no_answer: bool):
