@@ -22,22 +22,37 @@ def cli_env(tmp_path_factory):
     env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
-    # Runs of a few steps on a tiny model: XLA's optimiser was most of each first compile, and what these tests
-    # check (outputs, exact resumes, error messages) compares runs that all compile the same way.
-    env.update(fast_compile.ENV)
     return env
+
+
+@pytest.fixture(scope="session")
+def fast_cli_env(cli_env):
+    """`cli_env` compiling with most XLA optimisations off: for runs of a few steps on a tiny model, where XLA's
+    optimiser was most of each first compile, whose checks (outputs, exact resumes, error messages) compare runs
+    compiled the same way. Not for learning tests (their thresholds come from runs compiled as usual)."""
+    return {**cli_env, **fast_compile.ENV}
+
+
+def _cli(env):
+    def run(workdir, *overrides, config=TINY, wait=True, timeout=300):
+        args = [sys.executable, "-m", "train", "--config", config, "--workdir", str(workdir), *overrides]
+        if not wait:
+            return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True)
+        return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return run
 
 
 @pytest.fixture(scope="session")
 def cli(cli_env):
     """`cli(workdir, *overrides, config=TINY, wait=True)` -> CompletedProcess (or Popen with wait=False)."""
-    def run(workdir, *overrides, config=TINY, wait=True, timeout=300):
-        args = [sys.executable, "-m", "train", "--config", config, "--workdir", str(workdir), *overrides]
-        if not wait:
-            return subprocess.Popen(args, cwd=ROOT, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    text=True)
-        return subprocess.run(args, cwd=ROOT, env=cli_env, capture_output=True, text=True, timeout=timeout)
-    return run
+    return _cli(cli_env)
+
+
+@pytest.fixture(scope="session")
+def fast_cli(fast_cli_env):
+    """`cli` in `fast_cli_env`."""
+    return _cli(fast_cli_env)
 
 
 def train_losses(workdir) -> dict[int, float]:

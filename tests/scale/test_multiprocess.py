@@ -15,6 +15,7 @@ import sys
 import numpy as np
 import pytest
 
+from tests import fast_compile
 from tests.e2e.conftest import ROOT, TINY, complete_checkpoints, train_losses
 
 OVERRIDES = ["--config.data.shards=2", "--config.mesh=data=-1", "--config.eval_every=2",
@@ -31,6 +32,7 @@ def _free_port() -> int:
 
 def _env(base, devices):
     env = dict(base)
+    env.update(fast_compile.ENV)  # 4-6 steps of a tiny model: XLA's optimiser was most of each compile
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     return env
 
