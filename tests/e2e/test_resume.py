@@ -9,6 +9,9 @@ import pytest
 
 from tests.e2e.conftest import complete_checkpoints, train_losses
 
+# Its module-scoped fixture is costly: every test of the module on one pytest-xdist worker (`--dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("test_resume")
+
 STEPS = 10
 OVERRIDES = (f"--config.total_steps={STEPS}", "--config.checkpoint_every=1", "--config.log_every=1",
              "--config.eval_every=0", "--config.keep_checkpoints=2")

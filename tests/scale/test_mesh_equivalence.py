@@ -15,6 +15,9 @@ from tests.fast_compile import unoptimised
 from train.experiment import load_config
 from train import loop
 
+# Its module-scoped fixture is costly: every test of the module on one pytest-xdist worker (`--dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("test_mesh_equivalence")
+
 MESHES = ["data=8", "data=2,fsdp=2,tensor=2", "data=2,sequence=2,tensor=2"]
 
 

@@ -18,6 +18,9 @@ import pytest
 from tests import fast_compile
 from tests.e2e.conftest import ROOT, TINY, complete_checkpoints, train_losses
 
+# Its module-scoped fixture is costly: every test of the module on one pytest-xdist worker (`--dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("test_multiprocess")
+
 OVERRIDES = ["--config.data.shards=2", "--config.mesh=data=-1", "--config.eval_every=2",
              "--config.checkpoint_every=2", "--config.rng_impl=threefry2x32",
              # Runs of 4 and 6 steps share a learning rate at every step only without a decay to total_steps.
