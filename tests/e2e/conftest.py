@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from tests import fast_compile
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "configs", "tiny_albert_mlm.py")
 
@@ -24,15 +26,33 @@ def cli_env(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def cli(cli_env):
-    """`cli(workdir, *overrides, config=TINY, wait=True)` -> CompletedProcess (or Popen with wait=False)."""
+def fast_cli_env(cli_env):
+    """`cli_env` compiling with most XLA optimisations off: for runs of a few steps on a tiny model, where XLA's
+    optimiser was most of each first compile, whose checks (outputs, exact resumes, error messages) compare runs
+    compiled the same way. Not for learning tests (their thresholds come from runs compiled as usual)."""
+    return {**cli_env, **fast_compile.ENV}
+
+
+def _cli(env):
     def run(workdir, *overrides, config=TINY, wait=True, timeout=300):
         args = [sys.executable, "-m", "train", "--config", config, "--workdir", str(workdir), *overrides]
         if not wait:
-            return subprocess.Popen(args, cwd=ROOT, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     text=True)
-        return subprocess.run(args, cwd=ROOT, env=cli_env, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     return run
+
+
+@pytest.fixture(scope="session")
+def cli(cli_env):
+    """`cli(workdir, *overrides, config=TINY, wait=True)` -> CompletedProcess (or Popen with wait=False)."""
+    return _cli(cli_env)
+
+
+@pytest.fixture(scope="session")
+def fast_cli(fast_cli_env):
+    """`cli` in `fast_cli_env`."""
+    return _cli(fast_cli_env)
 
 
 def train_losses(workdir) -> dict[int, float]:

@@ -17,6 +17,7 @@ import sys
 import pytest
 
 from tests.e2e.conftest import ROOT, TINY, complete_checkpoints, train_losses
+from tests.fast_compile import unoptimised
 
 FAST = ("--config.total_steps=2", "--config.checkpoint_every=1", "--config.eval_every=0", "--config.log_every=1")
 
@@ -148,13 +149,16 @@ def test_full_disk_during_a_save_keeps_the_finished_checkpoints(tmp_path, monkey
         return real_rename(src, dst, *args, **kwargs)
 
     monkeypatch.setattr(os, "rename", failing_rename)
-    with pytest.raises(checkpoint_lib.CheckpointWriteError,
-                       match=r"could not write checkpoint .*/checkpoints/3 \(.*No space left on device.*\); the "
-                             r"complete checkpoints \[1, 2\] are intact"):
+    # Two 3-step runs of the tiny model: compiling (mostly XLA's optimiser) was most of the time (as in cli_env).
+    with unoptimised(), pytest.raises(
+            checkpoint_lib.CheckpointWriteError,
+            match=r"could not write checkpoint .*/checkpoints/3 \(.*No space left on device.*\); the "
+                  r"complete checkpoints \[1, 2\] are intact"):
         loop.run(config, str(tmp_path), progress=False)
     monkeypatch.setattr(os, "rename", real_rename)
     assert complete_checkpoints(tmp_path) == [1, 2]
-    summary = loop.run(config, str(tmp_path), progress=False)
+    with unoptimised():
+        summary = loop.run(config, str(tmp_path), progress=False)
     assert summary["start_step"] == 2 and summary["final_step"] == 3
 
 
@@ -207,7 +211,7 @@ def test_bad_rows_of_fine_tuning_files_name_file_line_and_field(cli, tmp_path, n
     assert not os.path.exists(tmp_path / "w" / "checkpoints")
 
 
-def test_fine_tuning_on_user_files_through_the_cli_counts_unanswerable_rows(cli, cli_env, tmp_path):
+def test_fine_tuning_on_user_files_through_the_cli_counts_unanswerable_rows(fast_cli, fast_cli_env, tmp_path):
     """A QA run on the user's CSV file, some of whose rows have no answer: they are trained on and counted in a
     note, never skipped silently; `train.evaluate` then names a bad row of another file, and scores a good one."""
     answer = '"[{""text"": ""apple"", ""answer_start"": 12}]"'
@@ -216,7 +220,7 @@ def test_fine_tuning_on_user_files_through_the_cli_counts_unanswerable_rows(cli,
                    "what is the code ?,nothing here,[]\n"
                    f"what is the code ?,the code is apple,{answer}\n")
     workdir = tmp_path / "w"
-    result = cli(workdir, "--config.total_steps=2", "--config.checkpoint_every=2", "--config.eval_every=0",
+    result = fast_cli(workdir, "--config.total_steps=2", "--config.checkpoint_every=2", "--config.eval_every=0",
                  "--config.warmup_steps=0", "--config.batch_size=2", "--config.data.buckets=(48,)",
                  f"--config.data.train_file={train}", "--config.data.eval_file=",
                  f"--config.data.cache_dir={tmp_path / 'spm'}", config=_finetune_config("qa"))
@@ -225,7 +229,7 @@ def test_fine_tuning_on_user_files_through_the_cli_counts_unanswerable_rows(cli,
 
     def evaluate(*args):
         return subprocess.run([sys.executable, "-m", "train.evaluate", "--workdir", str(workdir), *args], cwd=ROOT,
-                              env=cli_env, capture_output=True, text=True, timeout=300)
+                              env=fast_cli_env, capture_output=True, text=True, timeout=300)
 
     _user_error(evaluate(), "error: --eval_file: the run has no eval file (config.data.eval_file); name one")
     bad = _write(tmp_path / "bad.jsonl", '{"question": "q", "context": "the code is apple", "answers": ["pear"]}\n')

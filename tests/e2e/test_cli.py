@@ -1,4 +1,5 @@
-"""`python -m train` end to end on the tiny ALBERT config: outputs, rerun, bad configs, the NaN guard."""
+"""`python -m train` end to end on the tiny ALBERT config: outputs, rerun, bad configs, the NaN guard (compiled with
+most XLA optimisations off: `fast_cli`)."""
 
 import json
 import os
@@ -6,8 +7,8 @@ import os
 from tests.e2e.conftest import complete_checkpoints, train_losses
 
 
-def test_tiny_run_end_to_end(cli, tmp_path):
-    result = cli(tmp_path)
+def test_tiny_run_end_to_end(fast_cli, tmp_path):
+    result = fast_cli(tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "done: step 6" in result.stdout
     losses = train_losses(tmp_path)
@@ -24,23 +25,23 @@ def test_tiny_run_end_to_end(cli, tmp_path):
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # Rerunning a finished run resumes at its end: nothing is retrained, nothing lost.
-    again = cli(tmp_path)
+    again = fast_cli(tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming from" in again.stderr and "done: step 6" in again.stdout
     assert train_losses(tmp_path) == losses
 
 
-def test_bad_config_fails_at_start_naming_the_key(cli, tmp_path):
-    unknown = cli(tmp_path, "--config.learning_rte=0.1")
+def test_bad_config_fails_at_start_naming_the_key(fast_cli, tmp_path):
+    unknown = fast_cli(tmp_path, "--config.learning_rte=0.1")
     assert unknown.returncode == 2 and "config.learning_rte: unknown key" in unknown.stderr
-    bad = cli(tmp_path, "--config.optimizer=adam")
+    bad = fast_cli(tmp_path, "--config.optimizer=adam")
     assert bad.returncode == 2 and "config.optimizer='adam'" in bad.stderr
     assert not os.path.exists(tmp_path / "checkpoints")
 
 
-def test_nan_guard_stops_and_keeps_last_good_checkpoint(cli, tmp_path):
+def test_nan_guard_stops_and_keeps_last_good_checkpoint(fast_cli, tmp_path):
     # A learning rate of 1e30 makes the first update blow the weights up: step 2's loss is not finite.
-    result = cli(tmp_path, "--config.learning_rate=1e30", "--config.warmup_steps=0", "--config.schedule=constant",
+    result = fast_cli(tmp_path, "--config.learning_rate=1e30", "--config.warmup_steps=0", "--config.schedule=constant",
                  "--config.grad_clip_norm=0", "--config.checkpoint_every=1", "--config.eval_every=0")
     assert result.returncode == 1, result.stderr[-3000:]
     assert "loss is nan at step 2" in result.stderr or "loss is inf at step 2" in result.stderr, result.stderr[-2000:]

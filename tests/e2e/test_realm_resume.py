@@ -15,6 +15,9 @@ import pytest
 
 from tests.e2e.conftest import ROOT, complete_checkpoints, train_losses
 
+# Its module-scoped fixture is costly: every test of the module on one pytest-xdist worker (`--dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("test_realm_resume")
+
 CONFIG = f"{ROOT}/configs/realm_pretrain.py"
 STEPS = 6
 # A smaller model and corpus than the preset: the point is the index in the checkpoint, not learning.

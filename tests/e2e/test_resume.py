@@ -9,15 +9,18 @@ import pytest
 
 from tests.e2e.conftest import complete_checkpoints, train_losses
 
+# Its module-scoped fixture is costly: every test of the module on one pytest-xdist worker (`--dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("test_resume")
+
 STEPS = 10
 OVERRIDES = (f"--config.total_steps={STEPS}", "--config.checkpoint_every=1", "--config.log_every=1",
              "--config.eval_every=0", "--config.keep_checkpoints=2")
 
 
 @pytest.fixture(scope="module")
-def reference(cli, tmp_path_factory):
+def reference(fast_cli, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    result = cli(workdir, *OVERRIDES)
+    result = fast_cli(workdir, *OVERRIDES)
     assert result.returncode == 0, result.stderr[-3000:]
     losses = train_losses(workdir)
     assert sorted(losses) == list(range(1, STEPS + 1))
@@ -35,8 +38,8 @@ def _wait_for(predicate, process, timeout=240.0):
     return False
 
 
-def test_sigkill_during_async_save_then_resume(cli, reference, tmp_path):
-    process = cli(tmp_path, *OVERRIDES, wait=False)
+def test_sigkill_during_async_save_then_resume(fast_cli, reference, tmp_path):
+    process = fast_cli(tmp_path, *OVERRIDES, wait=False)
     checkpoints = tmp_path / "checkpoints"
 
     def saving_after_step_3():
@@ -55,14 +58,14 @@ def test_sigkill_during_async_save_then_resume(cli, reference, tmp_path):
     killed_at = complete_checkpoints(tmp_path)
     assert killed_at and max(killed_at) < STEPS
 
-    result = cli(tmp_path, *OVERRIDES)
+    result = fast_cli(tmp_path, *OVERRIDES)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resuming from {checkpoints}/{max(killed_at)}" in result.stderr
     assert train_losses(tmp_path) == reference  # exactly, not approximately
 
 
-def test_sigterm_saves_exits_zero_then_resume(cli, reference, tmp_path):
-    process = cli(tmp_path, *OVERRIDES, wait=False)
+def test_sigterm_saves_exits_zero_then_resume(fast_cli, reference, tmp_path):
+    process = fast_cli(tmp_path, *OVERRIDES, wait=False)
     metrics = tmp_path / "metrics.jsonl"
     assert _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3, process)
     process.send_signal(signal.SIGTERM)
@@ -72,6 +75,6 @@ def test_sigterm_saves_exits_zero_then_resume(cli, reference, tmp_path):
     stopped = max(train_losses(tmp_path))
     assert stopped < STEPS and max(complete_checkpoints(tmp_path)) == stopped
 
-    result = cli(tmp_path, *OVERRIDES)
+    result = fast_cli(tmp_path, *OVERRIDES)
     assert result.returncode == 0, result.stderr[-3000:]
     assert train_losses(tmp_path) == reference

@@ -15,7 +15,11 @@ import sys
 import numpy as np
 import pytest
 
+from tests import fast_compile
 from tests.e2e.conftest import ROOT, TINY, complete_checkpoints, train_losses
+
+# Its module-scoped fixture is costly: every test of the module on one pytest-xdist worker (`--dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("test_multiprocess")
 
 OVERRIDES = ["--config.data.shards=2", "--config.mesh=data=-1", "--config.eval_every=2",
              "--config.checkpoint_every=2", "--config.rng_impl=threefry2x32",
@@ -31,6 +35,7 @@ def _free_port() -> int:
 
 def _env(base, devices):
     env = dict(base)
+    env.update(fast_compile.ENV)  # 4-6 steps of a tiny model: XLA's optimiser was most of each compile
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     return env
 

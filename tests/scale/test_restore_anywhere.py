@@ -9,6 +9,9 @@ from train import checkpoint as checkpoint_lib
 from train import optim, partitioning
 from train import state as state_lib
 
+# Its module-scoped fixture is costly: every test of the module on one pytest-xdist worker (`--dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("test_restore_anywhere")
+
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):

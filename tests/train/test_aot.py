@@ -14,6 +14,9 @@ pytest.importorskip("libtpu")
 
 from train import aot
 
+# Its module-scoped fixture is costly: every test of the module on one pytest-xdist worker (`--dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("test_aot")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(ROOT, "configs", "tiny_albert_mlm.py")
 TOPOLOGY = "v5e:2x2"

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.fast_compile import unoptimised
 from train import objectives
 
 BATCH, LENGTH, VOCAB = 32, 64, 200
@@ -124,10 +125,13 @@ def test_albert_pretraining_objective_runs_on_the_real_model():
     from jaxmodels.registry import preset
 
     module = jaxmodels.from_config({**preset("albert-tiny"), "architectures": ["AlbertForPreTraining"]})
-    params = jaxmodels.init_params(module, jax.random.PRNGKey(0))
     batch = _batch(length=16, batch=2)
-    loss, metrics = objectives.get_objective({"name": "mlm_sop", "max_predictions": 3})(
-        module, params, batch, jax.random.key(0, impl="rbg"), deterministic=True)
+    objective = objectives.get_objective({"name": "mlm_sop", "max_predictions": 3})
+    # One call each: jitted (not op by op) and compiled without most of XLA's optimisation.
+    with unoptimised():
+        params = jaxmodels.init_params(module, jax.random.PRNGKey(0))
+        loss, metrics = jax.jit(lambda p: objective(module, p, batch, jax.random.key(0, impl="rbg"),
+                                                    deterministic=True))(params)
     assert np.isfinite(float(loss))
     assert float(loss) == pytest.approx(float(metrics["mlm_loss"] + metrics["sop_loss"]), rel=1e-6)
     assert float(metrics["sop_loss"]) == pytest.approx(np.log(2), abs=0.2)  # untrained: a coin flip
@@ -166,8 +170,12 @@ def test_mlm_objective_equals_the_full_logits_formula(family):
     import jaxmodels
 
     module = jaxmodels.from_config(_MLM_MODELS[family])
-    params = jaxmodels.init_params(module, jax.random.PRNGKey(1))
-    params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(2), p.shape), params)
+    # Everything here runs once on tiny shapes: compiles without most of XLA's optimisation (the same arithmetic),
+    # and one jitted perturbation rather than one eager compile of the normal draw per parameter shape.
+    with unoptimised():
+        params = jaxmodels.init_params(module, jax.random.PRNGKey(1))
+        params = jax.jit(lambda params: jax.tree.map(
+            lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(2), p.shape), params))(params)
     rows = np.random.RandomState(0).randint(objectives.FIRST_ORDINARY_ID, 300, (4, 32)).astype(np.int32)
     segments = np.ones_like(rows)
     segments[1, 20:] = 0  # padding in one row
@@ -177,10 +185,11 @@ def test_mlm_objective_equals_the_full_logits_formula(family):
     rng = jax.random.key(3)
 
     # Jitted: op-by-op dispatch of a scanned model's backward pass costs more than compiling it.
-    (loss, metrics), grads = jax.jit(jax.value_and_grad(
-        lambda p: objective(module, p, batch, rng, deterministic=True), has_aux=True))(params)
-    (want, want_accuracy), want_grads = jax.jit(jax.value_and_grad(
-        lambda p: _full_logits_twin(objective, module, p, batch, rng), has_aux=True))(params)
+    with unoptimised():
+        (loss, metrics), grads = jax.jit(jax.value_and_grad(
+            lambda p: objective(module, p, batch, rng, deterministic=True), has_aux=True))(params)
+        (want, want_accuracy), want_grads = jax.jit(jax.value_and_grad(
+            lambda p: _full_logits_twin(objective, module, p, batch, rng), has_aux=True))(params)
     np.testing.assert_allclose(float(loss), float(want), rtol=1e-5)
     assert float(metrics["mlm_accuracy"]) == pytest.approx(float(want_accuracy))
     # Relative to the largest gradient: some leaves (a key bias) are zero in exact arithmetic, rounding noise here.
@@ -199,16 +208,18 @@ def test_mlm_objective_step_never_forms_the_logits_and_survives_an_empty_batch()
     objective = objectives.get_objective({"name": "mlm", "mask_prob": 0.15, "max_predictions": 4})
     rng = jax.random.key(0)
 
-    def program(loss_fn):
-        return jax.jit(jax.grad(lambda p: loss_fn(p)[0])).lower(params).compile().as_text()
+    def step(loss_fn):
+        # The batch is an argument, not a constant: the compiled step checked here also runs the empty batch.
+        return jax.jit(jax.value_and_grad(loss_fn, has_aux=True)).lower(params, batch).compile()
 
     logits = "f32[4,64,4000]"  # [batch, length, vocab]: what the full formula materialises
-    assert logits in program(lambda p: _full_logits_twin(objective, module, p, batch, rng))
-    assert logits not in program(lambda p: objective(module, p, batch, rng, deterministic=True))
+    assert logits in step(lambda p, b: _full_logits_twin(objective, module, p, b, rng)).as_text()
+    compiled = step(lambda p, b: objective(module, p, b, rng, deterministic=True))
+    assert logits not in compiled.as_text()
 
     # All padding: no label anywhere. The loss is 0 and the gradients finite (torch semantics would give 0/0).
+    # Same compiled step (op by op, the scanned backward pass took longer than this whole test).
     empty = {k: jnp.zeros_like(v) for k, v in batch.items()}
-    (loss, metrics), grads = jax.value_and_grad(
-        lambda p: objective(module, p, empty, rng, deterministic=True), has_aux=True)(params)
+    (loss, metrics), grads = compiled(params, empty)
     assert float(loss) == 0.0 and float(metrics["mlm_accuracy"]) == 0.0
     assert all(np.isfinite(np.asarray(g)).all() and not np.any(np.asarray(g)) for g in jax.tree.leaves(grads))
