@@ -273,39 +273,6 @@ class CausalLM:
 # --------------------------------------------------------------------------------------------------------------
 # Retrieval-augmented objectives (REALM): the index of block embeddings lives in the train state, not the params
 # --------------------------------------------------------------------------------------------------------------
-def block_rows(blocks, ids: Array, cls_id: int, sep_id: int, pad_id: int, take=None) -> tuple[Array, Array]:
-    """``[CLS] block [SEP]`` rows of blocks ``ids [...]``: ``(input_ids, attention_mask) [..., block_len + 2]``.
-
-    ``blocks`` is a ``BlockTokens`` (``token_ids [N, block_len]``, ``num_tokens [N]``, the block's full count);
-    ``take(table, ids)`` gathers rows (default ``jnp.take``; ``layers.retrieval.sharded_take`` for a sharded store)."""
-    take = take or (lambda table, i: jnp.take(table, i, axis=0))
-    tokens = take(blocks.token_ids, ids).astype(jnp.int32)
-    width = tokens.shape[-1]
-    n = jnp.minimum(take(blocks.num_tokens, ids), width)[..., None]
-    p = jnp.arange(width + 2)
-    body = jnp.take(tokens, jnp.clip(p - 1, 0, width - 1), axis=-1)
-    row = jnp.where(p == 0, cls_id, jnp.where(p <= n, body, jnp.where(p == n + 1, sep_id, pad_id)))
-    return row.astype(jnp.int32), (p <= n + 1).astype(jnp.int32)
-
-
-def blocks_with_answer(blocks, answers: Array) -> Array:
-    """``[b, N]`` bool: whether block ``n`` of ``blocks`` (``BlockTokens``) holds one of row ``b``'s ``answers
-    [b, A, La]`` (token ids, -1 padded; an all -1 answer matches nothing), wholly inside its ``num_tokens``."""
-    tokens = blocks.token_ids.astype(jnp.int32)  # [N, Lb]
-    width, la = tokens.shape[-1], answers.shape[-1]
-    tokens = jnp.concatenate([tokens, jnp.full((tokens.shape[0], la), -2, jnp.int32)], -1)  # matches nothing
-    real = answers >= 0
-    lengths = jnp.where(jnp.any(real, -1), la - jnp.argmax(real[..., ::-1], -1), 0)  # [b, A]
-    limit = jnp.minimum(blocks.num_tokens, width)
-    p = jnp.arange(width)
-    ok = (lengths[:, :, None, None] > 0) & \
-        (p[None, None, None] + lengths[:, :, None, None] <= limit[None, None, :, None])  # [b, A, N, Lb]
-    for j in range(la):
-        same = tokens[None, None, :, j:j + width] == answers[:, :, None, j, None]
-        ok = ok & ((j >= lengths)[:, :, None, None] | same)
-    return jnp.any(ok, axis=(1, 3))
-
-
 def exclude_and_keep(ids: Array, scores: Array, excluded: Array, k: int) -> tuple[Array, Array]:
     """The first ``k`` of the ranked ``ids [b, k + 1]`` that are not ``excluded [b]`` (order kept)."""
     keep = ids != excluded[:, None]
@@ -365,7 +332,7 @@ class _RetrievalObjective:  # noqa: B903
         c = min(self.embed_chunk, n)
 
         def one(chunk_ids):
-            rows, mask = block_rows(blocks, chunk_ids, blocks.cls_token_id, blocks.sep_token_id, blocks.pad_token_id)
+            rows, mask = blocks.rows(chunk_ids)
             return self.embed(module, params, rows, mask, jax.random.PRNGKey(0), True)
 
         full = n // c * c
@@ -440,14 +407,14 @@ class RetrievalMaskedLM(_RetrievalObjective):
         top = self.search(jax.lax.stop_gradient(query), index, k + 1, c.num_block_records)
         retrieved, _ = exclude_and_keep(top.ids, top.scores, batch["source_block"].astype(top.ids.dtype), k)
         b = ids.shape[0]
-        rows, row_mask = block_rows(blocks, retrieved, cls_id, sep_id, pad, self.take())  # [b, k, Lb + 2]
+        rows, row_mask = blocks.rows(retrieved, self.take())  # [b, k, Lb + 2]
         # The retrieved blocks and the null block ([CLS] [SEP], empty evidence) embedded by the current retriever.
         width = rows.shape[-1]
         null_row = jnp.full((1, width), pad, jnp.int32).at[0, 0].set(cls_id).at[0, 1].set(sep_id)
         null_mask = (jnp.arange(width) < 2).astype(jnp.int32)[None]
         extra_rows, extra_mask = [null_row], [null_mask]
         if self.ict_weight:  # the sentences' own blocks, for the inverse cloze task below
-            own, own_mask = block_rows(blocks, batch["source_block"], cls_id, sep_id, pad, self.take())
+            own, own_mask = blocks.rows(batch["source_block"], self.take())
             extra_rows, extra_mask = [own, null_row], [own_mask, null_mask]
         fresh = self.embed(module, params, jnp.concatenate([rows.reshape(b * k, -1), *extra_rows]),
                            jnp.concatenate([row_mask.reshape(b * k, -1), *extra_mask]), k_block, deterministic)
@@ -555,7 +522,7 @@ class RetrievalOpenQA(_RetrievalObjective):
             n = module.config.num_block_records
             scores = question @ index.astype(jnp.float32).T  # [b, rows]; padding rows (sharded) never hold an answer
             scores = jnp.where(jnp.arange(scores.shape[1]) < n, scores, jnp.finfo(jnp.float32).min)
-            retriever_loss = jnp.mean(marginal_log_loss(scores, blocks_with_answer(blocks, answers)))
+            retriever_loss = jnp.mean(marginal_log_loss(scores, blocks.holding(answers)))
             loss = jnp.mean(reader.reader_loss) + retriever_loss
         retrieved = out.retrieved_block_ids
         hit = retrieved == batch["answer_block"][:, None].astype(retrieved.dtype)

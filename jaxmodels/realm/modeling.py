@@ -619,14 +619,16 @@ class RealmForOpenQA(_RealmModule):
         top = self._search(jax.lax.stop_gradient(question).astype(jnp.float32), block_emb, k)
         ids = top.ids  # [B, K]
         take = self._take
+        # The retrieved blocks' tokens, gathered once (shard by shard when sharded) for the rescoring and the rows.
+        block_tokens, block_counts = take(blocks.token_ids, ids), take(blocks.num_tokens, ids)
         if rescore_blocks:
             # REALM's "recompute p(z|x) of the top k with fresh parameters": the index only chooses the blocks, the
             # current embedder scores them, so the retriever loss trains the block side of the shared embedder as
             # well (what a refreshed index reads); from the index rows it would train the question side alone.
             b, k_ = ids.shape
             block_ids, block_mask = reader_inputs.block_rows(
-                take(blocks.token_ids, ids), take(blocks.num_tokens, ids), cls_token_id=blocks.cls_token_id,
-                sep_token_id=blocks.sep_token_id, pad_token_id=blocks.pad_token_id)
+                block_tokens, block_counts, cls_token_id=blocks.cls_token_id, sep_token_id=blocks.sep_token_id,
+                pad_token_id=blocks.pad_token_id)
             retrieved = embedder(block_ids.reshape(b * k_, -1), block_mask.reshape(b * k_, -1),
                                  deterministic=deterministic).projected_score.reshape(b, k_, -1)
         else:
@@ -635,7 +637,7 @@ class RealmForOpenQA(_RealmModule):
         logits = jnp.einsum("bp,bkp->bk", question.astype(jnp.float32), retrieved.astype(jnp.float32))
         q_tokens, q_len = reader_inputs.question_tokens(input_ids, attention_mask, blocks.special_ids)
         rows = reader_inputs.build_rows(
-            q_tokens, q_len, take(blocks.token_ids, ids), take(blocks.num_tokens, ids), seq_len=c.reader_seq_len,
+            q_tokens, q_len, block_tokens, block_counts, seq_len=c.reader_seq_len,
             cls_token_id=blocks.cls_token_id, sep_token_id=blocks.sep_token_id, pad_token_id=blocks.pad_token_id)
         correct = has_answers = None
         if answer_ids is not None:

@@ -8,8 +8,10 @@ arithmetic on static shapes, for a whole batch of questions in one jitted call:
 
     question_tokens   [B, Lq] ids, mask        -> the question's tokens without special tokens, lengths [B]
     build_rows        + blocks [B, K, Lb]      -> input_ids / token types / attention mask / block mask [B, K, M]
-    block_rows        blocks [..., Lb]         -> [CLS] block [SEP] ids, mask [..., Lb + 2] (the retriever's rows)
+    block_rows        blocks [..., Lb]         -> [CLS] block [SEP] ids, mask [..., Lb + 2] (the retriever's rows;
+                                                  BlockTokens.rows gathers and frames store rows)
     answer_matches    + answers [B, A, La]     -> [B, K, A, M]: answer a starts at position p inside the block
+                                                  (BlockTokens.holding: which store blocks hold an answer, [B, N])
 
 Rows are padded to ``M = reader_seq_len`` (HF pads to the longest row of the call): the tokens, types and masks of
 every row's first HF-length positions are HF's, the rest is padding.
@@ -45,6 +47,27 @@ class BlockTokens:
     sep_token_id: int = flax.struct.field(pytree_node=False, default=102)
     pad_token_id: int = flax.struct.field(pytree_node=False, default=0)
     special_ids: tuple = flax.struct.field(pytree_node=False, default=())
+
+    def rows(self, ids: Array, take=None) -> tuple[Array, Array]:
+        """:func:`block_rows` of blocks ``ids [...]``: ``(input_ids, attention_mask) [..., block_len + 2]``.
+        ``take(table, ids)`` gathers rows (default ``jnp.take``; ``layers.retrieval.sharded_take`` for a store split
+        by rows over devices)."""
+        take = take or (lambda table, i: jnp.take(table, i, axis=0))
+        return block_rows(take(self.token_ids, ids), take(self.num_tokens, ids), cls_token_id=self.cls_token_id,
+                          sep_token_id=self.sep_token_id, pad_token_id=self.pad_token_id)
+
+    def holding(self, answers: Array) -> Array:
+        """``[B, N]`` bool: whether block ``n`` holds one of row ``b``'s ``answers [B, A, La]`` (token ids, -1
+        padded; an all -1 answer matches nothing) wholly inside its tokens. Every block is searched: for stores
+        small enough to scan."""
+        tokens = self.token_ids.astype(jnp.int32)  # [N, Lb]
+        width = tokens.shape[-1]
+        lengths = answer_lengths(answers)  # [B, A]
+        limit = jnp.minimum(self.num_tokens, width)
+        # Past a block's tokens nothing matches (-2 is no token id, and not the answers' -1 padding).
+        tokens = jnp.where(jnp.arange(width) < limit[:, None], tokens, -2)
+        ok = _starts_matching(tokens[None, None], answers[:, :, None], lengths[:, :, None])  # [B, A, N, Lb]
+        return jnp.any(ok, axis=(1, 3))
 
 
 @flax.struct.dataclass
@@ -122,6 +145,26 @@ def block_rows(tokens: Array, num_tokens: Array, *, cls_token_id: int, sep_token
     return row.astype(jnp.int32), (p <= n + 1).astype(jnp.int32)
 
 
+def answer_lengths(answers: Array) -> Array:
+    """``answers [..., La]`` token ids, each padded with -1 at its end -> their lengths ``[...]`` int32 (0 for an
+    all -1 answer)."""
+    real = answers >= 0
+    return jnp.where(jnp.any(real, axis=-1), answers.shape[-1] - jnp.argmax(real[..., ::-1], axis=-1),
+                     0).astype(jnp.int32)
+
+
+def _starts_matching(ids: Array, answers: Array, lengths: Array) -> Array:
+    """``ids [..., M]``, ``answers [..., La]``, ``lengths [...]`` (broadcastable) -> ``[..., M]`` bool: the answer
+    of ``lengths > 0`` tokens equals ``ids[p .. p + length - 1]``, all inside the row."""
+    m = ids.shape[-1]
+    p = jnp.arange(m)
+    ok = jnp.broadcast_to(lengths[..., None] > 0, jnp.broadcast_shapes(ids.shape, lengths.shape + (m,)))
+    for j in range(answers.shape[-1]):
+        shifted = jnp.take(ids, jnp.clip(p + j, 0, m - 1), axis=-1)
+        ok = ok & ((j >= lengths)[..., None] | ((shifted == answers[..., j, None]) & (p + j < m)))
+    return ok
+
+
 def answer_matches(rows: ReaderRows, answers: Array) -> tuple[Array, Array]:
     """Where each answer starts in each row's block: ``(matches [B, K, A, M] bool, lengths [B, A])``.
 
@@ -129,18 +172,9 @@ def answer_matches(rows: ReaderRows, answers: Array) -> tuple[Array, Array]:
     Answer ``a`` matches at ``p`` when ``p`` is a block position and the row's tokens ``p .. p + len - 1`` (which
     may run past the block, as HF's slice does) equal the answer; a match must fit in the row.
     """
-    ids = rows.input_ids  # [B, K, M]
-    m = ids.shape[-1]
-    real = answers >= 0
-    lengths = jnp.where(jnp.any(real, axis=-1), answers.shape[-1] - jnp.argmax(real[..., ::-1], axis=-1), 0)
-    p = jnp.arange(m)
-    ok = rows.block_mask[:, :, None, :] & (lengths[:, None, :, None] > 0)  # [B, K, A, M]
-    for j in range(answers.shape[-1]):
-        shifted = jnp.take(ids, jnp.clip(p + j, 0, m - 1), axis=-1)  # [B, K, M]
-        same = shifted[:, :, None, :] == answers[:, None, :, j, None]
-        inside = (p + j < m)[None, None, None, :]
-        ok = ok & ((j >= lengths)[:, None, :, None] | (same & inside))
-    return ok, lengths.astype(jnp.int32)
+    lengths = answer_lengths(answers)  # [B, A]
+    ok = _starts_matching(rows.input_ids[:, :, None], answers[:, None], lengths[:, None])  # [B, K, A, M]
+    return ok & rows.block_mask[:, :, None, :], lengths
 
 
 def answer_positions(matches: Array, lengths: Array, max_answers: int) -> tuple[Array, Array]:

@@ -110,7 +110,8 @@ def test_exclude_and_keep_drops_the_source_block_keeping_order():
 def test_block_rows_frame_each_block(corpus):
     blocks = corpus.store.tokens()
     ids = jnp.asarray([[0, 1], [2, 0]])
-    rows, mask = objectives.block_rows(blocks, ids, CLS, SEP, PAD)
+    assert (blocks.cls_token_id, blocks.sep_token_id, blocks.pad_token_id) == (CLS, SEP, PAD)
+    rows, mask = blocks.rows(ids)
     width = corpus.store.block_len
     for (b, k), block in np.ndenumerate(np.asarray(ids)):
         n = min(int(corpus.store.num_tokens[block]), width)
@@ -127,7 +128,7 @@ def test_pretraining_loss_reaches_retriever_and_encoder(corpus):
     blocks = corpus.store.tokens(multiple=4)
     index = _jit(lambda p: objective.embed_blocks(module, p, blocks))(params)
     # The refresh equals embedding each block by itself.
-    one = objective.embed(module, params, *objectives.block_rows(blocks, jnp.asarray([3]), CLS, SEP, PAD),
+    one = objective.embed(module, params, *blocks.rows(jnp.asarray([3])),
                           jax.random.PRNGKey(0), True)
     np.testing.assert_allclose(index[3], one[0], rtol=1e-5, atol=1e-5)
     batch = {k: jnp.asarray(v[:4]) for k, v in corpus.sentences.items()}
@@ -205,7 +206,7 @@ def test_sharded_retrieval_equals_one_device(corpus):
     np.testing.assert_allclose(run(sharded, sharded_index, sharded_blocks), run(objective, index, blocks), rtol=1e-5)
 
 
-def test_blocks_with_answer_equals_a_plain_search(corpus):
+def test_blocks_holding_an_answer_equal_a_plain_search(corpus):
     """Every block searched for every answer: a match lies wholly inside the block's tokens; an all -1 answer
     matches nothing; answers of different lengths (-1 padded) in one batch."""
     blocks = corpus.store.tokens(multiple=4)
@@ -217,7 +218,7 @@ def test_blocks_with_answer_equals_a_plain_search(corpus):
     tail = np.asarray(blocks.token_ids[7, int(blocks.num_tokens[7]) - 2:int(blocks.num_tokens[7])])
     answers[3, 0, :] = -1
     answers[3, 0, :2] = tail
-    got = np.asarray(_jit(objectives.blocks_with_answer)(blocks, jnp.asarray(answers)))
+    got = np.asarray(_jit(lambda b, a: b.holding(a))(blocks, jnp.asarray(answers)))
     tokens, counts = np.asarray(blocks.token_ids), np.minimum(np.asarray(blocks.num_tokens), blocks.token_ids.shape[1])
     want = np.zeros_like(got)
     for b in range(len(answers)):
@@ -262,7 +263,7 @@ def test_index_retriever_loss_is_the_marginal_over_every_block(corpus):
     question = np.asarray(whole.embed(module, params, batch["inputs"], (batch["inputs"] != PAD).astype(jnp.int32),
                                       jax.random.PRNGKey(0), True), np.float64)
     scores = question @ np.asarray(index[:n], np.float64).T
-    holds = np.asarray(objectives.blocks_with_answer(blocks, batch["answers"]))[:, :n]
+    holds = np.asarray(blocks.holding(batch["answers"]))[:, :n]
     top_ = scores.max(1, keepdims=True)
     log_total = np.log(np.exp(scores - top_).sum(1))
     log_good = np.log((np.exp(scores - top_) * holds).sum(1))
